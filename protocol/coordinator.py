@@ -1,0 +1,300 @@
+"""The coordinator's state machine for one round: collect, route, sum, unmask.
+
+The coordinator is trusted for liveness only. It verifies what it can (signatures, sets, sizes)
+so that one faulty or malicious participant is excluded instead of crashing the round: every
+`add_*` either accepts the message or raises `ProtocolError` naming the rule and the culprit,
+and the caller treats that sender as dropped. Masked inputs are folded into one accumulator as
+they arrive, so memory is O(d) whatever the number of members.
+
+Stages (each `close`-type call moves to the next; anything else is out of order):
+    BUNDLES --bundle_set()--> SHARES --deliveries()--> MASKED --survivor_request()-->
+    SIGNATURES --unmask_request()--> UNMASK --finish()--> DONE        (or ABORTED on any failure)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from . import graph, keys, shamir
+from .crypto import SessionContext, x25519_exchange, x25519_from_bytes, x25519_public_bytes
+from .errors import ProtocolError, Rule
+from .masking import apply_masks
+from .messages import (
+    AdvertiseRequest,
+    BundleSet,
+    KeyBundle,
+    MaskedInput,
+    RevealedShare,
+    ShareBundle,
+    ShareDelivery,
+    SurvivorRequest,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .params import ProtocolParams
+from .quantize import dequantize
+from .roster import Roster
+from .verify import verify_bundle
+
+
+class Stage(IntEnum):
+    BUNDLES = 1
+    SHARES = 2
+    MASKED = 3
+    SIGNATURES = 4
+    UNMASK = 5
+    DONE = 6
+    ABORTED = 7
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """The unmasked sum of the survivors' ring vectors, and who was in it."""
+
+    round: int
+    total: np.ndarray  # ring dtype, length d + 1 (last element: sum of weights)
+    survivors: tuple[int, ...]  # C2: members whose inputs are in the sum
+    dropped: tuple[int, ...]  # C1 \ C2: shared, then dropped before masking
+    not_shared: tuple[int, ...]  # C0 \ C1: advertised keys, then dropped
+    complaints: dict[int, tuple[int, ...]]  # holder -> dealers whose shares were garbage
+    faults: dict[int, str]  # member -> rule it broke (its message was rejected)
+
+    def weighted_sum(self, params: ProtocolParams) -> tuple[np.ndarray, int]:
+        """(sum of w_i x_i as float64, sum of w_i)."""
+        return dequantize(self.total, params)
+
+
+@dataclass
+class _Collected:
+    bundles: dict[int, KeyBundle] = field(default_factory=dict)
+    share_bundles: dict[int, ShareBundle] = field(default_factory=dict)
+    masked: set[int] = field(default_factory=set)
+    complaints: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    signatures: dict[int, SurvivorSignature] = field(default_factory=dict)
+    seed_shares: dict[int, dict[int, int]] = field(default_factory=dict)  # dealer -> holder -> y
+    key_shares: dict[int, dict[int, int]] = field(default_factory=dict)
+    responded: set[int] = field(default_factory=set)
+
+
+class CoordinatorRound:
+    """One round of secure aggregation as seen by the coordinator."""
+
+    def __init__(
+        self, round_: int, roster: Roster, context: SessionContext, params: ProtocolParams,
+        *, workers: int = 1,
+    ) -> None:
+        self.round = round_
+        self.roster = roster
+        self.context = context
+        self.params = params
+        self.workers = workers
+        self.stage = Stage.BUNDLES
+        self.faults: dict[int, str] = {}
+        self.abort_reason: ProtocolError | None = None
+        self._c = _Collected()
+        self.session = b""
+        self.neighbours: dict[int, frozenset[int]] = {}
+        self.shared: tuple[int, ...] = ()
+        self.survivors: tuple[int, ...] = ()
+        self.dropped: tuple[int, ...] = ()
+        self._acc: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def cohort(self) -> tuple[int, ...]:
+        return tuple(sorted(self._c.bundles))
+
+    def _expect(self, stage: Stage, what: str) -> None:
+        if self.stage is not stage:
+            raise ProtocolError(Rule.OUT_OF_ORDER, f"{what} in stage {self.stage.name}")
+
+    def _reject(self, member: int, err: ProtocolError) -> ProtocolError:
+        self.faults.setdefault(member, err.rule.value)
+        return err
+
+    def _check_sender(self, member: int, round_: int, session: bytes | None, pool: tuple[int, ...] | set[int], seen) -> None:  # noqa: ANN001
+        if round_ != self.round:
+            raise self._reject(member, ProtocolError(Rule.WRONG_ROUND, f"message for round {round_}"))
+        if member not in pool:
+            raise self._reject(member, ProtocolError(Rule.NOT_A_PARTICIPANT, f"member {member} is not expected here"))
+        if member in seen:
+            raise self._reject(member, ProtocolError(Rule.REPLAY, f"member {member} answered twice"))
+        if session is not None and session != self.session:
+            raise self._reject(member, ProtocolError(Rule.WRONG_SESSION, "message for another session"))
+
+    def abort(self, err: ProtocolError) -> ProtocolError:
+        """Give up on the round: nothing more is released, the accumulator is dropped."""
+        self.stage = Stage.ABORTED
+        self.abort_reason = err
+        self._acc = None
+        return err
+
+    # ------------------------------------------------------------------ stage 0/1
+    def advertise_request(self) -> AdvertiseRequest:
+        return AdvertiseRequest(self.round)
+
+    def add_bundle(self, bundle: KeyBundle) -> None:
+        self._expect(Stage.BUNDLES, "a key bundle")
+        if bundle.member in self._c.bundles:
+            raise self._reject(bundle.member, ProtocolError(Rule.DUPLICATE_MEMBER, "second bundle"))
+        try:
+            verify_bundle(bundle, self.round, self.roster, self.context)
+        except ProtocolError as err:
+            raise self._reject(bundle.member, err) from None
+        self._c.bundles[bundle.member] = bundle
+
+    def bundle_set(self) -> BundleSet:
+        self._expect(Stage.BUNDLES, "closing key advertisement")
+        n0 = len(self._c.bundles)
+        if n0 < self.params.min_cohort:
+            raise self.abort(ProtocolError(Rule.COHORT_TOO_SMALL, f"{n0} bundles, {self.params.min_cohort} needed"))
+        if n0 > self.params.max_members:
+            raise self.abort(ProtocolError(Rule.PARAMETERS, f"{n0} members exceed max_members"))
+        bundles = tuple(self._c.bundles[m] for m in self.cohort)
+        self.session = keys.session_id(self.context, self.round, bundles)
+        self.neighbours = graph.neighbours(self.cohort, self.params.degree(n0), self.session)
+        self.stage = Stage.SHARES
+        return BundleSet(self.round, bundles)
+
+    # ------------------------------------------------------------------ stage 1 replies
+    def add_shares(self, sb: ShareBundle) -> None:
+        self._expect(Stage.SHARES, "a share bundle")
+        self._check_sender(sb.member, sb.round, sb.session, set(self._c.bundles), self._c.share_bundles)
+        holders = tuple(s.holder for s in sb.shares)
+        expected = tuple(sorted(self.neighbours[sb.member]))
+        if holders != expected or any(s.dealer != sb.member for s in sb.shares):
+            raise self._reject(sb.member, ProtocolError(Rule.NEIGHBOURS, "shares not addressed to its neighbours"))
+        statement = keys.share_bundle_transcript(self.context, self.round, self.session, sb.member, sb.commitment, holders)
+        if not self.roster.verify(sb.member, sb.signature, statement):
+            raise self._reject(sb.member, ProtocolError(Rule.BAD_SIGNATURE, "share bundle not signed by its dealer"))
+        self._c.share_bundles[sb.member] = sb
+
+    def deliveries(self) -> dict[int, ShareDelivery]:
+        """Close sharing: C1 is fixed; each member gets the shares its live neighbours dealt it."""
+        self._expect(Stage.SHARES, "closing share collection")
+        self.shared = tuple(sorted(self._c.share_bundles))
+        need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
+        if len(self.shared) < need:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.shared)} members shared, {need} needed"))
+        inbox: dict[int, list] = {m: [] for m in self.shared}
+        for sb in self._c.share_bundles.values():
+            for item in sb.shares:
+                if item.holder in inbox:
+                    inbox[item.holder].append(item)
+        self._acc = np.zeros(self.params.masked_length, dtype=self.params.dtype)
+        self.stage = Stage.MASKED
+        return {m: ShareDelivery(self.round, self.session, self.shared, tuple(items)) for m, items in inbox.items()}
+
+    # ------------------------------------------------------------------ stage 2 replies
+    def add_masked(self, mi: MaskedInput) -> None:
+        self._expect(Stage.MASKED, "a masked input")
+        self._check_sender(mi.member, mi.round, mi.session, set(self.shared), self._c.masked)
+        v = mi.vector
+        if v.dtype != self.params.dtype or v.shape != (self.params.masked_length,):
+            raise self._reject(mi.member, ProtocolError(Rule.INPUT_LENGTH, "masked vector has the wrong shape"))
+        assert self._acc is not None
+        np.add(self._acc, v, out=self._acc)
+        self._c.masked.add(mi.member)
+        if mi.complaints:
+            self._c.complaints[mi.member] = tuple(mi.complaints)
+
+    def survivor_request(self) -> SurvivorRequest:
+        self._expect(Stage.MASKED, "closing masked-input collection")
+        self.survivors = tuple(sorted(self._c.masked))
+        self.dropped = tuple(m for m in self.shared if m not in self._c.masked)
+        need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
+        if len(self.survivors) < need:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.survivors)} masked inputs, {need} needed"))
+        self.stage = Stage.SIGNATURES
+        return SurvivorRequest(self.round, self.session, self.shared, self.survivors)
+
+    # ------------------------------------------------------------------ stage 3 replies
+    def add_signature(self, sig: SurvivorSignature) -> None:
+        self._expect(Stage.SIGNATURES, "a survivor signature")
+        self._check_sender(sig.member, sig.round, sig.session, set(self.survivors), self._c.signatures)
+        statement = keys.survivors_transcript(self.context, self.round, self.session, self.shared, self.survivors)
+        if not self.roster.verify(sig.member, sig.signature, statement):
+            raise self._reject(sig.member, ProtocolError(Rule.BAD_SIGNATURE, "survivor signature invalid"))
+        self._c.signatures[sig.member] = sig
+
+    def unmask_request(self) -> UnmaskRequest:
+        self._expect(Stage.SIGNATURES, "closing signature collection")
+        need = self.params.consistency_threshold(len(self._c.bundles))
+        if len(self._c.signatures) < need:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self._c.signatures)} signatures, {need} needed"))
+        self.stage = Stage.UNMASK
+        sigs = tuple(self._c.signatures[m] for m in sorted(self._c.signatures))
+        return UnmaskRequest(self.round, self.session, self.survivors, self.dropped, sigs)
+
+    # ------------------------------------------------------------------ stage 4 replies
+    def add_unmask(self, resp: UnmaskResponse) -> None:
+        self._expect(Stage.UNMASK, "an unmask response")
+        self._check_sender(resp.member, resp.round, resp.session, set(self.survivors), self._c.responded)
+        seeds = self._verified(resp.member, resp.seed_shares, keys.SEED, set(self.survivors))
+        keyz = self._verified(resp.member, resp.key_shares, keys.KEY, set(self.dropped))
+        self._c.responded.add(resp.member)
+        for dealer, y in seeds.items():
+            self._c.seed_shares.setdefault(dealer, {})[resp.member] = y
+        for dealer, y in keyz.items():
+            self._c.key_shares.setdefault(dealer, {})[resp.member] = y
+
+    def _verified(self, holder: int, shares: tuple[RevealedShare, ...], kind: str, dealers: set[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for s in shares:
+            statement = keys.share_value_transcript(self.context, self.round, self.session, kind, s.dealer, holder, s.value)
+            ok = (
+                s.dealer in dealers and s.dealer not in out and holder in self.neighbours.get(s.dealer, ())
+                and self.roster.verify(s.dealer, s.signature, statement)
+            )
+            if not ok:
+                raise self._reject(holder, ProtocolError(Rule.BAD_SHARE, f"member {holder} revealed an invalid share"))
+            out[s.dealer] = shamir.decode_share(s.value)
+        return out
+
+    def finish(self) -> AggregateResult:
+        """Reconstruct what the survivors revealed, strip every mask, return the exact sum."""
+        self._expect(Stage.UNMASK, "finishing")
+        try:
+            return self._finish()
+        except ProtocolError as err:
+            if self.stage is not Stage.ABORTED:
+                self.abort(err)
+            raise
+
+    def _finish(self) -> AggregateResult:
+        ctx, r, sess = self.context, self.round, self.session
+        plus: list[bytes] = []
+        minus: list[bytes] = []
+        for j in self.survivors:
+            seed = self._reconstruct(j, self._c.seed_shares.get(j, {}))
+            if keys.seed_commitment(ctx, r, sess, j, seed) != self._c.share_bundles[j].commitment:
+                raise self.abort(ProtocolError(Rule.BAD_SHARE, f"member {j} dealt inconsistent seed shares", (j,)))
+            minus.append(keys.self_mask_key(ctx, r, sess, j, seed))
+        for j in self.dropped:
+            secret = self._reconstruct(j, self._c.key_shares.get(j, {}))
+            sk = x25519_from_bytes(secret)
+            if x25519_public_bytes(sk) != self._c.bundles[j].masking_key:
+                raise self.abort(ProtocolError(Rule.BAD_SHARE, f"member {j} dealt inconsistent key shares", (j,)))
+            for k in sorted(self.neighbours[j] & set(self.survivors)):
+                pk = keys.pair_mask_key(ctx, r, sess, k, j, x25519_exchange(sk, self._c.bundles[k].masking_key))
+                # survivor k added +PRG if k < j, else -PRG: take it back out
+                (minus if k < j else plus).append(pk)
+        assert self._acc is not None
+        apply_masks(self._acc, plus, minus, workers=self.workers)
+        total, self._acc = self._acc, None
+        self.stage = Stage.DONE
+        return AggregateResult(
+            round=r, total=total, survivors=self.survivors, dropped=self.dropped,
+            not_shared=tuple(m for m in self.cohort if m not in set(self.shared)),
+            complaints=dict(self._c.complaints), faults=dict(self.faults),
+        )
+
+    def _reconstruct(self, dealer: int, shares: dict[int, int]) -> bytes:
+        t = self.params.shamir_threshold(len(self.neighbours[dealer]))
+        if len(shares) < t:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(shares)} shares of member {dealer}, {t} needed"))
+        return shamir.reconstruct(shares, t)

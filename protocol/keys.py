@@ -1,0 +1,76 @@
+"""Every derived key, transcript and commitment of a round, in one place.
+
+Participant and coordinator must derive byte-identical values; keeping the derivations here
+(instead of in each state machine) is what guarantees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .codec import Writer
+from .crypto import SessionContext, hkdf, sha256, transcript
+from .masking import MASK_KEY_BYTES
+from .messages import KeyBundle
+
+SEED = "seed"  # share kinds: the self-mask seed and the pairwise-mask private key
+KEY = "key"
+
+
+def session_id(ctx: SessionContext, round_: int, bundles: Iterable[KeyBundle]) -> bytes:
+    """Hash of every signed bundle of the round: seeds the graph, binds all later stages."""
+    w = Writer()
+    for b in sorted(bundles, key=lambda b: b.member):
+        b._write(w)
+    return sha256(transcript("session", ctx, round_), w.getvalue())
+
+
+def bundle_transcript(ctx: SessionContext, b: KeyBundle) -> bytes:
+    return transcript("bundle", ctx, b.round, b.member, b.encryption_key, b.masking_key)
+
+
+def share_bundle_transcript(
+    ctx: SessionContext, round_: int, session: bytes, dealer: int, commitment: bytes,
+    holders: tuple[int, ...],
+) -> bytes:
+    return transcript("share-bundle", ctx, round_, session, dealer, commitment, holders)
+
+
+def share_value_transcript(
+    ctx: SessionContext, round_: int, session: bytes, kind: str, dealer: int, holder: int,
+    value: bytes,
+) -> bytes:
+    return transcript("share-value", ctx, round_, session, kind, dealer, holder, value)
+
+
+def survivors_transcript(
+    ctx: SessionContext, round_: int, session: bytes, shared: tuple[int, ...],
+    survivors: tuple[int, ...],
+) -> bytes:
+    return transcript("survivors", ctx, round_, session, shared, survivors)
+
+
+def share_encryption_key(
+    ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int, dh: bytes
+) -> bytes:
+    """AES-256-GCM key for dealer -> holder (direction-specific, so nonces never collide)."""
+    return hkdf(dh, 32, transcript("share-key", ctx, round_, session, dealer, holder))
+
+
+def share_associated_data(
+    ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int
+) -> bytes:
+    return transcript("share-ad", ctx, round_, session, dealer, holder)
+
+
+def pair_mask_key(ctx: SessionContext, round_: int, session: bytes, a: int, b: int, dh: bytes) -> bytes:
+    lo, hi = min(a, b), max(a, b)
+    return hkdf(dh, MASK_KEY_BYTES, transcript("pair-mask", ctx, round_, session, lo, hi))
+
+
+def self_mask_key(ctx: SessionContext, round_: int, session: bytes, member: int, seed: bytes) -> bytes:
+    return hkdf(seed, MASK_KEY_BYTES, transcript("self-mask", ctx, round_, session, member))
+
+
+def seed_commitment(ctx: SessionContext, round_: int, session: bytes, member: int, seed: bytes) -> bytes:
+    return sha256(transcript("seed-commitment", ctx, round_, session, member), seed)

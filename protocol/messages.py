@@ -1,0 +1,366 @@
+"""Protocol messages: frozen dataclasses with a versioned, length-checked byte encoding.
+
+Frame: b"FLSA" | version (u8) | type (u8) | fields. Lists and byte strings carry a u32 length and
+have upper bounds; fixed-size fields are checked; trailing bytes are an error. `decode()` of
+untrusted bytes raises nothing but `ProtocolError(Rule.ENCODING | Rule.VERSION)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import numpy as np
+
+from .codec import Reader, Writer
+from .crypto import KEY_BYTES, NONCE_BYTES, SIGNATURE_BYTES
+from .errors import ProtocolError, Rule
+from .shamir import ELEMENT_BYTES
+
+MAGIC = b"FLSA"
+VERSION = 1
+SESSION_BYTES = 32
+MAX_MEMBERS = 1 << 16
+SHARE_PLAINTEXT_BYTES = 2 * (ELEMENT_BYTES + SIGNATURE_BYTES)
+SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # AES-GCM tag
+
+M = TypeVar("M", bound="Message")
+_REGISTRY: dict[int, type[Message]] = {}
+
+
+class Message:
+    """Base of all protocol messages; subclasses define TYPE, _write and _read."""
+
+    TYPE: ClassVar[int]
+    round: int
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE in _REGISTRY:
+            raise TypeError(f"duplicate message type {cls.TYPE}")
+        _REGISTRY[cls.TYPE] = cls
+
+    def _write(self, w: Writer) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    @classmethod
+    def _read(cls: type[M], r: Reader) -> M:
+        raise NotImplementedError  # pragma: no cover
+
+    def encode(self) -> bytes:
+        w = Writer().fixed(MAGIC, 4).u8(VERSION).u8(self.TYPE)
+        self._write(w)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls: type[M], data: bytes | memoryview) -> M:
+        msg = decode(data)
+        if not isinstance(msg, cls):
+            raise ProtocolError(
+                Rule.ENCODING, f"expected {cls.__name__}, got {type(msg).__name__}"
+            )
+        return msg
+
+
+def decode(data: bytes | memoryview) -> Message:
+    """Decode any protocol message from untrusted bytes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(Rule.ENCODING, "message must be bytes")
+    r = Reader(data)
+    if r.fixed(4) != MAGIC:
+        raise ProtocolError(Rule.ENCODING, "not a fedloom secure-aggregation message")
+    version = r.u8()
+    if version != VERSION:
+        raise ProtocolError(Rule.VERSION, f"protocol version {version}, this node speaks {VERSION}")
+    kind = _REGISTRY.get(r.u8())
+    if kind is None:
+        raise ProtocolError(Rule.ENCODING, "unknown message type")
+    try:
+        msg = kind._read(r)
+    except (ValueError, TypeError) as exc:  # e.g. a field rejected by a dataclass check
+        raise ProtocolError(Rule.ENCODING, f"{kind.__name__}: {exc}") from exc
+    r.finish()
+    return msg
+
+
+def _members(r: Reader) -> tuple[int, ...]:
+    return r.ints(MAX_MEMBERS)
+
+
+# ====================================================================== coordinator -> participant
+@dataclass(frozen=True)
+class AdvertiseRequest(Message):
+    """Stage 0: advertise fresh per-round keys for `round`."""
+
+    TYPE: ClassVar[int] = 1
+    round: int
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round)
+
+    @classmethod
+    def _read(cls, r: Reader) -> AdvertiseRequest:
+        return cls(r.u64())
+
+
+@dataclass(frozen=True)
+class KeyBundle(Message):
+    """A member's per-round public keys, signed with its long-term identity key."""
+
+    TYPE: ClassVar[int] = 2
+    round: int
+    member: int
+    encryption_key: bytes  # X25519 public, for share encryption
+    masking_key: bytes  # X25519 public, for pairwise masks
+    signature: bytes
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).fixed(self.encryption_key, KEY_BYTES)
+        w.fixed(self.masking_key, KEY_BYTES).fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def _read(cls, r: Reader) -> KeyBundle:
+        return cls(r.u64(), r.u32(), r.fixed(KEY_BYTES), r.fixed(KEY_BYTES), r.fixed(SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class BundleSet(Message):
+    """Stage 1: every bundle the coordinator collected for `round`."""
+
+    TYPE: ClassVar[int] = 3
+    round: int
+    bundles: tuple[KeyBundle, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(len(self.bundles))
+        for b in self.bundles:
+            b._write(w)
+
+    @classmethod
+    def _read(cls, r: Reader) -> BundleSet:
+        rnd = r.u64()
+        return cls(rnd, tuple(KeyBundle._read(r) for _ in range(r.count(MAX_MEMBERS))))
+
+
+@dataclass(frozen=True)
+class EncryptedShare:
+    """One dealer's shares for one holder, AEAD-encrypted under their pairwise key."""
+
+    dealer: int
+    holder: int
+    nonce: bytes
+    ciphertext: bytes
+
+    def write(self, w: Writer) -> None:
+        w.u32(self.dealer).u32(self.holder).fixed(self.nonce, NONCE_BYTES)
+        w.fixed(self.ciphertext, SHARE_CIPHERTEXT_BYTES)
+
+    @classmethod
+    def read(cls, r: Reader) -> EncryptedShare:
+        return cls(r.u32(), r.u32(), r.fixed(NONCE_BYTES), r.fixed(SHARE_CIPHERTEXT_BYTES))
+
+
+@dataclass(frozen=True)
+class ShareBundle(Message):
+    """A dealer's encrypted shares for its neighbours and its commitment to its self-mask seed."""
+
+    TYPE: ClassVar[int] = 4
+    round: int
+    member: int
+    session: bytes
+    commitment: bytes  # SHA-256 commitment to the self-mask seed, checked after reconstruction
+    shares: tuple[EncryptedShare, ...]
+    signature: bytes  # over (round, session, member, commitment, holders)
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES)
+        w.fixed(self.commitment, 32).u32(len(self.shares))
+        for s in self.shares:
+            s.write(w)
+        w.fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def _read(cls, r: Reader) -> ShareBundle:
+        rnd, member, session, commitment = r.u64(), r.u32(), r.fixed(SESSION_BYTES), r.fixed(32)
+        shares = tuple(EncryptedShare.read(r) for _ in range(r.count(MAX_MEMBERS)))
+        return cls(rnd, member, session, commitment, shares, r.fixed(SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class ShareDelivery(Message):
+    """Stage 2 request: who shared (C1), and the shares addressed to this holder."""
+
+    TYPE: ClassVar[int] = 5
+    round: int
+    session: bytes
+    shared: tuple[int, ...]
+    shares: tuple[EncryptedShare, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared)
+        w.u32(len(self.shares))
+        for s in self.shares:
+            s.write(w)
+
+    @classmethod
+    def _read(cls, r: Reader) -> ShareDelivery:
+        rnd, session, shared = r.u64(), r.fixed(SESSION_BYTES), _members(r)
+        return cls(rnd, session, shared, tuple(EncryptedShare.read(r) for _ in range(r.count(MAX_MEMBERS))))
+
+
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Stage 2 reply: the masked, quantized, weighted input, and complaints about bad shares."""
+
+    TYPE: ClassVar[int] = 6
+    round: int
+    member: int
+    session: bytes
+    complaints: tuple[int, ...]  # dealers whose shares to this member did not decrypt/verify
+    vector: np.ndarray  # ring dtype (uint32 or uint64), length d + 1
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES).ints(self.complaints)
+        w.u8(self.vector.dtype.itemsize * 8).var(np.ascontiguousarray(self.vector, "<u" + str(self.vector.dtype.itemsize)).data)
+
+    @classmethod
+    def _read(cls, r: Reader) -> MaskedInput:
+        rnd, member, session, complaints = r.u64(), r.u32(), r.fixed(SESSION_BYTES), _members(r)
+        bits = r.u8()
+        if bits not in (32, 64):
+            raise ProtocolError(Rule.ENCODING, f"masked vector ring of {bits} bits")
+        raw = r.var_view()
+        if len(raw) % (bits // 8) or not raw:
+            raise ProtocolError(Rule.ENCODING, "masked vector length is not whole elements")
+        return cls(rnd, member, session, complaints, np.frombuffer(raw, dtype=f"<u{bits // 8}"))
+
+    def __eq__(self, other: object) -> bool:  # ndarray fields need an explicit comparison
+        return (
+            isinstance(other, MaskedInput)
+            and (self.round, self.member, self.session, self.complaints)
+            == (other.round, other.member, other.session, other.complaints)
+            and np.array_equal(self.vector, other.vector)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class SurvivorRequest(Message):
+    """Stage 3 request: sign this view of who shared (C1) and who sent a masked input (C2)."""
+
+    TYPE: ClassVar[int] = 7
+    round: int
+    session: bytes
+    shared: tuple[int, ...]
+    survivors: tuple[int, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared).ints(self.survivors)
+
+    @classmethod
+    def _read(cls, r: Reader) -> SurvivorRequest:
+        return cls(r.u64(), r.fixed(SESSION_BYTES), _members(r), _members(r))
+
+
+@dataclass(frozen=True)
+class SurvivorSignature(Message):
+    """Stage 3 reply: a member's signature on (round, session, C1, C2)."""
+
+    TYPE: ClassVar[int] = 8
+    round: int
+    member: int
+    session: bytes
+    signature: bytes
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES)
+        w.fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def _read(cls, r: Reader) -> SurvivorSignature:
+        return cls(r.u64(), r.u32(), r.fixed(SESSION_BYTES), r.fixed(SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Stage 4 request: survivors (self-mask shares wanted), dropped (key shares wanted), proof."""
+
+    TYPE: ClassVar[int] = 9
+    round: int
+    session: bytes
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[SurvivorSignature, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.survivors).ints(self.dropped)
+        w.u32(len(self.signatures))
+        for s in self.signatures:
+            s._write(w)
+
+    @classmethod
+    def _read(cls, r: Reader) -> UnmaskRequest:
+        rnd, session, survivors, dropped = r.u64(), r.fixed(SESSION_BYTES), _members(r), _members(r)
+        sigs = tuple(SurvivorSignature._read(r) for _ in range(r.count(MAX_MEMBERS)))
+        return cls(rnd, session, survivors, dropped, sigs)
+
+
+@dataclass(frozen=True)
+class RevealedShare:
+    """A share released at unmasking, with the dealer's signature proving it is authentic."""
+
+    dealer: int
+    value: bytes  # field element, ELEMENT_BYTES
+    signature: bytes  # the dealer's signature over (round, session, kind, dealer, holder, value)
+
+    def write(self, w: Writer) -> None:
+        w.u32(self.dealer).fixed(self.value, ELEMENT_BYTES).fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def read(cls, r: Reader) -> RevealedShare:
+        return cls(r.u32(), r.fixed(ELEMENT_BYTES), r.fixed(SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(Message):
+    """Stage 4 reply: self-mask shares of survivors and key shares of dropped members."""
+
+    TYPE: ClassVar[int] = 10
+    round: int
+    member: int
+    session: bytes
+    seed_shares: tuple[RevealedShare, ...]
+    key_shares: tuple[RevealedShare, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES)
+        for group in (self.seed_shares, self.key_shares):
+            w.u32(len(group))
+            for s in group:
+                s.write(w)
+
+    @classmethod
+    def _read(cls, r: Reader) -> UnmaskResponse:
+        rnd, member, session = r.u64(), r.u32(), r.fixed(SESSION_BYTES)
+        seed = tuple(RevealedShare.read(r) for _ in range(r.count(MAX_MEMBERS)))
+        key = tuple(RevealedShare.read(r) for _ in range(r.count(MAX_MEMBERS)))
+        return cls(rnd, member, session, seed, key)
+
+
+@dataclass(frozen=True)
+class Refusal(Message):
+    """A participant's refusal: which rule the request broke (or which local policy forbade it)."""
+
+    TYPE: ClassVar[int] = 11
+    round: int
+    member: int
+    rule: str
+    detail: str
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).text(self.rule).text(self.detail[:1000])
+
+    @classmethod
+    def _read(cls, r: Reader) -> Refusal:
+        return cls(r.u64(), r.u32(), r.text(), r.text(4096))

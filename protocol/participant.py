@@ -1,0 +1,452 @@
+"""The participant's state machine: one `Participant` per member, one `RoundState` per round.
+
+Rules a participant enforces, whatever the coordinator says (each refusal names its `Rule`):
+
+1. Keys are fresh per round and advertised at most once per round; rounds only move forward
+   (an old or repeated round is a replay).
+2. Every key bundle is checked against this member's OWN roster; its own bundle must come back
+   unaltered; the cohort must reach the minimum size.
+3. Stages run in order: advertise -> share -> mask -> sign survivors -> unmask. A request for a
+   stage already done is a replay; one for a later stage is out of order.
+4. The set of members who shared (C1) is fixed once masking has used it; the survivor set (C2)
+   it signs must be a subset of C1 that contains this member and reaches the threshold.
+5. Shares are released only after enough distinct members signed the SAME (C1, C2); seed shares
+   only for survivors, key shares only for dropped members, never both for one peer, and only once.
+6. Any broken rule aborts the round for this member and wipes its round secrets (fail closed).
+
+The transition table below is the whole state machine; everything else is checking and crypto.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import graph, keys, shamir
+from .codec import Reader, Writer
+from .crypto import (
+    NONCE_BYTES,
+    Randomness,
+    SessionContext,
+    aead_open,
+    aead_seal,
+    x25519_exchange,
+    x25519_from_bytes,
+    x25519_from_random,
+    x25519_private_bytes,
+    x25519_public_bytes,
+)
+from .errors import ProtocolError, Rule
+from .masking import apply_masks
+from .messages import (
+    AdvertiseRequest,
+    BundleSet,
+    EncryptedShare,
+    KeyBundle,
+    MaskedInput,
+    Message,
+    RevealedShare,
+    ShareBundle,
+    ShareDelivery,
+    SurvivorRequest,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .params import ProtocolParams
+from .quantize import quantize
+from .roster import Roster
+from .verify import verify_bundles
+
+
+class Phase(IntEnum):
+    ADVERTISED = 1
+    SHARED = 2
+    MASKED = 3
+    SIGNED = 4
+    DONE = 5
+    ABORTED = 6
+
+
+# (phase the round must be in, request) -> phase after a successful answer
+TRANSITIONS: dict[tuple[Phase, type[Message]], Phase] = {
+    (Phase.ADVERTISED, BundleSet): Phase.SHARED,
+    (Phase.SHARED, ShareDelivery): Phase.MASKED,
+    (Phase.MASKED, SurvivorRequest): Phase.SIGNED,
+    (Phase.SIGNED, UnmaskRequest): Phase.DONE,
+}
+STAGE_OF = {AdvertiseRequest: 0, BundleSet: 1, ShareDelivery: 2, SurvivorRequest: 3, UnmaskRequest: 4}
+ROUND_WINDOW = 4  # rounds kept (as tombstones at least) behind the newest advertised round
+
+
+@dataclass
+class HeldShare:
+    """A neighbour's shares for this member, with the dealer's signatures over each value."""
+
+    seed: bytes
+    seed_sig: bytes
+    key: bytes
+    key_sig: bytes
+
+
+@dataclass
+class RoundState:
+    round: int
+    phase: Phase
+    encryption_sk: bytes = b""
+    masking_sk: bytes = b""
+    seed: bytes = b""
+    bundle: bytes = b""  # own KeyBundle, encoded
+    session: bytes = b""
+    cohort: int = 0  # |C0|
+    peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (enc pk, mask pk)
+    neighbours: tuple[int, ...] = ()
+    shared: tuple[int, ...] = ()
+    survivors: tuple[int, ...] = ()
+    held: dict[int, HeldShare] = field(default_factory=dict)
+    released_seed: tuple[int, ...] = ()
+    released_key: tuple[int, ...] = ()
+
+    def wipe(self) -> None:
+        """Drop every secret of the round (after unmasking, or on abort)."""
+        self.encryption_sk = self.masking_sk = self.seed = b""
+        self.held = {}
+        self.peers = {}
+
+    def write(self, w: Writer) -> None:
+        w.u64(self.round).u8(self.phase).var(self.encryption_sk).var(self.masking_sk)
+        w.var(self.seed).var(self.bundle).var(self.session).u32(self.cohort)
+        w.u32(len(self.peers))
+        for m, (e, k) in sorted(self.peers.items()):
+            w.u32(m).fixed(e, 32).fixed(k, 32)
+        w.ints(self.neighbours).ints(self.shared).ints(self.survivors)
+        w.u32(len(self.held))
+        for m, h in sorted(self.held.items()):
+            w.u32(m).var(h.seed).var(h.seed_sig).var(h.key).var(h.key_sig)
+        w.ints(self.released_seed).ints(self.released_key)
+
+    @classmethod
+    def read(cls, r: Reader) -> RoundState:
+        st = cls(r.u64(), Phase(r.u8()))
+        st.encryption_sk, st.masking_sk, st.seed = r.var(), r.var(), r.var()
+        st.bundle, st.session, st.cohort = r.var(), r.var(), r.u32()
+        st.peers = {r.u32(): (r.fixed(32), r.fixed(32)) for _ in range(r.count())}
+        st.neighbours, st.shared, st.survivors = r.ints(), r.ints(), r.ints()
+        st.held = {r.u32(): HeldShare(r.var(), r.var(), r.var(), r.var()) for _ in range(r.count())}
+        st.released_seed, st.released_key = r.ints(), r.ints()
+        return st
+
+
+def _sorted_unique(members: tuple[int, ...], what: str) -> tuple[int, ...]:
+    if len(set(members)) != len(members):
+        raise ProtocolError(Rule.DUPLICATE_MEMBER, f"{what} lists a member twice")
+    return tuple(sorted(members))
+
+
+class Participant:
+    """One member's side of the protocol across rounds. Feed requests, get replies."""
+
+    def __init__(
+        self,
+        member: int,
+        identity: Ed25519PrivateKey,
+        roster: Roster,
+        context: SessionContext,
+        params: ProtocolParams,
+        *,
+        min_cohort: int = 0,
+        randomness: Randomness = os.urandom,
+        state: bytes | None = None,
+    ) -> None:
+        roster.get(member)  # raises if this member is not in its own roster
+        self.member = member
+        self._identity = identity
+        self.roster = roster
+        self.context = context
+        self.params = params
+        self.min_cohort = max(params.min_cohort, min_cohort)
+        self._random = randomness
+        self.latest = 0  # newest round advertised
+        self.rounds: dict[int, RoundState] = {}
+        if state is not None:
+            self._load(state)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> bytes:
+        """Serialize all round state (contains secrets: keep it on this member's machine)."""
+        w = Writer().u64(self.latest).u32(len(self.rounds))
+        for _, st in sorted(self.rounds.items()):
+            st.write(w)
+        return w.getvalue()
+
+    def _load(self, data: bytes) -> None:
+        r = Reader(data, "participant state")
+        self.latest = r.u64()
+        self.rounds = {}
+        for _ in range(r.count()):
+            st = RoundState.read(r)
+            self.rounds[st.round] = st
+        r.finish()
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, msg: Message, x: np.ndarray | None = None, weight: int = 1) -> Message:
+        """Answer one coordinator request (x and weight only for a ShareDelivery)."""
+        if isinstance(msg, AdvertiseRequest):
+            return self.advertise(msg)
+        if isinstance(msg, BundleSet):
+            return self.share(msg)
+        if isinstance(msg, ShareDelivery):
+            if x is None:
+                raise ValueError("masking needs the local input vector")
+            return self.mask(msg, x, weight)
+        if isinstance(msg, SurvivorRequest):
+            return self.sign_survivors(msg)
+        if isinstance(msg, UnmaskRequest):
+            return self.unmask(msg)
+        raise ProtocolError(Rule.OUT_OF_ORDER, f"a participant does not accept {type(msg).__name__}")
+
+    def _enter(self, msg: Message) -> RoundState:
+        """Apply rules 1 and 3: the round must be live and in the phase this request needs."""
+        st = self.rounds.get(msg.round)
+        if st is None:
+            if msg.round <= self.latest:
+                raise ProtocolError(Rule.REPLAY, f"round {msg.round} is over or was never joined")
+            raise ProtocolError(Rule.OUT_OF_ORDER, f"round {msg.round} was never advertised")
+        if st.phase is Phase.ABORTED:
+            raise ProtocolError(Rule.OUT_OF_ORDER, f"round {msg.round} was aborted by this member")
+        if (st.phase, type(msg)) not in TRANSITIONS:
+            done = st.phase - 1  # stages answered so far (ADVERTISED answered stage 0)
+            rule = Rule.REPLAY if STAGE_OF[type(msg)] <= done else Rule.OUT_OF_ORDER
+            raise ProtocolError(rule, f"{type(msg).__name__} in phase {st.phase.name}")
+        return st
+
+    def _run(self, msg: Message, step, *args):  # noqa: ANN001, ANN202 - internal trampoline
+        st = self._enter(msg)
+        try:
+            reply = step(st, msg, *args)
+        except ProtocolError:
+            st.phase = Phase.ABORTED
+            st.wipe()
+            raise
+        st.phase = TRANSITIONS[(st.phase, type(msg))]
+        return reply
+
+    # ------------------------------------------------------------------ stage 0
+    def advertise(self, req: AdvertiseRequest) -> KeyBundle:
+        if req.round <= self.latest:
+            raise ProtocolError(Rule.REPLAY, f"keys for round {req.round} were already advertised")
+        enc = x25519_from_random(self._random)
+        msk = x25519_from_random(self._random)
+        unsigned = KeyBundle(req.round, self.member, x25519_public_bytes(enc), x25519_public_bytes(msk), bytes(64))
+        sig = self._identity.sign(keys.bundle_transcript(self.context, unsigned))
+        bundle = KeyBundle(unsigned.round, self.member, unsigned.encryption_key, unsigned.masking_key, sig)
+        st = RoundState(req.round, Phase.ADVERTISED, x25519_private_bytes(enc), x25519_private_bytes(msk))
+        st.bundle = bundle.encode()
+        self.latest = req.round
+        self.rounds[req.round] = st
+        for old in [r for r in self.rounds if r <= req.round - ROUND_WINDOW]:
+            del self.rounds[old]
+        for old in self.rounds.values():  # a newer round supersedes unfinished older ones
+            if old.round < req.round - 1 and old.phase < Phase.DONE:
+                old.phase = Phase.ABORTED
+                old.wipe()
+        return bundle
+
+    # ------------------------------------------------------------------ stage 1
+    def share(self, bundles: BundleSet) -> ShareBundle:
+        return self._run(bundles, self._share)
+
+    def _share(self, st: RoundState, bset: BundleSet) -> ShareBundle:
+        ctx, p = self.context, self.params
+        own = KeyBundle.decode(st.bundle)
+        verified = verify_bundles(bset.bundles, bset.round, self.roster, ctx)
+        mine = verified.get(self.member)
+        if mine is None:
+            raise ProtocolError(Rule.NOT_A_PARTICIPANT, "this member's bundle is not in the set")
+        if mine != own:
+            raise ProtocolError(Rule.OWN_BUNDLE_ALTERED, "the set carries altered keys for this member")
+        n0 = len(verified)
+        if n0 < self.min_cohort:
+            raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{n0} members, this member requires {self.min_cohort}")
+        if n0 > p.max_members:
+            raise ProtocolError(Rule.PARAMETERS, f"{n0} members exceed the plan's max_members")
+        st.session = keys.session_id(ctx, st.round, verified.values())
+        st.cohort = n0
+        st.peers = {m: (b.encryption_key, b.masking_key) for m, b in verified.items()}
+        nbrs = graph.neighbours(sorted(verified), p.degree(n0), st.session)[self.member]
+        st.neighbours = tuple(sorted(nbrs))
+        st.seed = self._random(shamir.SECRET_BYTES)
+        threshold = p.shamir_threshold(len(st.neighbours))
+        seed_shares = shamir.split(st.seed, st.neighbours, threshold, self._random)
+        key_shares = shamir.split(st.masking_sk, st.neighbours, threshold, self._random)
+        enc_sk = x25519_from_bytes(st.encryption_sk)
+        items = []
+        for holder in st.neighbours:
+            sv = shamir.encode_share(seed_shares[holder])
+            kv = shamir.encode_share(key_shares[holder])
+            plaintext = b"".join((
+                sv, self._sign_value(st, keys.SEED, holder, sv),
+                kv, self._sign_value(st, keys.KEY, holder, kv),
+            ))
+            dh = x25519_exchange(enc_sk, st.peers[holder][0])
+            k = keys.share_encryption_key(ctx, st.round, st.session, self.member, holder, dh)
+            nonce = self._random(NONCE_BYTES)
+            ad = keys.share_associated_data(ctx, st.round, st.session, self.member, holder)
+            items.append(EncryptedShare(self.member, holder, nonce, aead_seal(k, nonce, plaintext, ad)))
+        commitment = keys.seed_commitment(ctx, st.round, st.session, self.member, st.seed)
+        sig = self._identity.sign(
+            keys.share_bundle_transcript(ctx, st.round, st.session, self.member, commitment, st.neighbours)
+        )
+        return ShareBundle(st.round, self.member, st.session, commitment, tuple(items), sig)
+
+    def _sign_value(self, st: RoundState, kind: str, holder: int, value: bytes) -> bytes:
+        return self._identity.sign(
+            keys.share_value_transcript(self.context, st.round, st.session, kind, self.member, holder, value)
+        )
+
+    # ------------------------------------------------------------------ stage 2
+    def mask(self, delivery: ShareDelivery, x: np.ndarray, weight: int = 1) -> MaskedInput:
+        return self._run(delivery, self._mask, x, weight)
+
+    def _mask(self, st: RoundState, dl: ShareDelivery, x: np.ndarray, weight: int) -> MaskedInput:
+        ctx = self.context
+        self._check_session(st, dl.session)
+        shared = _sorted_unique(dl.shared, "the shared set")
+        if not set(shared) <= set(st.peers):
+            raise ProtocolError(Rule.SET_NOT_SUBSET, "the shared set names members outside the cohort")
+        if self.member not in shared:
+            raise ProtocolError(Rule.NOT_A_PARTICIPANT, "the coordinator says this member did not share")
+        if len(shared) < self.min_cohort:
+            raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{len(shared)} members shared, {self.min_cohort} required")
+        quantized = quantize(x, weight, self.params, self._random)  # input rules checked here
+        live = [j for j in st.neighbours if j in set(shared)]
+        complaints = self._open_shares(st, dl.shares, set(live))
+        st.shared = shared
+        mask_sk = x25519_from_bytes(st.masking_sk)
+        plus = [keys.self_mask_key(ctx, st.round, st.session, self.member, st.seed)]
+        minus = []
+        for j in live:
+            dh = x25519_exchange(mask_sk, st.peers[j][1])
+            k = keys.pair_mask_key(ctx, st.round, st.session, self.member, j, dh)
+            (plus if self.member < j else minus).append(k)
+        vector = quantized.vector
+        apply_masks(vector, plus, minus)
+        st.seed = st.masking_sk = st.encryption_sk = b""  # no longer needed: wipe now
+        return MaskedInput(st.round, self.member, st.session, tuple(complaints), vector)
+
+    def _open_shares(self, st: RoundState, items: tuple[EncryptedShare, ...], live: set[int]) -> list[int]:
+        """Decrypt and verify the shares addressed to this member; return dealers that cheated."""
+        ctx = self.context
+        enc_sk = x25519_from_bytes(st.encryption_sk)
+        complaints: list[int] = []
+        for it in items:
+            if it.holder != self.member or it.dealer not in live or it.dealer in st.held:
+                continue  # not ours, not a live neighbour, or a duplicate: ignore
+            dh = x25519_exchange(enc_sk, st.peers[it.dealer][0])
+            k = keys.share_encryption_key(ctx, st.round, st.session, it.dealer, self.member, dh)
+            ad = keys.share_associated_data(ctx, st.round, st.session, it.dealer, self.member)
+            pt = aead_open(k, it.nonce, it.ciphertext, ad)
+            held = _parse_share_plaintext(pt) if pt is not None else None
+            if held is None or not self._dealer_signed(st, it.dealer, held):
+                complaints.append(it.dealer)
+                continue
+            st.held[it.dealer] = held
+        return complaints
+
+    def _dealer_signed(self, st: RoundState, dealer: int, h: HeldShare) -> bool:
+        def ok(kind: str, value: bytes, sig: bytes) -> bool:
+            msg = keys.share_value_transcript(self.context, st.round, st.session, kind, dealer, self.member, value)
+            return self.roster.verify(dealer, sig, msg)
+
+        return ok(keys.SEED, h.seed, h.seed_sig) and ok(keys.KEY, h.key, h.key_sig)
+
+    # ------------------------------------------------------------------ stage 3
+    def sign_survivors(self, req: SurvivorRequest) -> SurvivorSignature:
+        return self._run(req, self._sign_survivors)
+
+    def _sign_survivors(self, st: RoundState, req: SurvivorRequest) -> SurvivorSignature:
+        self._check_session(st, req.session)
+        if _sorted_unique(req.shared, "the shared set") != st.shared:
+            raise ProtocolError(Rule.INCONSISTENT_SURVIVORS, "the shared set changed after masking")
+        survivors = _sorted_unique(req.survivors, "the survivor set")
+        if not set(survivors) <= set(st.shared):
+            raise ProtocolError(Rule.SET_NOT_SUBSET, "survivors must be members who shared")
+        if self.member not in survivors:
+            raise ProtocolError(Rule.NOT_A_PARTICIPANT, "this member is not listed as a survivor")
+        self._check_survivor_count(st, survivors)
+        st.survivors = survivors
+        sig = self._identity.sign(
+            keys.survivors_transcript(self.context, st.round, st.session, st.shared, survivors)
+        )
+        return SurvivorSignature(st.round, self.member, st.session, sig)
+
+    def _check_survivor_count(self, st: RoundState, survivors: tuple[int, ...]) -> None:
+        if len(survivors) < self.min_cohort:
+            raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{len(survivors)} survivors, {self.min_cohort} required")
+        need = self.params.consistency_threshold(st.cohort)
+        if len(survivors) < need:
+            raise ProtocolError(Rule.THRESHOLD, f"{len(survivors)} survivors, {need} needed")
+
+    # ------------------------------------------------------------------ stage 4
+    def unmask(self, req: UnmaskRequest) -> UnmaskResponse:
+        st = self.rounds.get(req.round)
+        if st is not None and st.phase is Phase.DONE:
+            if set(req.survivors) & set(st.released_key) or set(req.dropped) & set(st.released_seed):
+                raise ProtocolError(Rule.BOTH_SHARES, "both shares of one peer were requested")
+        return self._run(req, self._unmask)
+
+    def _unmask(self, st: RoundState, req: UnmaskRequest) -> UnmaskResponse:
+        ctx = self.context
+        self._check_session(st, req.session)
+        overlap = set(req.survivors) & set(req.dropped)
+        if overlap:
+            raise ProtocolError(
+                Rule.SURVIVOR_DROPPED_OVERLAP, f"members {sorted(overlap)} listed as survivor and dropped",
+                culprits=(),
+            )
+        if _sorted_unique(req.survivors, "the survivor set") != st.survivors:
+            raise ProtocolError(Rule.INCONSISTENT_SURVIVORS, "survivor set differs from the one signed")
+        dropped = _sorted_unique(req.dropped, "the dropped set")
+        if not set(dropped) <= set(st.shared) - set(st.survivors):
+            raise ProtocolError(Rule.SET_NOT_SUBSET, "dropped members must have shared and not survived")
+        statement = keys.survivors_transcript(ctx, st.round, st.session, st.shared, st.survivors)
+        signers = {
+            s.member for s in req.signatures
+            if s.member in set(st.survivors) and s.round == st.round and s.session == st.session
+            and self.roster.verify(s.member, s.signature, statement)
+        }
+        need = self.params.consistency_threshold(st.cohort)
+        if len(signers) < need:
+            raise ProtocolError(
+                Rule.INCONSISTENT_SURVIVORS, f"{len(signers)} valid signatures on this survivor set, {need} needed"
+            )
+        nbrs = set(st.neighbours)
+        seed_out = [
+            _reveal(j, st.held[j].seed, st.held[j].seed_sig) for j in st.survivors if j in nbrs and j in st.held
+        ]
+        key_out = [_reveal(j, st.held[j].key, st.held[j].key_sig) for j in dropped if j in nbrs and j in st.held]
+        st.released_seed = tuple(s.dealer for s in seed_out)
+        st.released_key = tuple(s.dealer for s in key_out)
+        st.wipe()
+        return UnmaskResponse(st.round, self.member, st.session, tuple(seed_out), tuple(key_out))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_session(st: RoundState, session: bytes) -> None:
+        if session != st.session:
+            raise ProtocolError(Rule.WRONG_SESSION, "request belongs to another session of this round")
+
+
+def _reveal(dealer: int, value: bytes, sig: bytes) -> RevealedShare:
+    return RevealedShare(dealer, value, sig)
+
+
+def _parse_share_plaintext(pt: bytes) -> HeldShare | None:
+    e, s = shamir.ELEMENT_BYTES, 64
+    if len(pt) != 2 * (e + s):
+        return None
+    return HeldShare(pt[:e], pt[e : e + s], pt[e + s : 2 * e + s], pt[2 * e + s :])
