@@ -7,8 +7,15 @@ and the caller treats that sender as dropped. Masked inputs are folded into one 
 they arrive, so memory is O(d) whatever the number of members.
 
 Stages (each `close`-type call moves to the next; anything else is out of order):
-    BUNDLES --bundle_set()--> SHARES --deliveries()--> MASKED --survivor_request()-->
-    SIGNATURES --unmask_request()--> UNMASK --finish()--> DONE        (or ABORTED on any failure)
+    BUNDLES --bundle_set()--> SHARES --deliveries()--> RECEIPTS --mask_request()--> MASKED
+    --survivor_request()--> SIGNATURES --unmask_request()--> UNMASK --finish()--> DONE
+    (or ABORTED on any failure that leaves too few members)
+
+Complaints about bad shares are judged, not trusted: the holder reveals the directional share
+key, which must match the key digest the dealer signed. Garbage under the right key convicts the
+dealer; a valid share convicts the complainer; a key that does not match the digest convicts
+one of the two without saying which, so both are left out of the round. Convicted members are
+excluded from C1 before anyone masks, so the round goes on without them.
 """
 
 from __future__ import annotations
@@ -19,23 +26,27 @@ from enum import IntEnum
 import numpy as np
 
 from . import graph, keys, shamir
-from .crypto import SessionContext, x25519_exchange, x25519_from_bytes, x25519_public_bytes
+from .crypto import SessionContext, aead_open, x25519_exchange, x25519_from_bytes, x25519_public_bytes
 from .errors import ProtocolError, Rule
 from .masking import apply_masks
 from .messages import (
     AdvertiseRequest,
     BundleSet,
+    EncryptedShare,
     KeyBundle,
     MaskedInput,
+    MaskRequest,
     RevealedShare,
     ShareBundle,
     ShareDelivery,
+    ShareReceipt,
     SurvivorRequest,
     SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
 from .params import ProtocolParams
+from .participant import parse_share_plaintext, shares_signed_by_dealer
 from .quantize import dequantize
 from .roster import Roster
 from .verify import verify_bundle
@@ -44,11 +55,12 @@ from .verify import verify_bundle
 class Stage(IntEnum):
     BUNDLES = 1
     SHARES = 2
-    MASKED = 3
-    SIGNATURES = 4
-    UNMASK = 5
-    DONE = 6
-    ABORTED = 7
+    RECEIPTS = 3
+    MASKED = 4
+    SIGNATURES = 5
+    UNMASK = 6
+    DONE = 7
+    ABORTED = 8
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,8 @@ class AggregateResult:
     survivors: tuple[int, ...]  # C2: members whose inputs are in the sum
     dropped: tuple[int, ...]  # C1 \ C2: shared, then dropped before masking
     not_shared: tuple[int, ...]  # C0 \ C1: advertised keys, then dropped
-    complaints: dict[int, tuple[int, ...]]  # holder -> dealers whose shares were garbage
-    faults: dict[int, str]  # member -> rule it broke (its message was rejected)
+    complaints: dict[int, tuple[int, ...]]  # holder -> dealers it complained about
+    faults: dict[int, str]  # member -> rule it broke (its message was rejected or it was convicted)
 
     def weighted_sum(self, params: ProtocolParams) -> tuple[np.ndarray, int]:
         """(sum of w_i x_i as float64, sum of w_i)."""
@@ -72,8 +84,10 @@ class AggregateResult:
 class _Collected:
     bundles: dict[int, KeyBundle] = field(default_factory=dict)
     share_bundles: dict[int, ShareBundle] = field(default_factory=dict)
+    receipts: set[int] = field(default_factory=set)
     masked: set[int] = field(default_factory=set)
     complaints: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    convicted: set[int] = field(default_factory=set)
     signatures: dict[int, SurvivorSignature] = field(default_factory=dict)
     seed_shares: dict[int, dict[int, int]] = field(default_factory=dict)  # dealer -> holder -> y
     key_shares: dict[int, dict[int, int]] = field(default_factory=dict)
@@ -168,28 +182,68 @@ class CoordinatorRound:
         expected = tuple(sorted(self.neighbours[sb.member]))
         if holders != expected or any(s.dealer != sb.member for s in sb.shares):
             raise self._reject(sb.member, ProtocolError(Rule.NEIGHBOURS, "shares not addressed to its neighbours"))
-        statement = keys.share_bundle_transcript(self.context, self.round, self.session, sb.member, sb.commitment, holders)
+        statement = keys.share_bundle_transcript(self.context, self.round, self.session, sb.member, sb.commitment, sb.shares)
         if not self.roster.verify(sb.member, sb.signature, statement):
             raise self._reject(sb.member, ProtocolError(Rule.BAD_SIGNATURE, "share bundle not signed by its dealer"))
         self._c.share_bundles[sb.member] = sb
 
     def deliveries(self) -> dict[int, ShareDelivery]:
-        """Close sharing: C1 is fixed; each member gets the shares its live neighbours dealt it."""
+        """Close sharing: each dealer, as a holder, gets the shares its neighbours dealt it."""
         self._expect(Stage.SHARES, "closing share collection")
-        self.shared = tuple(sorted(self._c.share_bundles))
+        dealers = set(self._c.share_bundles)
         need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
-        if len(self.shared) < need:
-            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.shared)} members shared, {need} needed"))
-        inbox: dict[int, list] = {m: [] for m in self.shared}
+        if len(dealers) < need:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(dealers)} members shared, {need} needed"))
+        inbox: dict[int, list[EncryptedShare]] = {m: [] for m in sorted(dealers)}
         for sb in self._c.share_bundles.values():
             for item in sb.shares:
                 if item.holder in inbox:
                     inbox[item.holder].append(item)
-        self._acc = np.zeros(self.params.masked_length, dtype=self.params.dtype)
-        self.stage = Stage.MASKED
-        return {m: ShareDelivery(self.round, self.session, self.shared, tuple(items)) for m, items in inbox.items()}
+        self.stage = Stage.RECEIPTS
+        return {m: ShareDelivery(self.round, self.session, tuple(items)) for m, items in inbox.items()}
 
     # ------------------------------------------------------------------ stage 2 replies
+    def add_receipt(self, receipt: ShareReceipt) -> None:
+        """Record that a holder has its shares; judge each complaint it makes."""
+        self._expect(Stage.RECEIPTS, "a share receipt")
+        holder = receipt.member
+        self._check_sender(holder, receipt.round, receipt.session, set(self._c.share_bundles), self._c.receipts)
+        self._c.receipts.add(holder)
+        if receipt.complaints:
+            self._c.complaints[holder] = tuple(c.dealer for c in receipt.complaints)
+        for c in receipt.complaints:
+            for guilty, why in self._judge(holder, c.dealer, c.key):
+                self._c.convicted.add(guilty)
+                self.faults.setdefault(guilty, why)
+
+    def _judge(self, holder: int, dealer: int, key: bytes) -> list[tuple[int, str]]:
+        ctx, r, sess = self.context, self.round, self.session
+        sb = self._c.share_bundles.get(dealer)
+        item = next((it for it in sb.shares if it.holder == holder), None) if sb else None
+        if item is None:
+            return [(holder, "complaint about a share that was never dealt")]
+        if keys.share_key_digest(ctx, r, sess, dealer, holder, key) != item.key_digest:
+            reason = "complaint with a key that does not match the dealer's digest"
+            return [(holder, reason), (dealer, reason)]
+        ad = keys.share_associated_data(ctx, r, sess, dealer, holder)
+        pt = aead_open(key, item.nonce, item.ciphertext, ad)
+        held = parse_share_plaintext(pt) if pt is not None else None
+        if held is None or not shares_signed_by_dealer(ctx, self.roster, r, sess, dealer, holder, held):
+            return [(dealer, Rule.BAD_SHARE.value)]
+        return [(holder, "false complaint about a valid share")]
+
+    def mask_request(self) -> MaskRequest:
+        """Close receipts: C1 = dealers who confirmed receipt and were not convicted."""
+        self._expect(Stage.RECEIPTS, "closing receipt collection")
+        self.shared = tuple(sorted(self._c.receipts - self._c.convicted))
+        need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
+        if len(self.shared) < need:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.shared)} members ready to mask, {need} needed"))
+        self._acc = np.zeros(self.params.masked_length, dtype=self.params.dtype)
+        self.stage = Stage.MASKED
+        return MaskRequest(self.round, self.session, self.shared)
+
+    # ------------------------------------------------------------------ stage 3 replies
     def add_masked(self, mi: MaskedInput) -> None:
         self._expect(Stage.MASKED, "a masked input")
         self._check_sender(mi.member, mi.round, mi.session, set(self.shared), self._c.masked)
@@ -199,8 +253,6 @@ class CoordinatorRound:
         assert self._acc is not None
         np.add(self._acc, v, out=self._acc)
         self._c.masked.add(mi.member)
-        if mi.complaints:
-            self._c.complaints[mi.member] = tuple(mi.complaints)
 
     def survivor_request(self) -> SurvivorRequest:
         self._expect(Stage.MASKED, "closing masked-input collection")
@@ -212,7 +264,7 @@ class CoordinatorRound:
         self.stage = Stage.SIGNATURES
         return SurvivorRequest(self.round, self.session, self.shared, self.survivors)
 
-    # ------------------------------------------------------------------ stage 3 replies
+    # ------------------------------------------------------------------ stage 4 replies
     def add_signature(self, sig: SurvivorSignature) -> None:
         self._expect(Stage.SIGNATURES, "a survivor signature")
         self._check_sender(sig.member, sig.round, sig.session, set(self.survivors), self._c.signatures)
@@ -230,7 +282,7 @@ class CoordinatorRound:
         sigs = tuple(self._c.signatures[m] for m in sorted(self._c.signatures))
         return UnmaskRequest(self.round, self.session, self.survivors, self.dropped, sigs)
 
-    # ------------------------------------------------------------------ stage 4 replies
+    # ------------------------------------------------------------------ stage 5 replies
     def add_unmask(self, resp: UnmaskResponse) -> None:
         self._expect(Stage.UNMASK, "an unmask response")
         self._check_sender(resp.member, resp.round, resp.session, set(self.survivors), self._c.responded)
@@ -289,7 +341,7 @@ class CoordinatorRound:
         self.stage = Stage.DONE
         return AggregateResult(
             round=r, total=total, survivors=self.survivors, dropped=self.dropped,
-            not_shared=tuple(m for m in self.cohort if m not in set(self.shared)),
+            not_shared=tuple(m for m in self.cohort if m not in set(self.shared) and m not in self._c.convicted),
             complaints=dict(self._c.complaints), faults=dict(self.faults),
         )
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from .codec import Writer
 from .crypto import SessionContext, hkdf, sha256, transcript
 from .masking import MASK_KEY_BYTES
-from .messages import KeyBundle
+from .messages import EncryptedShare, KeyBundle
 
 SEED = "seed"  # share kinds: the self-mask seed and the pairwise-mask private key
 KEY = "key"
@@ -31,9 +31,15 @@ def bundle_transcript(ctx: SessionContext, b: KeyBundle) -> bytes:
 
 def share_bundle_transcript(
     ctx: SessionContext, round_: int, session: bytes, dealer: int, commitment: bytes,
-    holders: tuple[int, ...],
+    items: Iterable[EncryptedShare],
 ) -> bytes:
-    return transcript("share-bundle", ctx, round_, session, dealer, commitment, holders)
+    """What a dealer signs: its seed commitment and every encrypted item (so it cannot deny one)."""
+    digest = sha256(*(it.encode() for it in items))
+    return transcript("share-bundle", ctx, round_, session, dealer, commitment, digest)
+
+
+def share_key_digest(ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int, key: bytes) -> bytes:
+    return sha256(transcript("share-key-digest", ctx, round_, session, dealer, holder), key)
 
 
 def share_value_transcript(

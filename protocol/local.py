@@ -7,16 +7,22 @@ order of calls an adapter (like fedloom's Flower round driver) has to make.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .coordinator import AggregateResult, CoordinatorRound
+from .crypto import Randomness, SessionContext, ed25519_public_bytes
 from .errors import ProtocolError
+from .params import ProtocolParams
 from .participant import Participant
+from .roster import Member, Roster
 
-STAGES = ("advertise", "share", "mask", "sign", "unmask")
+STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
 
 
 @dataclass
@@ -61,9 +67,14 @@ def run_round(
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_shares(reply))
         deliveries = coordinator.deliveries()
-        for m in alive("mask", deliveries):
+        for m in alive("receive", deliveries):
+            reply = ask(m, lambda m=m: participants[m].receive(deliveries[m]))
+            if reply is not None:
+                ask(m, lambda reply=reply: coordinator.add_receipt(reply))
+        mreq = coordinator.mask_request()
+        for m in alive("mask", mreq.shared):
             w = (weights or {}).get(m, 1)
-            reply = ask(m, lambda m=m, w=w: participants[m].mask(deliveries[m], inputs[m], w))
+            reply = ask(m, lambda m=m, w=w: participants[m].mask(mreq, inputs[m], w))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_masked(reply))
         sreq = coordinator.survivor_request()
@@ -79,3 +90,46 @@ def run_round(
         return RoundOutcome(coordinator.finish(), None, refusals)
     except ProtocolError as err:
         return RoundOutcome(None, err, refusals)
+
+
+# ---------------------------------------------------------------------------- test federations
+def seeded_randomness(seed: bytes) -> Randomness:
+    """A reproducible randomness source (AES-CTR under a key derived from `seed`).
+
+    For tests and benchmarks only: production code uses os.urandom, the default everywhere.
+    """
+    key = hashlib.sha256(b"fedloom/test-randomness" + seed).digest()
+    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    return lambda n: enc.update(bytes(n))
+
+
+@dataclass
+class LocalFederation:
+    """A roster with every member's identity key and a Participant each (one process)."""
+
+    roster: Roster
+    context: SessionContext
+    params: ProtocolParams
+    identities: dict[int, Ed25519PrivateKey]
+    participants: dict[int, Participant]
+
+    def coordinator(self, round_: int, workers: int = 1) -> CoordinatorRound:
+        return CoordinatorRound(round_, self.roster, self.context, self.params, workers=workers)
+
+    def next_round(self) -> int:
+        return max(p.latest for p in self.participants.values()) + 1
+
+
+def make_federation(
+    n: int, params: ProtocolParams, seed: int = 0, federation_id: str = "test-federation"
+) -> LocalFederation:
+    """n members with ids 1..n, deterministic keys (from `seed`), honest participants."""
+    rand = seeded_randomness(seed.to_bytes(8, "little"))
+    ids = {i: Ed25519PrivateKey.from_private_bytes(rand(32)) for i in range(1, n + 1)}
+    roster = Roster.of(Member(i, f"member-{i}", ed25519_public_bytes(k)) for i, k in ids.items())
+    ctx = SessionContext(federation_id, hashlib.sha256(b"plan" + seed.to_bytes(8, "little")).digest())
+    parts = {
+        i: Participant(i, k, roster, ctx, params, randomness=seeded_randomness(b"p%d-%d" % (seed, i)))
+        for i, k in ids.items()
+    }
+    return LocalFederation(roster, ctx, params, ids, parts)

@@ -144,20 +144,30 @@ class BundleSet(Message):
 
 @dataclass(frozen=True)
 class EncryptedShare:
-    """One dealer's shares for one holder, AEAD-encrypted under their pairwise key."""
+    """One dealer's shares for one holder, AEAD-encrypted under their directional pairwise key.
+
+    `key_digest` commits the dealer to that key (a hash of it), so a holder who complains can
+    reveal the key and the coordinator can check the complaint without learning anything else.
+    """
 
     dealer: int
     holder: int
+    key_digest: bytes
     nonce: bytes
     ciphertext: bytes
 
     def write(self, w: Writer) -> None:
-        w.u32(self.dealer).u32(self.holder).fixed(self.nonce, NONCE_BYTES)
+        w.u32(self.dealer).u32(self.holder).fixed(self.key_digest, 32).fixed(self.nonce, NONCE_BYTES)
         w.fixed(self.ciphertext, SHARE_CIPHERTEXT_BYTES)
 
     @classmethod
     def read(cls, r: Reader) -> EncryptedShare:
-        return cls(r.u32(), r.u32(), r.fixed(NONCE_BYTES), r.fixed(SHARE_CIPHERTEXT_BYTES))
+        return cls(r.u32(), r.u32(), r.fixed(32), r.fixed(NONCE_BYTES), r.fixed(SHARE_CIPHERTEXT_BYTES))
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return w.getvalue()
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ class ShareBundle(Message):
     session: bytes
     commitment: bytes  # SHA-256 commitment to the self-mask seed, checked after reconstruction
     shares: tuple[EncryptedShare, ...]
-    signature: bytes  # over (round, session, member, commitment, holders)
+    signature: bytes  # over (round, session, member, commitment, digest of every share item)
 
     def _write(self, w: Writer) -> None:
         w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES)
@@ -188,57 +198,107 @@ class ShareBundle(Message):
 
 @dataclass(frozen=True)
 class ShareDelivery(Message):
-    """Stage 2 request: who shared (C1), and the shares addressed to this holder."""
+    """Stage 2 request: the shares this holder's neighbours dealt it."""
 
     TYPE: ClassVar[int] = 5
     round: int
     session: bytes
-    shared: tuple[int, ...]
     shares: tuple[EncryptedShare, ...]
 
     def _write(self, w: Writer) -> None:
-        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared)
-        w.u32(len(self.shares))
+        w.u64(self.round).fixed(self.session, SESSION_BYTES).u32(len(self.shares))
         for s in self.shares:
             s.write(w)
 
     @classmethod
     def _read(cls, r: Reader) -> ShareDelivery:
-        rnd, session, shared = r.u64(), r.fixed(SESSION_BYTES), _members(r)
-        return cls(rnd, session, shared, tuple(EncryptedShare.read(r) for _ in range(r.count(MAX_MEMBERS))))
+        rnd, session = r.u64(), r.fixed(SESSION_BYTES)
+        return cls(rnd, session, tuple(EncryptedShare.read(r) for _ in range(r.count(MAX_MEMBERS))))
 
 
 @dataclass(frozen=True)
-class MaskedInput(Message):
-    """Stage 2 reply: the masked, quantized, weighted input, and complaints about bad shares."""
+class Complaint:
+    """A holder's claim that a dealer's share to it is bad, with the key that proves it."""
+
+    dealer: int
+    key: bytes  # the directional share key; checkable against the dealer's signed key_digest
+
+    def write(self, w: Writer) -> None:
+        w.u32(self.dealer).fixed(self.key, 32)
+
+    @classmethod
+    def read(cls, r: Reader) -> Complaint:
+        return cls(r.u32(), r.fixed(32))
+
+
+@dataclass(frozen=True)
+class ShareReceipt(Message):
+    """Stage 2 reply: shares received, with complaints about any that failed to verify."""
 
     TYPE: ClassVar[int] = 6
     round: int
     member: int
     session: bytes
-    complaints: tuple[int, ...]  # dealers whose shares to this member did not decrypt/verify
+    complaints: tuple[Complaint, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES).u32(len(self.complaints))
+        for c in self.complaints:
+            c.write(w)
+
+    @classmethod
+    def _read(cls, r: Reader) -> ShareReceipt:
+        rnd, member, session = r.u64(), r.u32(), r.fixed(SESSION_BYTES)
+        return cls(rnd, member, session, tuple(Complaint.read(r) for _ in range(r.count(MAX_MEMBERS))))
+
+
+@dataclass(frozen=True)
+class MaskRequest(Message):
+    """Stage 3 request: the final set of dealers (C1) every member masks with."""
+
+    TYPE: ClassVar[int] = 7
+    round: int
+    session: bytes
+    shared: tuple[int, ...]
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared)
+
+    @classmethod
+    def _read(cls, r: Reader) -> MaskRequest:
+        return cls(r.u64(), r.fixed(SESSION_BYTES), _members(r))
+
+
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Stage 3 reply: the masked, quantized, weighted input."""
+
+    TYPE: ClassVar[int] = 8
+    round: int
+    member: int
+    session: bytes
     vector: np.ndarray  # ring dtype (uint32 or uint64), length d + 1
 
     def _write(self, w: Writer) -> None:
-        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES).ints(self.complaints)
-        w.u8(self.vector.dtype.itemsize * 8).var(np.ascontiguousarray(self.vector, "<u" + str(self.vector.dtype.itemsize)).data)
+        w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES)
+        little = np.ascontiguousarray(self.vector, dtype=self.vector.dtype.newbyteorder("<"))
+        w.u8(self.vector.dtype.itemsize * 8).var(little.data)
 
     @classmethod
     def _read(cls, r: Reader) -> MaskedInput:
-        rnd, member, session, complaints = r.u64(), r.u32(), r.fixed(SESSION_BYTES), _members(r)
+        rnd, member, session = r.u64(), r.u32(), r.fixed(SESSION_BYTES)
         bits = r.u8()
         if bits not in (32, 64):
             raise ProtocolError(Rule.ENCODING, f"masked vector ring of {bits} bits")
         raw = r.var_view()
         if len(raw) % (bits // 8) or not raw:
             raise ProtocolError(Rule.ENCODING, "masked vector length is not whole elements")
-        return cls(rnd, member, session, complaints, np.frombuffer(raw, dtype=f"<u{bits // 8}"))
+        return cls(rnd, member, session, np.frombuffer(raw, dtype=f"<u{bits // 8}"))
 
     def __eq__(self, other: object) -> bool:  # ndarray fields need an explicit comparison
         return (
             isinstance(other, MaskedInput)
-            and (self.round, self.member, self.session, self.complaints)
-            == (other.round, other.member, other.session, other.complaints)
+            and (self.round, self.member, self.session) == (other.round, other.member, other.session)
             and np.array_equal(self.vector, other.vector)
         )
 
@@ -247,9 +307,9 @@ class MaskedInput(Message):
 
 @dataclass(frozen=True)
 class SurvivorRequest(Message):
-    """Stage 3 request: sign this view of who shared (C1) and who sent a masked input (C2)."""
+    """Stage 4 request: sign this view of who shared (C1) and who sent a masked input (C2)."""
 
-    TYPE: ClassVar[int] = 7
+    TYPE: ClassVar[int] = 9
     round: int
     session: bytes
     shared: tuple[int, ...]
@@ -265,9 +325,9 @@ class SurvivorRequest(Message):
 
 @dataclass(frozen=True)
 class SurvivorSignature(Message):
-    """Stage 3 reply: a member's signature on (round, session, C1, C2)."""
+    """Stage 4 reply: a member's signature on (round, session, C1, C2)."""
 
-    TYPE: ClassVar[int] = 8
+    TYPE: ClassVar[int] = 10
     round: int
     member: int
     session: bytes
@@ -284,9 +344,9 @@ class SurvivorSignature(Message):
 
 @dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Stage 4 request: survivors (self-mask shares wanted), dropped (key shares wanted), proof."""
+    """Stage 5 request: survivors (self-mask shares wanted), dropped (key shares wanted), proof."""
 
-    TYPE: ClassVar[int] = 9
+    TYPE: ClassVar[int] = 11
     round: int
     session: bytes
     survivors: tuple[int, ...]
@@ -324,9 +384,9 @@ class RevealedShare:
 
 @dataclass(frozen=True)
 class UnmaskResponse(Message):
-    """Stage 4 reply: self-mask shares of survivors and key shares of dropped members."""
+    """Stage 5 reply: self-mask shares of survivors and key shares of dropped members."""
 
-    TYPE: ClassVar[int] = 10
+    TYPE: ClassVar[int] = 12
     round: int
     member: int
     session: bytes
@@ -352,7 +412,7 @@ class UnmaskResponse(Message):
 class Refusal(Message):
     """A participant's refusal: which rule the request broke (or which local policy forbade it)."""
 
-    TYPE: ClassVar[int] = 11
+    TYPE: ClassVar[int] = 13
     round: int
     member: int
     rule: str

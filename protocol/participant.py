@@ -6,13 +6,15 @@ Rules a participant enforces, whatever the coordinator says (each refusal names 
    (an old or repeated round is a replay).
 2. Every key bundle is checked against this member's OWN roster; its own bundle must come back
    unaltered; the cohort must reach the minimum size.
-3. Stages run in order: advertise -> share -> mask -> sign survivors -> unmask. A request for a
-   stage already done is a replay; one for a later stage is out of order.
-4. The set of members who shared (C1) is fixed once masking has used it; the survivor set (C2)
+3. Stages run in order: advertise -> share -> receive shares -> mask -> sign survivors -> unmask.
+   A request for a stage already done is a replay; one for a later stage is out of order.
+4. Shares received are decrypted and checked at once; a bad one becomes a complaint carrying the
+   share key, which the coordinator can check against the dealer's signed key digest.
+5. The set of members who shared (C1) is fixed once masking has used it; the survivor set (C2)
    it signs must be a subset of C1 that contains this member and reaches the threshold.
-5. Shares are released only after enough distinct members signed the SAME (C1, C2); seed shares
+6. Shares are released only after enough distinct members signed the SAME (C1, C2); seed shares
    only for survivors, key shares only for dropped members, never both for one peer, and only once.
-6. Any broken rule aborts the round for this member and wipes its round secrets (fail closed).
+7. Any broken rule aborts the round for this member and wipes its round secrets (fail closed).
 
 The transition table below is the whole state machine; everything else is checking and crypto.
 """
@@ -45,13 +47,16 @@ from .masking import apply_masks
 from .messages import (
     AdvertiseRequest,
     BundleSet,
+    Complaint,
     EncryptedShare,
     KeyBundle,
     MaskedInput,
+    MaskRequest,
     Message,
     RevealedShare,
     ShareBundle,
     ShareDelivery,
+    ShareReceipt,
     SurvivorRequest,
     SurvivorSignature,
     UnmaskRequest,
@@ -66,20 +71,25 @@ from .verify import verify_bundles
 class Phase(IntEnum):
     ADVERTISED = 1
     SHARED = 2
-    MASKED = 3
-    SIGNED = 4
-    DONE = 5
-    ABORTED = 6
+    RECEIVED = 3
+    MASKED = 4
+    SIGNED = 5
+    DONE = 6
+    ABORTED = 7
 
 
 # (phase the round must be in, request) -> phase after a successful answer
 TRANSITIONS: dict[tuple[Phase, type[Message]], Phase] = {
     (Phase.ADVERTISED, BundleSet): Phase.SHARED,
-    (Phase.SHARED, ShareDelivery): Phase.MASKED,
+    (Phase.SHARED, ShareDelivery): Phase.RECEIVED,
+    (Phase.RECEIVED, MaskRequest): Phase.MASKED,
     (Phase.MASKED, SurvivorRequest): Phase.SIGNED,
     (Phase.SIGNED, UnmaskRequest): Phase.DONE,
 }
-STAGE_OF = {AdvertiseRequest: 0, BundleSet: 1, ShareDelivery: 2, SurvivorRequest: 3, UnmaskRequest: 4}
+STAGE_OF = {
+    AdvertiseRequest: 0, BundleSet: 1, ShareDelivery: 2, MaskRequest: 3, SurvivorRequest: 4,
+    UnmaskRequest: 5,
+}
 ROUND_WINDOW = 4  # rounds kept (as tombstones at least) behind the newest advertised round
 
 
@@ -171,6 +181,7 @@ class Participant:
         self.min_cohort = max(params.min_cohort, min_cohort)
         self._random = randomness
         self.latest = 0  # newest round advertised
+        self.last_clipped = 0  # coordinates clipped in the last masked input (a tuning hint)
         self.rounds: dict[int, RoundState] = {}
         if state is not None:
             self._load(state)
@@ -194,12 +205,14 @@ class Participant:
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, msg: Message, x: np.ndarray | None = None, weight: int = 1) -> Message:
-        """Answer one coordinator request (x and weight only for a ShareDelivery)."""
+        """Answer one coordinator request (x and weight only for a MaskRequest)."""
         if isinstance(msg, AdvertiseRequest):
             return self.advertise(msg)
         if isinstance(msg, BundleSet):
             return self.share(msg)
         if isinstance(msg, ShareDelivery):
+            return self.receive(msg)
+        if isinstance(msg, MaskRequest):
             if x is None:
                 raise ValueError("masking needs the local input vector")
             return self.mask(msg, x, weight)
@@ -294,12 +307,14 @@ class Participant:
             ))
             dh = x25519_exchange(enc_sk, st.peers[holder][0])
             k = keys.share_encryption_key(ctx, st.round, st.session, self.member, holder, dh)
+            digest = keys.share_key_digest(ctx, st.round, st.session, self.member, holder, k)
             nonce = self._random(NONCE_BYTES)
             ad = keys.share_associated_data(ctx, st.round, st.session, self.member, holder)
-            items.append(EncryptedShare(self.member, holder, nonce, aead_seal(k, nonce, plaintext, ad)))
+            ct = aead_seal(k, nonce, plaintext, ad)
+            items.append(EncryptedShare(self.member, holder, digest, nonce, ct))
         commitment = keys.seed_commitment(ctx, st.round, st.session, self.member, st.seed)
         sig = self._identity.sign(
-            keys.share_bundle_transcript(ctx, st.round, st.session, self.member, commitment, st.neighbours)
+            keys.share_bundle_transcript(ctx, st.round, st.session, self.member, commitment, items)
         )
         return ShareBundle(st.round, self.member, st.session, commitment, tuple(items), sig)
 
@@ -309,13 +324,45 @@ class Participant:
         )
 
     # ------------------------------------------------------------------ stage 2
-    def mask(self, delivery: ShareDelivery, x: np.ndarray, weight: int = 1) -> MaskedInput:
-        return self._run(delivery, self._mask, x, weight)
+    def receive(self, delivery: ShareDelivery) -> ShareReceipt:
+        return self._run(delivery, self._receive)
 
-    def _mask(self, st: RoundState, dl: ShareDelivery, x: np.ndarray, weight: int) -> MaskedInput:
+    def _receive(self, st: RoundState, dl: ShareDelivery) -> ShareReceipt:
+        """Decrypt and verify the shares addressed to this member; complain about bad ones."""
         ctx = self.context
         self._check_session(st, dl.session)
-        shared = _sorted_unique(dl.shared, "the shared set")
+        enc_sk = x25519_from_bytes(st.encryption_sk)
+        nbrs = set(st.neighbours)
+        complaints: list[Complaint] = []
+        for it in dl.shares:
+            if it.holder != self.member or it.dealer not in nbrs or it.dealer in st.held:
+                continue  # not ours, not a neighbour, or a duplicate: ignore
+            if any(c.dealer == it.dealer for c in complaints):
+                continue
+            dh = x25519_exchange(enc_sk, st.peers[it.dealer][0])
+            k = keys.share_encryption_key(ctx, st.round, st.session, it.dealer, self.member, dh)
+            ad = keys.share_associated_data(ctx, st.round, st.session, it.dealer, self.member)
+            good_digest = it.key_digest == keys.share_key_digest(ctx, st.round, st.session, it.dealer, self.member, k)
+            pt = aead_open(k, it.nonce, it.ciphertext, ad) if good_digest else None
+            held = parse_share_plaintext(pt) if pt is not None else None
+            if held is None or not self._dealer_signed(st, it.dealer, held):
+                complaints.append(Complaint(it.dealer, k))
+                continue
+            st.held[it.dealer] = held
+        st.encryption_sk = b""  # every share this round will bring has arrived: wipe
+        return ShareReceipt(st.round, self.member, st.session, tuple(complaints))
+
+    def _dealer_signed(self, st: RoundState, dealer: int, h: HeldShare) -> bool:
+        return shares_signed_by_dealer(self.context, self.roster, st.round, st.session, dealer, self.member, h)
+
+    # ------------------------------------------------------------------ stage 3
+    def mask(self, request: MaskRequest, x: np.ndarray, weight: int = 1) -> MaskedInput:
+        return self._run(request, self._mask, x, weight)
+
+    def _mask(self, st: RoundState, req: MaskRequest, x: np.ndarray, weight: int) -> MaskedInput:
+        ctx = self.context
+        self._check_session(st, req.session)
+        shared = _sorted_unique(req.shared, "the shared set")
         if not set(shared) <= set(st.peers):
             raise ProtocolError(Rule.SET_NOT_SUBSET, "the shared set names members outside the cohort")
         if self.member not in shared:
@@ -323,48 +370,24 @@ class Participant:
         if len(shared) < self.min_cohort:
             raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{len(shared)} members shared, {self.min_cohort} required")
         quantized = quantize(x, weight, self.params, self._random)  # input rules checked here
-        live = [j for j in st.neighbours if j in set(shared)]
-        complaints = self._open_shares(st, dl.shares, set(live))
         st.shared = shared
+        live = set(shared)
         mask_sk = x25519_from_bytes(st.masking_sk)
         plus = [keys.self_mask_key(ctx, st.round, st.session, self.member, st.seed)]
         minus = []
-        for j in live:
-            dh = x25519_exchange(mask_sk, st.peers[j][1])
-            k = keys.pair_mask_key(ctx, st.round, st.session, self.member, j, dh)
-            (plus if self.member < j else minus).append(k)
+        for j in st.neighbours:
+            if j in live:
+                dh = x25519_exchange(mask_sk, st.peers[j][1])
+                k = keys.pair_mask_key(ctx, st.round, st.session, self.member, j, dh)
+                (plus if self.member < j else minus).append(k)
         vector = quantized.vector
         apply_masks(vector, plus, minus)
-        st.seed = st.masking_sk = st.encryption_sk = b""  # no longer needed: wipe now
-        return MaskedInput(st.round, self.member, st.session, tuple(complaints), vector)
+        st.seed = st.masking_sk = b""  # no longer needed: wipe now
+        st.peers = {}
+        self.last_clipped = quantized.clipped
+        return MaskedInput(st.round, self.member, st.session, vector)
 
-    def _open_shares(self, st: RoundState, items: tuple[EncryptedShare, ...], live: set[int]) -> list[int]:
-        """Decrypt and verify the shares addressed to this member; return dealers that cheated."""
-        ctx = self.context
-        enc_sk = x25519_from_bytes(st.encryption_sk)
-        complaints: list[int] = []
-        for it in items:
-            if it.holder != self.member or it.dealer not in live or it.dealer in st.held:
-                continue  # not ours, not a live neighbour, or a duplicate: ignore
-            dh = x25519_exchange(enc_sk, st.peers[it.dealer][0])
-            k = keys.share_encryption_key(ctx, st.round, st.session, it.dealer, self.member, dh)
-            ad = keys.share_associated_data(ctx, st.round, st.session, it.dealer, self.member)
-            pt = aead_open(k, it.nonce, it.ciphertext, ad)
-            held = _parse_share_plaintext(pt) if pt is not None else None
-            if held is None or not self._dealer_signed(st, it.dealer, held):
-                complaints.append(it.dealer)
-                continue
-            st.held[it.dealer] = held
-        return complaints
-
-    def _dealer_signed(self, st: RoundState, dealer: int, h: HeldShare) -> bool:
-        def ok(kind: str, value: bytes, sig: bytes) -> bool:
-            msg = keys.share_value_transcript(self.context, st.round, st.session, kind, dealer, self.member, value)
-            return self.roster.verify(dealer, sig, msg)
-
-        return ok(keys.SEED, h.seed, h.seed_sig) and ok(keys.KEY, h.key, h.key_sig)
-
-    # ------------------------------------------------------------------ stage 3
+    # ------------------------------------------------------------------ stage 4
     def sign_survivors(self, req: SurvivorRequest) -> SurvivorSignature:
         return self._run(req, self._sign_survivors)
 
@@ -391,7 +414,7 @@ class Participant:
         if len(survivors) < need:
             raise ProtocolError(Rule.THRESHOLD, f"{len(survivors)} survivors, {need} needed")
 
-    # ------------------------------------------------------------------ stage 4
+    # ------------------------------------------------------------------ stage 5
     def unmask(self, req: UnmaskRequest) -> UnmaskResponse:
         st = self.rounds.get(req.round)
         if st is not None and st.phase is Phase.DONE:
@@ -445,8 +468,20 @@ def _reveal(dealer: int, value: bytes, sig: bytes) -> RevealedShare:
     return RevealedShare(dealer, value, sig)
 
 
-def _parse_share_plaintext(pt: bytes) -> HeldShare | None:
+def parse_share_plaintext(pt: bytes) -> HeldShare | None:
     e, s = shamir.ELEMENT_BYTES, 64
     if len(pt) != 2 * (e + s):
         return None
     return HeldShare(pt[:e], pt[e : e + s], pt[e + s : 2 * e + s], pt[2 * e + s :])
+
+
+def shares_signed_by_dealer(
+    ctx: SessionContext, roster: Roster, round_: int, session: bytes, dealer: int, holder: int, h: HeldShare
+) -> bool:
+    """Both share values carry the dealer's signature for this holder (checked by both roles)."""
+
+    def ok(kind: str, value: bytes, sig: bytes) -> bool:
+        msg = keys.share_value_transcript(ctx, round_, session, kind, dealer, holder, value)
+        return roster.verify(dealer, sig, msg)
+
+    return ok(keys.SEED, h.seed, h.seed_sig) and ok(keys.KEY, h.key, h.key_sig)

@@ -1,0 +1,48 @@
+"""Federated learning tasks (data, model, local training) shared by coordinator and participants.
+
+Look a task up by name with :func:`get_task` ("digits", "mnist5k") or plug in your own with
+``"package.module:object"``. Importing this package is cheap: datasets load only when asked.
+"""
+
+from tasks.base import Dataset, EvalResult, Task, TrainConfig, TrainResult
+from tasks.classification import ClassificationTask
+from tasks.digits import DigitsTask
+from tasks.mnist5k import Mnist5kTask
+from tasks.params import model_to_vector, num_parameters, vector_to_model
+from tasks.participants import (
+    TEST_FILE,
+    export_partitions,
+    load_partition,
+    load_pool,
+    load_splits,
+    load_test,
+    participant_file,
+    partition_indices,
+)
+from tasks.registry import UnknownTaskError, get_task, register_task, task_names
+
+__all__ = [
+    "TEST_FILE",
+    "ClassificationTask",
+    "Dataset",
+    "DigitsTask",
+    "EvalResult",
+    "Mnist5kTask",
+    "Task",
+    "TrainConfig",
+    "TrainResult",
+    "UnknownTaskError",
+    "export_partitions",
+    "get_task",
+    "load_partition",
+    "load_pool",
+    "load_splits",
+    "load_test",
+    "model_to_vector",
+    "num_parameters",
+    "participant_file",
+    "partition_indices",
+    "register_task",
+    "task_names",
+    "vector_to_model",
+]

@@ -1,0 +1,58 @@
+"""Flat parameter vectors: the single representation of a model that crosses the wire.
+
+Secure aggregation and federated averaging operate on one float32 vector per participant, so the
+mapping model <-> vector must be a fixed, exact bijection. The order is ``state_dict()`` order and
+covers every parameter and every floating-point buffer (integer buffers such as BatchNorm's
+``num_batches_tracked`` are not averageable and are left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def _entries(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """The tensors that make up the vector, in ``state_dict`` order (they alias the model)."""
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point():
+            yield tensor
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    """Length of :func:`model_to_vector` for this model (parameters plus float buffers)."""
+    return sum(t.numel() for t in _entries(model))
+
+
+def model_to_vector(model: torch.nn.Module) -> np.ndarray:
+    """Copy the model's parameters and float buffers into one float32 1-D array."""
+    parts = [t.detach().to("cpu", torch.float32).reshape(-1).numpy() for t in _entries(model)]
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def vector_to_model(model: torch.nn.Module, vec: np.ndarray) -> None:
+    """Write ``vec`` into the model in place; the exact inverse of :func:`model_to_vector`.
+
+    Raises ValueError if ``vec`` is not 1-D or its length does not match the model, so a vector
+    for a different architecture can never be half-loaded.
+    """
+    vec = np.asarray(vec)
+    if vec.ndim != 1:
+        raise ValueError(f"parameter vector must be 1-D, got shape {vec.shape}")
+    expected = num_parameters(model)
+    if vec.shape[0] != expected:
+        raise ValueError(
+            f"parameter vector has {vec.shape[0]} entries, but the model needs {expected}"
+        )
+    flat = torch.from_numpy(np.array(vec, dtype=np.float32))  # a private, writable copy
+    offset = 0
+    with torch.no_grad():
+        for tensor in _entries(model):
+            n = tensor.numel()
+            chunk = flat[offset : offset + n].view(tensor.shape)
+            tensor.copy_(chunk.to(device=tensor.device, dtype=tensor.dtype))
+            offset += n
