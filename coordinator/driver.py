@@ -1,0 +1,150 @@
+"""The round loop: train -> aggregate (plain or secure) -> outer optimizer -> record.
+
+The aggregation backend is swappable (PlainRounds, SecureRounds); the loop does not care which,
+it only sees a RoundResult with the mean update. Federated evaluation of the model sent in round
+r rides on round r's trip, so the metrics row of round r-1 is completed by round r.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+
+import tasks
+from fedloom.plan import Plan
+
+from . import outputs
+from .optimizers import make_optimizer
+from .plain import PlainRounds
+from .results import EvalSummary, RoundResult
+from .transport import wait_for_nodes
+
+log = logging.getLogger("fedloom.coordinator")
+
+
+class RunObserver(Protocol):
+    def started(self, plan: Plan, nodes: int) -> None: ...
+    def round_done(self, row: dict[str, Any]) -> None: ...
+    def finished(self, summary: dict[str, Any]) -> None: ...
+
+
+class LogObserver:
+    """Progress as log lines (what `flwr run` shows)."""
+
+    def started(self, plan: Plan, nodes: int) -> None:
+        log.info("fedloom: %d rounds, %d participants connected, plan %s", plan.rounds, nodes, plan.hash[:12])
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        log.info("round %s done in %.1f s: train loss %s", row["round"], row["wall_seconds"], row.get("train_loss"))
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        log.info("fedloom: final accuracy %s, outputs in %s", summary["final"]["accuracy"], summary["out_dir"])
+
+
+@dataclass
+class RunSettings:
+    plan: Plan
+    out_dir: Path
+    scenario: str = "custom"
+    node_wait: float = 300.0
+    observer: RunObserver = field(default_factory=LogObserver)
+
+
+def initial_model(plan: Plan) -> np.ndarray:
+    torch.manual_seed(plan.seed)
+    return tasks.model_to_vector(tasks.get_task(plan.task.name).build_model())
+
+
+def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
+    plan, out = settings.plan, settings.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / outputs.METRICS).unlink(missing_ok=True)
+    t_start = time.perf_counter()
+    minimum = plan.secure.min_cohort if plan.secure.enabled else 1
+    nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
+    settings.observer.started(plan, len(nodes))
+    rounds = PlainRounds(grid, plan, nodes)
+    optimizer = make_optimizer(plan.strategy)
+    model = initial_model(plan)
+    rows: dict[int, dict[str, Any]] = {0: {"round": 0, "wall_seconds": 0.0}}
+    history: list[RoundResult] = []
+
+    def complete(r: int, ev: EvalSummary | None) -> None:
+        row = rows.pop(r)
+        row.update(eval_loss=ev.loss if ev else None, eval_accuracy=ev.accuracy if ev else None,
+                   eval_participants=ev.participants if ev else 0)
+        outputs.append_jsonl(out / outputs.METRICS, row)
+        settings.observer.round_done(row)
+
+    for r in range(1, plan.rounds + 1):
+        t0 = time.perf_counter()
+        res = rounds.train_round(r, model)
+        if res.mean_update is not None:
+            model = optimizer.step(model, res.mean_update.astype(np.float32))
+        else:
+            log.warning("round %d skipped: %s", r, res.skipped)
+        history.append(res)
+        rows[r] = _row(res, time.perf_counter() - t0, rounds.secure)
+        complete(r - 1, res.incoming_eval)
+    final = rounds.evaluate(plan.rounds, model)
+    complete(plan.rounds, final)
+    outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
+    summary = _summary(settings, history, final, len(nodes), time.perf_counter() - t_start, model.size, rounds.secure)
+    outputs.write_json(out / outputs.SUMMARY, summary)
+    outputs.plot_run(out)
+    settings.observer.finished(summary)
+    return summary
+
+
+def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
+    return {
+        "round": res.round,
+        "wall_seconds": round(wall, 4),
+        "train_loss": res.train_loss,
+        "participants_asked": len(res.asked),
+        "participants_replied": len(res.aggregated),
+        "aggregated": res.aggregated,
+        "secure_aggregation": secure,
+        "skipped": res.skipped,
+        "stage_seconds": {k: round(v, 4) for k, v in res.stage_seconds.items()},
+        "dropped": res.dropped,
+        "refusals": res.refusals,
+        "exactness": res.exactness,
+    }
+
+
+def _summary(
+    settings: RunSettings, history: list[RoundResult], final: EvalSummary | None, connected: int,
+    wall: float, params: int, secure: bool,
+) -> dict[str, Any]:
+    plan = settings.plan
+    exact = [h.exactness for h in history if h.exactness is not None]
+    return {
+        "scenario": settings.scenario,
+        "task": plan.task.name,
+        "strategy": plan.strategy.name,
+        "plan_hash": plan.hash,
+        "rounds_planned": plan.rounds,
+        "rounds_completed": sum(1 for h in history if h.mean_update is not None),
+        "rounds_skipped": [{"round": h.round, "reason": h.skipped} for h in history if h.mean_update is None],
+        "participants": plan.participants,
+        "participants_connected": connected,
+        "secure_aggregation": secure,
+        "final": {"accuracy": final.accuracy if final else None, "loss": final.loss if final else None},
+        "centralized_baseline": None,
+        "wall_seconds": round(wall, 3),
+        "model_parameters": int(params),
+        "exactness": max(exact) if exact else None,
+        "dropped": [{"round": h.round, **d} for h in history for d in h.dropped],
+        "refusals": [r for h in history for r in h.refusals],
+        "faults": [{"round": h.round, **f} for h in history for f in h.faults],
+        "adversary": None,
+        "out_dir": str(settings.out_dir),
+    }

@@ -1,0 +1,69 @@
+"""Plaintext rounds (secure aggregation OFF): one trip, Flower's own FedAvg computes the mean.
+
+Kept for comparison and debugging only: the coordinator sees every individual update here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedloom import records as rec
+from fedloom.plan import Plan
+
+from .results import EvalSummary, RoundResult
+from .transport import exchange
+
+log = logging.getLogger("fedloom.coordinator")
+
+
+class PlainRounds:
+    secure = False
+
+    def __init__(self, grid: Grid, plan: Plan, nodes: list[int]) -> None:
+        self.grid, self.plan, self.nodes = grid, plan, nodes
+        self.fedavg = FedAvg(arrayrecord_key=rec.UPDATE, weighted_by_key=rec.NUM_EXAMPLES)
+
+    def _config(self, round_: int) -> ConfigRecord:
+        return ConfigRecord({"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash})
+
+    def train_round(self, round_: int, model) -> RoundResult:  # noqa: ANN001
+        t0 = time.perf_counter()
+        content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)})
+        msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes]
+        replies: list[Message] = []
+        replied, errors = exchange(self.grid, msgs, self.plan.stage_timeout, replies.append)
+        members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
+        result = RoundResult(round_, None, asked=sorted(self.nodes))
+        result.dropped = [{"node": n, "stage": "train", "error": e} for n, e in errors.items()]
+        result.dropped += [{"node": n, "stage": "train"} for n in self.nodes if n not in replied and n not in errors]
+        result.incoming_eval = _eval_of(replies)
+        if not replies:
+            result.skipped = "no participant replied"
+            return result
+        arrays, metrics = self.fedavg.aggregate_train(round_, replies)
+        result.mean_update = arrays[rec.VECTOR].numpy()
+        result.total_weight = float(sum(r.content[rec.FIT][rec.NUM_EXAMPLES] for r in replies))
+        result.train_loss = float(metrics["train-loss"]) if metrics else None
+        result.aggregated = sorted(members.values())
+        result.stage_seconds = {"train": time.perf_counter() - t0}
+        return result
+
+    def evaluate(self, round_: int, model) -> EvalSummary | None:  # noqa: ANN001
+        content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)})
+        msgs = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes]
+        replies: list[Message] = []
+        exchange(self.grid, msgs, self.plan.stage_timeout, replies.append)
+        return _eval_of(replies)
+
+
+def _eval_of(replies: list[Message]) -> EvalSummary | None:
+    rows = [
+        (float(r.content[rec.EVAL]["loss"]), float(r.content[rec.EVAL]["accuracy"]), int(r.content[rec.EVAL][rec.NUM_EXAMPLES]))
+        for r in replies if rec.EVAL in r.content
+    ]
+    return EvalSummary.combine(rows)

@@ -1,0 +1,44 @@
+"""What one round produced, as the driver and the outputs see it (plain or secure alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class EvalSummary:
+    """Federated evaluation: example-weighted mean over the participants that replied."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+    participants: int
+
+    @classmethod
+    def combine(cls, rows: list[tuple[float, float, int]]) -> EvalSummary | None:
+        total = sum(n for _, _, n in rows)
+        if not rows or total == 0:
+            return None
+        loss = sum(l * n for l, _, n in rows) / total
+        acc = sum(a * n for _, a, n in rows) / total
+        return cls(loss, acc, total, len(rows))
+
+
+@dataclass
+class RoundResult:
+    round: int
+    mean_update: np.ndarray | None  # sum w (local - global) / sum w; None when the round was skipped
+    total_weight: float = 0.0
+    asked: list[int] = field(default_factory=list)  # members asked to train
+    aggregated: list[int] = field(default_factory=list)  # members whose update is in the mean
+    train_loss: float | None = None
+    incoming_eval: EvalSummary | None = None  # evaluation of the model sent this round
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    dropped: list[dict] = field(default_factory=list)  # {"member", "stage"}
+    refusals: list[dict] = field(default_factory=list)  # {"member", "round", "rule", "reason"}
+    faults: list[dict] = field(default_factory=list)  # {"member", "rule"}: rejected or convicted
+    skipped: str | None = None  # why no aggregate was produced
+    exactness: float | None = None  # max |secure - plaintext| (verification mode)
+    clipped: int = 0  # coordinates clipped by participants' quantizers

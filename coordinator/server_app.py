@@ -1,0 +1,38 @@
+"""The ServerApp: Flower starts it; it loads the plan and drives the rounds.
+
+`fedloom simulate` builds one with its scenario and a progress display already attached
+(`make_server_app(settings)`); `flwr run .` uses the module-level `app`, which reads the
+scenario from the run config (`scenario`, `out-dir`, `rounds`).
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from .driver import RunSettings, run_federation
+
+
+def settings_from_run_config(run_config: dict) -> RunSettings:
+    from simulations.scenario import default_out_dir, load_scenario
+
+    scenario = load_scenario(str(run_config.get("scenario", "default")))
+    rounds = int(run_config.get("rounds", 0) or 0)
+    plan = scenario.plan.with_overrides(rounds=rounds or None)
+    out = str(run_config.get("out-dir", "") or "") or default_out_dir()
+    from pathlib import Path
+
+    return RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name)
+
+
+def make_server_app(settings: RunSettings | None = None) -> ServerApp:
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, settings or settings_from_run_config(dict(context.run_config)))
+
+    return server
+
+
+app = make_server_app()

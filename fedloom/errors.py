@@ -1,0 +1,9 @@
+"""Errors a user can fix: reported as one line and exit code 2, never as a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (a file, a value, a name). The message says what and how to fix."""
+
+    exit_code = 2

@@ -1,0 +1,184 @@
+"""The plan: everything members agree to before a federation trains.
+
+A plan is plain data (task, rounds, local training, outer optimizer, secure-aggregation
+parameters, policy minimums). Its canonical JSON is hashed; the hash travels with every
+message and every participant compares it with its own copy, so nobody trains under rules it
+did not agree to. Plans are built from TOML (scenario files, federation files) with strict
+checking: unknown keys and impossible values are user errors naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import UserError
+
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "diloco")
+PARTITIONS = ("iid", "dirichlet", "shards")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str = "digits"  # a registered task or "package.module:object"
+    partition: str = "dirichlet"  # simulation only: how the pooled data is split
+    alpha: float = 0.3
+    shards: int = 2
+    seed: int = 0  # data split and partitioning seed
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Local training on each participant, per round."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """The outer optimizer, applied by the coordinator to the (secure) mean update."""
+
+    name: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9  # fedavgm and diloco
+    beta1: float = 0.9  # fedadam
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclass(frozen=True)
+class SecureSpec:
+    enabled: bool = True
+    bits: int = 16
+    clip: float = 1.0  # per-coordinate clip of the update (local - global) before quantization
+    threshold: float = 2 / 3
+    neighbours: int = 0  # 0 = auto
+    min_cohort: int = 3
+    max_weight: int = 0  # 0 = the largest that keeps a 32-bit ring
+
+
+@dataclass(frozen=True)
+class Plan:
+    federation: str = "fedloom-simulation"
+    participants: int = 10
+    rounds: int = 20
+    seed: int = 0  # model initialisation and local shuffling
+    stage_timeout: float = 600.0  # seconds the coordinator waits for replies at each stage
+    task: TaskSpec = field(default_factory=TaskSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    secure: SecureSpec = field(default_factory=SecureSpec)
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.canonical_json().encode()).digest()
+
+    @property
+    def hash(self) -> str:
+        return self.digest().hex()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "plan") -> Plan:
+        plan = _build(cls, data, where)
+        plan.validate()
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    def with_overrides(self, **kw: Any) -> Plan:
+        plan = replace(self, **{k: v for k, v in kw.items() if v is not None})
+        plan.validate()
+        return plan
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:  # noqa: C901 - a flat list of independent checks
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UserError(msg)
+
+        need(bool(self.federation.strip()), "federation name must not be empty")
+        need(self.participants >= 1, f"participants must be at least 1 (got {self.participants})")
+        need(self.rounds >= 1, f"rounds must be at least 1 (got {self.rounds})")
+        need(self.stage_timeout > 0, "stage_timeout must be positive")
+        t = self.task
+        need(t.partition in PARTITIONS, f"task.partition must be one of {', '.join(PARTITIONS)} (got {t.partition!r})")
+        need(math.isfinite(t.alpha) and t.alpha > 0, f"task.alpha must be > 0 (got {t.alpha})")
+        need(t.shards >= 1, f"task.shards must be at least 1 (got {t.shards})")
+        tr = self.training
+        need(tr.epochs >= 1, f"training.epochs must be at least 1 (got {tr.epochs})")
+        need(tr.batch_size >= 1, f"training.batch_size must be at least 1 (got {tr.batch_size})")
+        need(tr.lr > 0, f"training.lr must be > 0 (got {tr.lr})")
+        need(0 <= tr.momentum < 1, f"training.momentum must be in [0, 1) (got {tr.momentum})")
+        s = self.strategy
+        need(s.name in STRATEGIES, f"strategy.name must be one of {', '.join(STRATEGIES)} (got {s.name!r})")
+        need(s.server_lr > 0, "strategy.server_lr must be > 0")
+        need(0 <= s.server_momentum < 1, "strategy.server_momentum must be in [0, 1)")
+        sec = self.secure
+        if sec.enabled:
+            need(2 <= sec.bits <= 30, f"secure.bits must be in 2..30 (got {sec.bits})")
+            need(sec.clip > 0, f"secure.clip must be > 0 (got {sec.clip})")
+            need(0.5 <= sec.threshold < 1, f"secure.threshold must be in [0.5, 1) (got {sec.threshold})")
+            need(sec.min_cohort >= 2, "secure.min_cohort must be at least 2")
+            need(self.participants >= sec.min_cohort,
+                 f"secure aggregation needs at least secure.min_cohort = {sec.min_cohort} participants "
+                 f"(got {self.participants})")
+
+    def train_seed(self, round_: int, member: int) -> int:
+        """Shuffling seed of one member in one round: reproducible runs, resumable ones too."""
+        return (self.seed * 1_000_003 + round_ * 10_007 + member) % (1 << 31)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Dataclass from a dict, refusing unknown keys and wrong types with a message naming them."""
+    if not isinstance(data, dict):
+        raise UserError(f"[{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"unknown key {unknown[0]!r} in [{where}]; known keys: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        key = f"{where}.{name}" if where != "plan" else name
+        if hasattr(default, "__dataclass_fields__"):
+            kwargs[name] = _build(type(default), value, key)
+        else:
+            kwargs[name] = _coerce(value, default, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key} must be true or false (got {value!r})")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key} must be an integer (got {value!r})")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{key} must be a number (got {value!r})")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key} must be a string (got {value!r})")
+        return value
+    raise UserError(f"{key}: unsupported value {value!r}")  # pragma: no cover

@@ -1,0 +1,56 @@
+"""Local work of one participant per round: evaluate the incoming model, train, return the update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+import tasks
+from fedloom.plan import Plan
+
+from .local_data import LocalData
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    update: np.ndarray  # float32: local model - global model
+    num_examples: int
+    train_loss: float
+
+
+@lru_cache(maxsize=4)
+def _task(name: str) -> tasks.Task:
+    return tasks.get_task(name)
+
+
+class LocalTrainer:
+    """Holds the model on the participant's device between rounds (one per process)."""
+
+    def __init__(self, plan: Plan, data: LocalData, device: torch.device) -> None:
+        self.plan = plan
+        self.data = data
+        self.device = device
+        self.task = _task(plan.task.name)
+        torch.manual_seed(plan.seed)
+        self.model = self.task.build_model().to(device)
+
+    def load(self, vector: np.ndarray) -> None:
+        tasks.vector_to_model(self.model, vector)
+
+    def evaluate(self, vector: np.ndarray) -> tasks.EvalResult:
+        self.load(vector)
+        return self.task.evaluate(self.model, self.data.test, self.device)
+
+    def train(self, vector: np.ndarray, round_: int, member: int) -> LocalResult:
+        self.load(vector)
+        t = self.plan.training
+        cfg = tasks.TrainConfig(
+            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+            weight_decay=t.weight_decay, seed=self.plan.train_seed(round_, member),
+        )
+        result = self.task.train(self.model, self.data.train, cfg, self.device)
+        update = tasks.model_to_vector(self.model) - vector.astype(np.float32, copy=False)
+        return LocalResult(update.astype(np.float32, copy=False), result.num_examples, result.loss)

@@ -1,0 +1,67 @@
+"""Play a scenario on Flower's Simulation Engine: the SAME ServerApp and ClientApp as deployment.
+
+Ray stays private and on loopback (its own temp dir, no dashboard, only this machine's CPUs), and
+no SuperLink is started (the in-process engine), so nothing outlives the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from coordinator.driver import RunObserver, RunSettings
+from coordinator.outputs import SUMMARY
+from coordinator.server_app import make_server_app
+from participant.client_app import app as client_app
+
+from .scenario import Scenario
+
+
+def ray_backend_config(scenario: Scenario, ray_dir: str) -> dict[str, Any]:
+    cpus = os.cpu_count() or 1
+    return {
+        "init_args": {
+            "address": "local",  # never join a Ray cluster someone else started on this machine
+            "num_cpus": cpus,
+            "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1",
+            "_temp_dir": ray_dir,
+            "logging_level": "ERROR",
+            "log_to_driver": False,
+        },
+        "client_resources": {"num_cpus": min(scenario.simulation.cpus_per_participant, cpus), "num_gpus": 0},
+    }
+
+
+def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> dict[str, Any]:
+    """Run the whole federation; returns summary.json's content."""
+    # The public flwr.simulation.run_simulation only adds a deprecation notice (and a telemetry
+    # event) around this function; flwr is pinned to 1.41.0, so call it directly.
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    settings = RunSettings(plan=scenario.plan, out_dir=out_dir, scenario=scenario.name,
+                           node_wait=scenario.simulation.node_wait, observer=observer)
+    ray_dir = tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    try:
+        _run_simulation(
+            server_app=make_server_app(settings),
+            client_app=client_app,
+            num_supernodes=scenario.plan.participants,
+            backend_config=ray_backend_config(scenario, ray_dir),
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        )
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    summary_path = out_dir / SUMMARY
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
+    return json.loads(summary_path.read_text())
