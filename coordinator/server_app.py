@@ -7,6 +7,8 @@ scenario from the run config (`scenario`, `out-dir`, `rounds`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -18,11 +20,11 @@ def settings_from_run_config(run_config: dict) -> RunSettings:
 
     scenario = load_scenario(str(run_config.get("scenario", "default")))
     rounds = int(run_config.get("rounds", 0) or 0)
-    plan = scenario.plan.with_overrides(rounds=rounds or None)
+    participants = int(run_config.get("participants", 0) or 0)
+    plan = scenario.plan.with_overrides(rounds=rounds or None, participants=participants or None)
     out = str(run_config.get("out-dir", "") or "") or default_out_dir()
-    from pathlib import Path
-
-    return RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name)
+    wait = float(run_config.get("node-wait", 120.0))
+    return RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name, node_wait=wait)
 
 
 def make_server_app(settings: RunSettings | None = None) -> ServerApp:

@@ -23,16 +23,24 @@ class NotEnoughNodes(RuntimeError):
 
 def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, poll: float = 0.2) -> list[int]:
     """Node ids once `wanted` nodes are connected, or what is there after `timeout` (>= minimum)."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline, next_note = start + timeout, start + 10.0
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= wanted:
             return nodes
+        if time.monotonic() >= next_note:
+            log.info("waiting for participants: %d of %d connected (%.0f s left)", len(nodes), wanted,
+                     deadline - time.monotonic())
+            next_note += 10.0
         if time.monotonic() >= deadline:
             if len(nodes) >= minimum:
                 log.warning("only %d of %d participants connected; going on without the rest", len(nodes), wanted)
                 return nodes
-            raise NotEnoughNodes(f"{len(nodes)} participant node(s) connected within {timeout:.0f} s; {minimum} needed")
+            raise NotEnoughNodes(
+                f"{len(nodes)} participant node(s) connected within {timeout:.0f} s; {minimum} needed "
+                f"(the plan expects {wanted}: start more nodes, or in a simulation set num-supernodes)"
+            )
         time.sleep(poll)
 
 

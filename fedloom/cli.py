@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedloom.errors import UserError
 
@@ -52,8 +53,13 @@ class RichObserver:
         self.progress.stop()
 
 
+def print_error(message: object) -> None:
+    """One literal line on stderr (no markup, no wrapping: '[task]' must stay '[task]')."""
+    err_console.print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True, highlight=False)
+
+
 def _fail(exc: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    print_error(exc)
     raise typer.Exit(2)
 
 
@@ -136,7 +142,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:  # raised outside a command's own handling
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         sys.exit(2)
 
 

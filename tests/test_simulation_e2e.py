@@ -1,0 +1,54 @@
+"""A short federation end to end through the real CLI and Flower's Simulation Engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUMMARY_KEYS = {"rounds_completed", "participants", "secure_aggregation", "final", "centralized_baseline", "wall_seconds"}
+METRIC_KEYS = {"round", "wall_seconds", "train_loss", "eval_loss", "eval_accuracy", "participants_replied"}
+
+
+def simulate(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", *args, "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plain")
+    scenario = out / "s.toml"
+    scenario.write_text(
+        'name = "e2e"\nparticipants = 4\nrounds = 3\n[task]\nname = "digits"\npartition = "dirichlet"\nalpha = 0.5\n'
+        "[training]\nepochs = 2\n[secure]\nenabled = false\n"
+    )
+    proc = simulate(out / "run", str(scenario), "--baseline")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out / "run"
+
+
+def test_outputs_exist_with_their_keys(plain_run):
+    summary = json.loads((plain_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert isinstance(summary["rounds_completed"], int) and summary["rounds_completed"] == 3
+    assert summary["participants"] == 4 and summary["secure_aggregation"] is False
+    assert {"accuracy", "loss"} <= summary["final"].keys()
+    assert 0.0 <= summary["centralized_baseline"]["accuracy"] <= 1.0
+    assert isinstance(summary["wall_seconds"], float)
+    rows = [json.loads(line) for line in (plain_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    for r in rows[1:]:
+        assert METRIC_KEYS <= r.keys() and r["participants_replied"] == 4
+    assert (plain_run / "accuracy.png").stat().st_size > 10_000
+    assert (plain_run / "model.safetensors").exists()
+
+
+def test_accuracy_rises(plain_run):
+    rows = [json.loads(line) for line in (plain_run / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[0]["eval_accuracy"], rows[-1]["eval_accuracy"]
+    assert last > first + 0.3, (first, last)
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
