@@ -48,8 +48,9 @@ class Writer:
         return self
 
     def var(self, data: bytes | memoryview) -> Writer:
-        self.u32(len(data))
-        self._parts.append(bytes(data))
+        raw = bytes(data)  # len() of a memoryview counts items, not bytes
+        self.u32(len(raw))
+        self._parts.append(raw)
         return self
 
     def text(self, s: str) -> Writer:

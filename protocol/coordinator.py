@@ -182,6 +182,8 @@ class CoordinatorRound:
         expected = tuple(sorted(self.neighbours[sb.member]))
         if holders != expected or any(s.dealer != sb.member for s in sb.shares):
             raise self._reject(sb.member, ProtocolError(Rule.NEIGHBOURS, "shares not addressed to its neighbours"))
+        if not all(keys.item_signed_by_dealer(self.context, self.roster, self.round, self.session, s) for s in sb.shares):
+            raise self._reject(sb.member, ProtocolError(Rule.BAD_SIGNATURE, "share item not signed by its dealer"))
         statement = keys.share_bundle_transcript(self.context, self.round, self.session, sb.member, sb.commitment, sb.shares)
         if not self.roster.verify(sb.member, sb.signature, statement):
             raise self._reject(sb.member, ProtocolError(Rule.BAD_SIGNATURE, "share bundle not signed by its dealer"))
@@ -349,4 +351,8 @@ class CoordinatorRound:
         t = self.params.shamir_threshold(len(self.neighbours[dealer]))
         if len(shares) < t:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(shares)} shares of member {dealer}, {t} needed"))
-        return shamir.reconstruct(shares, t)
+        try:
+            return shamir.reconstruct(shares, t)
+        except ProtocolError as err:  # every share carries the dealer's signature: its fault
+            blamed = ProtocolError(err.rule, f"member {dealer}: {err.detail}", (dealer,))
+            raise self.abort(blamed) from None

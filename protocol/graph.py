@@ -33,3 +33,18 @@ def neighbours(members: Sequence[int], degree: int, seed: bytes) -> dict[int, fr
         around = {order[(pos + off) % n] for off in range(-half, half + 1) if off}
         out[m] = frozenset(around)
     return out
+
+
+def neighbours_of(member: int, members: Sequence[int], degree: int, seed: bytes) -> frozenset[int]:
+    """`neighbours(members, degree, seed)[member]`, without building every other member's set."""
+    n = len(members)
+    if member not in members:
+        raise KeyError(member)
+    if n < 2:
+        return frozenset()
+    if degree >= n - 1:
+        return frozenset(members) - {member}
+    order = _permutation(members, seed)
+    pos = order.index(member)
+    half = degree // 2
+    return frozenset({order[(pos + off) % n] for off in range(-half, half + 1) if off})

@@ -38,6 +38,19 @@ def share_bundle_transcript(
     return transcript("share-bundle", ctx, round_, session, dealer, commitment, digest)
 
 
+def share_item_transcript(
+    ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int, key_digest: bytes,
+    nonce: bytes, ciphertext: bytes,
+) -> bytes:
+    """What a dealer signs for each encrypted item, so its holder can tell it came from the dealer."""
+    return transcript("share-item", ctx, round_, session, dealer, holder, key_digest, nonce, ciphertext)
+
+
+def item_signed_by_dealer(ctx: SessionContext, roster, round_: int, session: bytes, it: EncryptedShare) -> bool:  # noqa: ANN001
+    statement = share_item_transcript(ctx, round_, session, it.dealer, it.holder, it.key_digest, it.nonce, it.ciphertext)
+    return roster.verify(it.dealer, it.signature, statement)
+
+
 def share_key_digest(ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int, key: bytes) -> bytes:
     return sha256(transcript("share-key-digest", ctx, round_, session, dealer, holder), key)
 

@@ -148,6 +148,9 @@ class EncryptedShare:
 
     `key_digest` commits the dealer to that key (a hash of it), so a holder who complains can
     reveal the key and the coordinator can check the complaint without learning anything else.
+    `signature` is the dealer's over the whole item: a holder complains (reveals the key, which
+    also opens the genuine item) only about an item the dealer provably sent, never about one
+    the coordinator altered on the way.
     """
 
     dealer: int
@@ -155,14 +158,18 @@ class EncryptedShare:
     key_digest: bytes
     nonce: bytes
     ciphertext: bytes
+    signature: bytes
 
     def write(self, w: Writer) -> None:
         w.u32(self.dealer).u32(self.holder).fixed(self.key_digest, 32).fixed(self.nonce, NONCE_BYTES)
-        w.fixed(self.ciphertext, SHARE_CIPHERTEXT_BYTES)
+        w.fixed(self.ciphertext, SHARE_CIPHERTEXT_BYTES).fixed(self.signature, SIGNATURE_BYTES)
 
     @classmethod
     def read(cls, r: Reader) -> EncryptedShare:
-        return cls(r.u32(), r.u32(), r.fixed(32), r.fixed(NONCE_BYTES), r.fixed(SHARE_CIPHERTEXT_BYTES))
+        return cls(
+            r.u32(), r.u32(), r.fixed(32), r.fixed(NONCE_BYTES), r.fixed(SHARE_CIPHERTEXT_BYTES),
+            r.fixed(SIGNATURE_BYTES),
+        )
 
     def encode(self) -> bytes:
         w = Writer()

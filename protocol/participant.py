@@ -234,7 +234,11 @@ class Participant:
         if (st.phase, type(msg)) not in TRANSITIONS:
             done = st.phase - 1  # stages answered so far (ADVERTISED answered stage 0)
             rule = Rule.REPLAY if STAGE_OF[type(msg)] <= done else Rule.OUT_OF_ORDER
-            raise ProtocolError(rule, f"{type(msg).__name__} in phase {st.phase.name}")
+            err = ProtocolError(rule, f"{type(msg).__name__} in phase {st.phase.name}")
+            if st.phase is not Phase.DONE:  # rule 7 (a finished round has no secrets left)
+                st.phase = Phase.ABORTED
+                st.wipe()
+            raise err
         return st
 
     def _run(self, msg: Message, step, *args):  # noqa: ANN001, ANN202 - internal trampoline
@@ -251,6 +255,10 @@ class Participant:
     # ------------------------------------------------------------------ stage 0
     def advertise(self, req: AdvertiseRequest) -> KeyBundle:
         if req.round <= self.latest:
+            st = self.rounds.get(req.round)
+            if st is not None and st.phase < Phase.DONE:  # rule 7: a live round fails closed
+                st.phase = Phase.ABORTED
+                st.wipe()
             raise ProtocolError(Rule.REPLAY, f"keys for round {req.round} were already advertised")
         enc = x25519_from_random(self._random)
         msk = x25519_from_random(self._random)
@@ -290,7 +298,7 @@ class Participant:
         st.session = keys.session_id(ctx, st.round, verified.values())
         st.cohort = n0
         st.peers = {m: (b.encryption_key, b.masking_key) for m, b in verified.items()}
-        nbrs = graph.neighbours(sorted(verified), p.degree(n0), st.session)[self.member]
+        nbrs = graph.neighbours_of(self.member, sorted(verified), p.degree(n0), st.session)
         st.neighbours = tuple(sorted(nbrs))
         st.seed = self._random(shamir.SECRET_BYTES)
         threshold = p.shamir_threshold(len(st.neighbours))
@@ -311,7 +319,10 @@ class Participant:
             nonce = self._random(NONCE_BYTES)
             ad = keys.share_associated_data(ctx, st.round, st.session, self.member, holder)
             ct = aead_seal(k, nonce, plaintext, ad)
-            items.append(EncryptedShare(self.member, holder, digest, nonce, ct))
+            item_sig = self._identity.sign(
+                keys.share_item_transcript(ctx, st.round, st.session, self.member, holder, digest, nonce, ct)
+            )
+            items.append(EncryptedShare(self.member, holder, digest, nonce, ct, item_sig))
         commitment = keys.seed_commitment(ctx, st.round, st.session, self.member, st.seed)
         sig = self._identity.sign(
             keys.share_bundle_transcript(ctx, st.round, st.session, self.member, commitment, items)
@@ -339,6 +350,8 @@ class Participant:
                 continue  # not ours, not a neighbour, or a duplicate: ignore
             if any(c.dealer == it.dealer for c in complaints):
                 continue
+            if not keys.item_signed_by_dealer(ctx, self.roster, st.round, st.session, it):
+                continue  # not as the dealer sent it: never reveal a key for it (it opens the real one)
             dh = x25519_exchange(enc_sk, st.peers[it.dealer][0])
             k = keys.share_encryption_key(ctx, st.round, st.session, it.dealer, self.member, dh)
             ad = keys.share_associated_data(ctx, st.round, st.session, it.dealer, self.member)
@@ -437,9 +450,10 @@ class Participant:
         if not set(dropped) <= set(st.shared) - set(st.survivors):
             raise ProtocolError(Rule.SET_NOT_SUBSET, "dropped members must have shared and not survived")
         statement = keys.survivors_transcript(ctx, st.round, st.session, st.shared, st.survivors)
+        survivors = set(st.survivors)
         signers = {
             s.member for s in req.signatures
-            if s.member in set(st.survivors) and s.round == st.round and s.session == st.session
+            if s.member in survivors and s.round == st.round and s.session == st.session
             and self.roster.verify(s.member, s.signature, statement)
         }
         need = self.params.consistency_threshold(st.cohort)
@@ -472,7 +486,10 @@ def parse_share_plaintext(pt: bytes) -> HeldShare | None:
     e, s = shamir.ELEMENT_BYTES, 64
     if len(pt) != 2 * (e + s):
         return None
-    return HeldShare(pt[:e], pt[e : e + s], pt[e + s : 2 * e + s], pt[2 * e + s :])
+    held = HeldShare(pt[:e], pt[e : e + s], pt[e + s : 2 * e + s], pt[2 * e + s :])
+    if max(int.from_bytes(v, "little") for v in (held.seed, held.key)) >= shamir.PRIME:
+        return None  # not field elements: a bad share now, not a rejected unmask response later
+    return held
 
 
 def shares_signed_by_dealer(

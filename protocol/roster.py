@@ -37,6 +37,8 @@ class Roster:
         names = [m.name for m in self.members]
         if len(set(ids)) != len(ids) or len(set(names)) != len(names):
             raise ValueError("member ids and names must be unique")
+        # id -> member, so lookups (one per signature checked) are O(1), not O(members)
+        object.__setattr__(self, "_by_id", {m.id: m for m in self.members})
 
     @classmethod
     def of(cls, members: Iterable[Member]) -> Roster:
@@ -49,13 +51,17 @@ class Roster:
         return iter(self.members)
 
     def __contains__(self, member_id: object) -> bool:
-        return any(m.id == member_id for m in self.members)
+        try:
+            return member_id in self._by_id  # type: ignore[attr-defined]
+        except TypeError:  # unhashable: equal to no id
+            return False
 
     def get(self, member_id: int) -> Member:
-        for m in self.members:
-            if m.id == member_id:
-                return m
-        raise ProtocolError(Rule.UNKNOWN_MEMBER, f"member {member_id} is not in the roster")
+        try:
+            return self._by_id[member_id]  # type: ignore[attr-defined]
+        except (KeyError, TypeError):
+            msg = f"member {member_id} is not in the roster"
+            raise ProtocolError(Rule.UNKNOWN_MEMBER, msg) from None
 
     def by_name(self, name: str) -> Member:
         for m in self.members:
