@@ -19,11 +19,13 @@ from flwr.serverapp import Grid
 
 import tasks
 from fedloom.plan import Plan
+from protocol.roster import Roster
 
 from . import outputs
 from .optimizers import make_optimizer
 from .plain import PlainRounds
 from .results import EvalSummary, RoundResult
+from .secure import RunHooks, SecureRounds
 from .transport import wait_for_nodes
 
 log = logging.getLogger("fedloom.coordinator")
@@ -55,6 +57,8 @@ class RunSettings:
     scenario: str = "custom"
     node_wait: float = 300.0
     observer: RunObserver = field(default_factory=LogObserver)
+    roster: Roster | None = None  # the federation's members (required for secure aggregation)
+    hooks: RunHooks = field(default_factory=RunHooks)
 
 
 def initial_model(plan: Plan) -> np.ndarray:
@@ -70,9 +74,15 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     minimum = plan.secure.min_cohort if plan.secure.enabled else 1
     nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
     settings.observer.started(plan, len(nodes))
-    rounds = PlainRounds(grid, plan, nodes)
-    optimizer = make_optimizer(plan.strategy)
     model = initial_model(plan)
+    if plan.secure.enabled:
+        if settings.roster is None:
+            raise ValueError("secure aggregation needs the federation's roster")
+        rounds: PlainRounds | SecureRounds = SecureRounds(grid, plan, nodes, settings.roster, model.size, settings.hooks)
+    else:
+        log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
+        rounds = PlainRounds(grid, plan, nodes, settings.hooks)
+    optimizer = make_optimizer(plan.strategy)
     rows: dict[int, dict[str, Any]] = {0: {"round": 0, "wall_seconds": 0.0}}
     history: list[RoundResult] = []
 
@@ -117,6 +127,7 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
         "dropped": res.dropped,
         "refusals": res.refusals,
         "exactness": res.exactness,
+        "clipped_coordinates": res.clipped,
     }
 
 

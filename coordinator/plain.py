@@ -16,6 +16,7 @@ from fedloom import records as rec
 from fedloom.plan import Plan
 
 from .results import EvalSummary, RoundResult
+from .secure import RunHooks
 from .transport import exchange
 
 log = logging.getLogger("fedloom.coordinator")
@@ -24,24 +25,33 @@ log = logging.getLogger("fedloom.coordinator")
 class PlainRounds:
     secure = False
 
-    def __init__(self, grid: Grid, plan: Plan, nodes: list[int]) -> None:
+    def __init__(self, grid: Grid, plan: Plan, nodes: list[int], hooks: RunHooks | None = None) -> None:
         self.grid, self.plan, self.nodes = grid, plan, nodes
+        self.hooks = hooks or RunHooks()
         self.fedavg = FedAvg(arrayrecord_key=rec.UPDATE, weighted_by_key=rec.NUM_EXAMPLES)
 
     def _config(self, round_: int) -> ConfigRecord:
-        return ConfigRecord({"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash})
+        cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
+        cfg.update(self.hooks.extra_config)
+        return ConfigRecord(cfg)
 
-    def train_round(self, round_: int, model) -> RoundResult:  # noqa: ANN001
+    def train_round(self, round_: int, model) -> RoundResult:
         t0 = time.perf_counter()
         content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)})
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes]
-        replies: list[Message] = []
-        replied, errors = exchange(self.grid, msgs, self.plan.stage_timeout, replies.append)
-        members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
+        everything: list[Message] = []
+        replied, errors = exchange(self.grid, msgs, self.plan.stage_timeout, everything.append)
         result = RoundResult(round_, None, asked=sorted(self.nodes))
         result.dropped = [{"node": n, "stage": "train", "error": e} for n, e in errors.items()]
         result.dropped += [{"node": n, "stage": "train"} for n in self.nodes if n not in replied and n not in errors]
-        result.incoming_eval = _eval_of(replies)
+        for r in everything:
+            if rec.REFUSAL in r.content:
+                ref = r.content[rec.REFUSAL]
+                result.refusals.append({"member": int(ref["member"]), "round": int(ref["round"]),
+                                        "rule": str(ref["rule"]), "reason": str(ref["detail"])})
+        replies = [r for r in everything if rec.UPDATE in r.content]
+        members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
+        result.incoming_eval = _eval_of(everything)
         if not replies:
             result.skipped = "no participant replied"
             return result
@@ -53,7 +63,7 @@ class PlainRounds:
         result.stage_seconds = {"train": time.perf_counter() - t0}
         return result
 
-    def evaluate(self, round_: int, model) -> EvalSummary | None:  # noqa: ANN001
+    def evaluate(self, round_: int, model) -> EvalSummary | None:
         content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)})
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes]
         replies: list[Message] = []

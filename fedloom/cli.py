@@ -35,7 +35,7 @@ class RichObserver:
         self.task = None
         self.rows: list[dict[str, Any]] = []
 
-    def started(self, plan, nodes: int) -> None:  # noqa: ANN001
+    def started(self, plan, nodes: int) -> None:
         mode = "secure aggregation" if plan.secure.enabled else "[bold red]PLAINTEXT aggregation (secure OFF)[/]"
         console.print(f"{nodes} participants connected · {plan.task.name} · {plan.strategy.name} · {mode}")
         self.progress.start()
@@ -119,7 +119,7 @@ def simulate(
     console.print(f"outputs: {out_dir}")
 
 
-def _check_data_fits(plan) -> None:  # noqa: ANN001
+def _check_data_fits(plan) -> None:
     """Refuse impossible splits (more participants than samples, etc.) before starting Flower."""
     import tasks
     from tasks.partition import partition

@@ -57,7 +57,7 @@ class StrategySpec:
 class SecureSpec:
     enabled: bool = True
     bits: int = 16
-    clip: float = 1.0  # per-coordinate clip of the update (local - global) before quantization
+    clip: float = 4.0  # per-coordinate clip of the update (local - global) before quantization
     threshold: float = 2 / 3
     neighbours: int = 0  # 0 = auto
     min_cohort: int = 3
@@ -106,7 +106,7 @@ class Plan:
         return plan
 
     # ------------------------------------------------------------------ checks
-    def validate(self) -> None:  # noqa: C901 - a flat list of independent checks
+    def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise UserError(msg)

@@ -15,9 +15,9 @@ UPDATE = "update"  # ArrayRecord {"vector": float32[d]} (plaintext mode only)
 CONFIG = "config"  # ConfigRecord: round, plan, plan-hash, flags
 FIT = "fit"  # MetricRecord: num-examples, train-loss
 EVAL = "eval"  # ConfigRecord: loss, accuracy, num-examples of the received model
-PROTOCOL = "secagg"  # ConfigRecord: protocol messages as bytes, keyed by stage
-MASKED = "masked"  # ArrayRecord {"vector": uint32/uint64[d+1]} (the masked input, big)
-REFUSAL = "refusal"  # ConfigRecord: member, round, rule, detail
+PROTOCOL = "secagg"  # ArrayRecord {"0": uint8[...], "1": ...}: encoded protocol messages, in order
+REFUSAL = "refusal"  # ConfigRecord: member, round, rule, detail (a policy refusal)
+SECAGG_ACTION = "query.secagg"  # message type of trips that only carry protocol messages
 VECTOR = "vector"
 NUM_EXAMPLES = "num-examples"
 
@@ -30,8 +30,24 @@ def read_vector(content: RecordDict, key: str) -> np.ndarray:
     return content[key][VECTOR].numpy()
 
 
-def fit_metrics(num_examples: int, train_loss: float) -> MetricRecord:
-    return MetricRecord({NUM_EXAMPLES: int(num_examples), "train-loss": float(train_loss)})
+def protocol_record(encoded: list[bytes]) -> ArrayRecord:
+    """Protocol messages in their own byte encoding, as uint8 arrays (big ones travel chunked)."""
+    return ArrayRecord({str(i): Array(np.frombuffer(b, dtype=np.uint8)) for i, b in enumerate(encoded)})
+
+
+def read_protocol(content: RecordDict) -> list[bytes]:
+    if PROTOCOL not in content:
+        return []
+    record = content[PROTOCOL]
+    return [record[str(i)].numpy().tobytes() for i in range(len(record))]
+
+
+def fit_metrics(num_examples: int, train_loss: float, clipped: int = 0) -> MetricRecord:
+    return MetricRecord({NUM_EXAMPLES: int(num_examples), "train-loss": float(train_loss), "clipped": int(clipped)})
+
+
+def refusal_record(member: int, round_: int, rule: str, detail: str) -> ConfigRecord:
+    return ConfigRecord({"member": int(member), "round": int(round_), "rule": rule, "detail": detail[:1000]})
 
 
 def eval_record(loss: float, accuracy: float, num_examples: int) -> ConfigRecord:

@@ -1,101 +1,191 @@
 """The ClientApp a participant runs: Flower delivers the coordinator's messages here.
 
-Simulation (node_config has `partition-id`): the participant's data is its partition of the
-scenario's dataset. Deployment (node_config has `data-path`): its own files. Either way it
-trains on its own device (`device` in node_config or run_config, default auto).
+Every message carries the plan and its hash. The member checks it against the plan in its own
+kit and its own policy BEFORE doing anything else; a refusal goes back as a `refusal` record.
+
+Where things come from:
+- deployment (node_config has `kit`): the member's kit directory, its `data-path`, its `device`;
+- simulation (node_config has `partition-id`): the throwaway kits the simulation provisioned
+  (their directory travels in the message config, which only a simulated node honours) and
+  this partition of the scenario's dataset.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+import tasks
 from fedloom import records as rec
+from fedloom.kits import MemberKit, load_member_kit
 from fedloom.plan import Plan
+from protocol.errors import ProtocolError, Rule
 
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
+from .policy import Policy, PolicyRefusal
+from .secure import answer, load_participant, protocol_params, save_participant
 from .trainer import LocalTrainer
 
+log = logging.getLogger("fedloom.participant")
 app = ClientApp()
-
-
-@dataclass(frozen=True)
-class NodeSetup:
-    member: int
-    data: LocalData
-    simulation: bool
+POLICY_FILE = "policy.toml"
 
 
 @lru_cache(maxsize=4)
 def _plan(text: str, digest: str) -> Plan:
     plan = Plan.from_json(text)
     if plan.hash != digest:
-        raise ValueError("plan does not match its hash")
+        raise ValueError("the plan does not match its hash")
     return plan
 
 
-def node_setup(plan: Plan, context: Context) -> NodeSetup:
+@lru_cache(maxsize=16)
+def _kit(path: str) -> MemberKit:
+    return load_member_kit(path)
+
+
+@dataclass
+class NodeView:
+    """Everything this node knows when a message arrives."""
+
+    plan: Plan
+    round: int
+    kit: MemberKit | None
+    policy: Policy
+    member: int
+    data: LocalData
+    simulation: bool
+    device_spec: str
+
+
+def view_of(msg: Message, context: Context) -> NodeView:
+    cfg = msg.content[rec.CONFIG]
+    plan = _plan(str(cfg["plan"]), str(cfg["plan-hash"]))
     nc = context.node_config
-    if "data-path" in nc:
-        return NodeSetup(int(nc.get("member-id", 0)), from_path(plan.task.name, str(nc["data-path"])), False)
+    if "kit" in nc:  # deployment: trust only what is on this machine
+        kit = _kit(str(nc["kit"]))
+        policy = Policy.load(nc.get("policy") or Path(str(nc["kit"])) / POLICY_FILE)
+        data = from_path(kit.plan.task.name, str(nc["data-path"]))
+        return NodeView(plan, int(cfg["round"]), kit, policy, kit.member.id, data, False, str(nc.get("device", "auto")))
     pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
-    return NodeSetup(pid + 1, simulated(plan.task, pid, n), True)
+    kits = str(cfg.get("sim-kits", ""))
+    kit = _kit(str(Path(kits) / f"member-{pid + 1}")) if kits else None
+    policy = Policy.load(Path(kits) / f"member-{pid + 1}" / POLICY_FILE) if kits else Policy(
+        require_secure_aggregation=False)
+    device = str(context.run_config.get("device", "auto"))
+    return NodeView(plan, int(cfg["round"]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
 
 
 _trainers: dict[tuple[str, int], LocalTrainer] = {}
 
 
-def trainer_for(plan: Plan, context: Context) -> tuple[LocalTrainer, NodeSetup]:
-    setup = node_setup(plan, context)
-    key = (plan.hash, setup.member)
+def trainer_for(view: NodeView) -> LocalTrainer:
+    key = (view.plan.hash, view.member)
     if key not in _trainers:
-        spec = str(context.node_config.get("device", context.run_config.get("device", "auto")))
-        device = resolve_device(spec)
-        configure_cpu_threads(device, 1 if setup.simulation else 0)
+        device = resolve_device(view.device_spec)
+        configure_cpu_threads(device, 1 if view.simulation else 0)
         _trainers.clear()  # one model per process: a new plan replaces the old one
-        _trainers[key] = LocalTrainer(plan, setup.data, device)
-    return _trainers[key], setup
+        _trainers[key] = LocalTrainer(view.plan, view.data, device)
+    return _trainers[key]
 
 
-def plan_of(msg: Message) -> Plan:
-    cfg = msg.content[rec.CONFIG]
-    return _plan(str(cfg["plan"]), str(cfg["plan-hash"]))
+def _check_policy(view: NodeView) -> None:
+    agreed = view.kit.plan if view.kit else view.plan
+    view.policy.check(view.plan, agreed, view.round, secure=view.plan.secure.enabled)
+
+
+def _refuse(msg: Message, view: NodeView, refusal: PolicyRefusal) -> Message:
+    log.warning("member %d refuses round %d by its policy: %s", view.member, view.round, refusal)
+    content = RecordDict({rec.REFUSAL: rec.refusal_record(view.member, view.round, refusal.rule, refusal.detail),
+                          "who": ConfigRecord({"member": view.member})})
+    return Message(content, reply_to=msg)
+
+
+def _eval(view: NodeView, msg: Message) -> tuple[LocalTrainer, np.ndarray, ConfigRecord]:
+    trainer = trainer_for(view)
+    vector = rec.read_vector(msg.content, rec.MODEL)
+    ev = trainer.evaluate(vector)
+    return trainer, vector, rec.eval_record(ev.loss, ev.accuracy, ev.num_examples)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """A plaintext training trip: evaluate the received model, train on it, return the update."""
-    plan = plan_of(msg)
-    cfg = msg.content[rec.CONFIG]
-    trainer, setup = trainer_for(plan, context)
-    vector = rec.read_vector(msg.content, rec.MODEL)
-    ev = trainer.evaluate(vector)
-    result = trainer.train(vector, int(cfg["round"]), setup.member)
-    return Message(
-        RecordDict({
-            rec.UPDATE: rec.vector_record(result.update),
-            rec.FIT: rec.fit_metrics(result.num_examples, result.train_loss),
-            rec.EVAL: rec.eval_record(ev.loss, ev.accuracy, ev.num_examples),
-            "who": ConfigRecord({"member": setup.member}),
-        }),
-        reply_to=msg,
-    )
+    """A training trip: evaluate the received model, train on it, and return the update — in
+    plaintext, or (secure aggregation) masked inside the protocol's MaskedInput."""
+    view = view_of(msg, context)
+    try:
+        _check_policy(view)
+    except PolicyRefusal as refusal:
+        return _refuse(msg, view, refusal)
+    trainer, vector, ev = _eval(view, msg)
+    out = RecordDict({rec.EVAL: ev, "who": ConfigRecord({"member": view.member})})
+    fit: dict = {}
+
+    def train_once() -> tuple[np.ndarray, int]:
+        result = trainer.train(vector, view.round, view.member)
+        fit.update(examples=result.num_examples, loss=result.train_loss)
+        _maybe_record_for_verification(msg, view, result.update, result.num_examples)
+        return result.update, result.num_examples
+
+    clipped = 0
+    if not view.plan.secure.enabled:
+        update, _ = train_once()
+        out[rec.UPDATE] = rec.vector_record(update)
+    else:
+        replies, info = _answer_protocol(msg, context, view, train_once)
+        out[rec.PROTOCOL] = rec.protocol_record(replies)
+        clipped = int(info.get("clipped", 0))
+    if fit:
+        out[rec.FIT] = rec.fit_metrics(fit["examples"], fit["loss"], clipped)
+    return Message(out, reply_to=msg)
+
+
+@app.query("secagg")
+def secagg(msg: Message, context: Context) -> Message:
+    """A protocol-only trip (sharing keys, signing survivors, unmasking): no training."""
+    view = view_of(msg, context)
+    try:
+        _check_policy(view)
+    except PolicyRefusal as refusal:
+        return _refuse(msg, view, refusal)
+    replies, _ = _answer_protocol(msg, context, view, _no_training)
+    return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies),
+                               "who": ConfigRecord({"member": view.member})}), reply_to=msg)
+
+
+def _no_training() -> tuple[np.ndarray, int]:
+    raise ProtocolError(Rule.OUT_OF_ORDER, "a mask request must come with the model, on a training trip")
+
+
+def _answer_protocol(msg: Message, context: Context, view: NodeView, train_once) -> tuple[list[bytes], dict]:
+    if view.kit is None:
+        raise RuntimeError("secure aggregation needs this member's kit (identity key and roster)")
+    d = tasks.num_parameters(trainer_for(view).model)
+    params = protocol_params(view.plan, d, len(view.kit.roster))
+    participant = load_participant(context, view.kit, params, view.policy.min_cohort)
+    replies, info = answer(participant, rec.read_protocol(msg.content), view.round, train_once)
+    save_participant(context, participant)
+    return replies, info
+
+
+def _maybe_record_for_verification(msg: Message, view: NodeView, update: np.ndarray, examples: int) -> None:
+    """Simulation only: hand the true update to the harness so it can check the secure sum."""
+    where = str(msg.content[rec.CONFIG].get("sim-verify", ""))
+    if view.simulation and where:
+        path = Path(where) / f"r{view.round}-m{view.member}.npz"
+        np.savez(path, update=update, examples=examples)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the final global model on this participant's held-out data."""
-    plan = plan_of(msg)
-    trainer, setup = trainer_for(plan, context)
-    ev = trainer.evaluate(rec.read_vector(msg.content, rec.MODEL))
-    return Message(
-        RecordDict({
-            rec.EVAL: rec.eval_record(ev.loss, ev.accuracy, ev.num_examples),
-            "who": ConfigRecord({"member": setup.member}),
-        }),
-        reply_to=msg,
-    )
+    view = view_of(msg, context)
+    _, _, ev = _eval(view, msg)
+    return Message(RecordDict({rec.EVAL: ev, "who": ConfigRecord({"member": view.member})}), reply_to=msg)

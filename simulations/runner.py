@@ -19,6 +19,7 @@ from coordinator.outputs import SUMMARY
 from coordinator.server_app import make_server_app
 from participant.client_app import app as client_app
 
+from .harness import hooks_for, prepare
 from .scenario import Scenario
 
 
@@ -48,8 +49,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    workspace = prepare(scenario)
     settings = RunSettings(plan=scenario.plan, out_dir=out_dir, scenario=scenario.name,
-                           node_wait=scenario.simulation.node_wait, observer=observer)
+                           node_wait=scenario.simulation.node_wait, observer=observer,
+                           roster=workspace.roster, hooks=hooks_for(scenario, workspace))
     ray_dir = tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
     try:
         _run_simulation(
@@ -61,6 +64,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
         )
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
+        workspace.close()  # the throwaway federation's private keys go with it
     summary_path = out_dir / SUMMARY
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")

@@ -1,8 +1,15 @@
 """Scenario files: a plan plus what only a simulation has (faults, adversaries, verification).
 
 A scenario is a TOML file. Top-level keys and the [task], [training], [strategy], [secure]
-tables make the plan (see fedloom.plan); `name`, `description` and [simulation] are the
-scenario's own. Unknown keys are errors, so a typo never silently falls back to a default.
+tables make the plan (see fedloom.plan); the rest is the scenario's own:
+
+    name = "..."; description = "..."
+    [simulation]  verify = true, cpus_per_participant = 1, node_wait = 120
+    [[faults]]    rounds = [2], stage = "mask", members = [3]   (or fraction = 0.2)
+    [[policies]]  members = [4], max_rounds = 1, min_cohort = 5, ...   (a member's own policy)
+    [adversary]   kind = "overlap", round = 2, target = 1   (a misbehaving coordinator)
+
+Unknown keys are errors, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -19,10 +26,37 @@ from fedloom.plan import Plan, _build
 SCENARIO_DIR = Path(__file__).parent
 
 
+STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
+
+
 @dataclass(frozen=True)
 class SimulationSpec:
+    verify: bool = True  # compute the plaintext aggregate out of band; record the difference
     cpus_per_participant: int = 1
     node_wait: float = 120.0  # seconds to wait for the virtual participants to come up
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Members that vanish at `stage` of each round in `rounds` (and answer nothing more in it)."""
+
+    rounds: tuple[int, ...]
+    stage: str
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    faults: tuple[Fault, ...] = ()
+
+    def drops(self, round_: int, stage: str, member: int) -> bool:
+        return any(round_ in f.rounds and f.stage == stage and member in f.members for f in self.faults)
+
+    def stage_of(self, round_: int, member: int) -> str | None:
+        for f in self.faults:
+            if round_ in f.rounds and member in f.members:
+                return f.stage
+        return None
 
 
 @dataclass(frozen=True)
@@ -31,7 +65,14 @@ class Scenario:
     plan: Plan
     description: str = ""
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    policies: dict = field(default_factory=dict)  # member id -> participant.policy.Policy
+    adversary: dict | None = None  # {"kind", "round", "target"}
     source: str = "built-in"
+
+    @property
+    def verify(self) -> bool:
+        return self.simulation.verify and self.plan.secure.enabled
 
 
 def builtin_names() -> list[str]:
@@ -64,8 +105,83 @@ def parse_scenario(raw: bytes, source: str = "<string>") -> Scenario:
         raise UserError("simulation.cpus_per_participant must be at least 1")
     if not isinstance(name, str) or not isinstance(description, str):
         raise UserError(f"{source}: name and description must be strings")
+    faults, policies, adversary = data.pop("faults", []), data.pop("policies", []), data.pop("adversary", None)
     plan = Plan.from_dict(data)
-    return Scenario(name=name, plan=plan, description=description, simulation=sim, source=source)
+    return Scenario(
+        name=name, plan=plan, description=description, simulation=sim, source=source,
+        faults=_faults(faults, plan), policies=_policies(policies, plan), adversary=_adversary(adversary, plan),
+    )
+
+
+def _members(entry: dict, plan: Plan, where: str, seed_salt: int) -> tuple[int, ...]:
+    members, fraction = entry.get("members"), entry.get("fraction")
+    if (members is None) == (fraction is None):
+        raise UserError(f"{where}: give exactly one of members = [...] or fraction = 0..1")
+    if members is not None:
+        if not isinstance(members, list) or not all(isinstance(m, int) and 1 <= m <= plan.participants for m in members):
+            raise UserError(f"{where}: members must be member ids in 1..{plan.participants}")
+        return tuple(members)
+    if not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise UserError(f"{where}: fraction must be in [0, 1]")
+    import numpy as np  # which members drop is a scenario choice, not a secret
+
+    k = round(fraction * plan.participants)
+    rng = np.random.default_rng(plan.seed * 7919 + seed_salt)
+    return tuple(sorted(int(m) for m in rng.choice(np.arange(1, plan.participants + 1), size=k, replace=False)))
+
+
+def _faults(entries: list, plan: Plan) -> FaultPlan:
+    if not isinstance(entries, list):
+        raise UserError("faults must be an array of tables: [[faults]]")
+    out = []
+    for i, e in enumerate(entries):
+        where = f"faults[{i}]"
+        unknown = set(e) - {"round", "rounds", "stage", "members", "fraction"}
+        if unknown:
+            raise UserError(f"unknown key {sorted(unknown)[0]!r} in [[faults]]; known: fraction, members, round, rounds, stage")
+        rounds = e.get("rounds", [e["round"]] if "round" in e else None)
+        if not isinstance(rounds, list) or not rounds or not all(isinstance(r, int) and 1 <= r <= plan.rounds for r in rounds):
+            raise UserError(f"{where}: rounds must list round numbers in 1..{plan.rounds}")
+        if e.get("stage") not in STAGES:
+            raise UserError(f"{where}: stage must be one of {', '.join(STAGES)}")
+        out.append(Fault(tuple(rounds), e["stage"], _members(e, plan, where, i)))
+    return FaultPlan(tuple(out))
+
+
+def _policies(entries: list, plan: Plan) -> dict:
+    from participant.policy import Policy
+
+    if not isinstance(entries, list):
+        raise UserError("policies must be an array of tables: [[policies]]")
+    out = {}
+    for i, e in enumerate(entries):
+        e = dict(e)
+        members = _members({"members": e.pop("members", None)}, plan, f"policies[{i}]", 0)
+        policy = Policy.from_dict(e, f"policies[{i}]")
+        for m in members:
+            out[m] = policy
+    return out
+
+
+ADVERSARIES = ("substitute-keys", "fake-member", "overlap", "double-request", "inconsistent-survivors",
+               "replay", "garbage-shares")
+
+
+def _adversary(entry: dict | None, plan: Plan) -> dict | None:
+    if entry is None:
+        return None
+    if set(entry) - {"kind", "round", "target"}:
+        raise UserError("unknown key in [adversary]; known: kind, round, target")
+    kind, rnd, target = entry.get("kind"), entry.get("round", 1), entry.get("target", 1)
+    if kind not in ADVERSARIES:
+        raise UserError(f"adversary.kind must be one of {', '.join(ADVERSARIES)}")
+    if not isinstance(rnd, int) or not 1 <= rnd <= plan.rounds:
+        raise UserError(f"adversary.round must be in 1..{plan.rounds}")
+    if not isinstance(target, int) or not 1 <= target <= plan.participants:
+        raise UserError(f"adversary.target must be a member id in 1..{plan.participants}")
+    if not plan.secure.enabled:
+        raise UserError("an adversary scenario needs secure aggregation enabled")
+    return {"kind": kind, "round": rnd, "target": target}
 
 
 def default_out_dir() -> str:

@@ -1,0 +1,364 @@
+"""Secure rounds over Flower: the protocol's stages, pipelined into three trips per round.
+
+Steady state, for round r (each line is one Flower round trip to every member):
+
+    T1 "train"  down: global model + MaskRequest_r + AdvertiseRequest_{r+1}
+                up:   evaluation of the model, MaskedInput_r, KeyBundle_{r+1}
+    T2 "secagg" down: SurvivorRequest_r + BundleSet_{r+1}
+                up:   SurvivorSignature_r, ShareBundle_{r+1}
+    T3 "secagg" down: UnmaskRequest_r + ShareDelivery_{r+1}
+                up:   UnmaskResponse_r, ShareReceipt_{r+1}
+
+Key agreement and share distribution for round r+1 ride on round r's trips; they do not depend on
+anyone's input, so doing them early changes nothing about what is revealed. The first round (and
+any round whose set-up failed) pays three set-up trips first. Plaintext needs one trip per round;
+fewer than three is impossible here: the masked input, the signed survivor set, and the shares
+released after seeing that set are three strictly ordered steps.
+
+Every reply is decoded and handed to the protocol as it arrives; a malformed or rule-breaking
+message marks its sender as faulty for that round and never stops the round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedloom import records as rec
+from fedloom.kits import session_context
+from fedloom.plan import Plan
+from protocol.coordinator import CoordinatorRound, Stage
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    KeyBundle,
+    MaskedInput,
+    Refusal,
+    ShareBundle,
+    ShareReceipt,
+    SurvivorSignature,
+    UnmaskResponse,
+    decode,
+)
+from protocol.messages import (
+    Message as ProtocolMessage,
+)
+from protocol.params import ProtocolParams
+from protocol.roster import Roster
+
+from .results import EvalSummary, RoundResult
+from .transport import exchange
+
+log = logging.getLogger("fedloom.coordinator")
+
+STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
+REPLY_STAGE = {
+    KeyBundle: "advertise", ShareBundle: "share", ShareReceipt: "receive", MaskedInput: "mask",
+    SurvivorSignature: "sign", UnmaskResponse: "unmask",
+}
+
+
+@dataclass
+class RunHooks:
+    """Simulation-only hooks at the adapter boundary (the protocol code stays the production code).
+
+    drop(round, stage, member): True if the member is gone from `stage` of `round` onwards.
+    extra_config: added to every message's config (e.g. the simulated kits' directory).
+    tamper(round, stage, member, message) -> message | None: an adversarial coordinator.
+    after_round(round, coordinator, result): the harness inspects a finished round.
+    """
+
+    drop: Callable[[int, str, int], bool] = lambda r, s, m: False
+    extra_config: dict = field(default_factory=dict)
+    tamper: Callable | None = None
+    after_round: Callable | None = None
+
+
+@dataclass
+class _Session:
+    """One round's coordinator state machine plus what the adapter tracks around it."""
+
+    round: int
+    proto: CoordinatorRound
+    gone: set[int] = field(default_factory=set)  # members dropped (by the fault plan) this round
+    dropped_log: list[dict] = field(default_factory=list)
+    refusals: list[dict] = field(default_factory=list)
+    mask_request: ProtocolMessage | None = None  # C1, fixed when share receipts are in
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.proto.stage is not Stage.ABORTED
+
+
+class SecureRounds:
+    secure = True
+
+    def __init__(self, grid: Grid, plan: Plan, nodes: list[int], roster: Roster, vector_length: int,
+                 hooks: RunHooks | None = None) -> None:
+        from participant.secure import protocol_params
+
+        self.grid, self.plan, self.nodes, self.roster = grid, plan, nodes, roster
+        self.params: ProtocolParams = protocol_params(plan, vector_length, len(roster))
+        self.context = session_context(plan)
+        self.hooks = hooks or RunHooks()
+        self.member_of: dict[int, int] = {}  # node id -> member id (learned from signed bundles)
+        self.current: _Session | None = None
+        self.next: _Session | None = None
+        self._fit: dict[int, tuple[int, float]] = {}
+        self._evals: list[tuple[float, float, int]] = []
+        self._orphan_refusals: list[dict] = []
+
+    # ------------------------------------------------------------------ plumbing
+    def _new_session(self, round_: int) -> _Session:
+        return _Session(round_, CoordinatorRound(round_, self.roster, self.context, self.params, workers=2))
+
+    def _node_of(self, member: int) -> int | None:
+        for node, m in self.member_of.items():
+            if m == member:
+                return node
+        return None
+
+    def _gone(self, s: _Session, stage: str, member: int) -> bool:
+        if member in s.gone:
+            return True
+        if self.hooks.drop(s.round, stage, member):
+            s.gone.add(member)
+            s.dropped_log.append({"member": member, "stage": stage})
+            return True
+        return False
+
+    def _config(self, round_: int) -> ConfigRecord:
+        cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
+        cfg.update(self.hooks.extra_config)
+        return ConfigRecord(cfg)
+
+    def _outgoing(self, s: _Session, stage: str, member: int, msg: ProtocolMessage) -> bytes | None:
+        if self._gone(s, stage, member):
+            return None
+        if self.hooks.tamper is not None:
+            msg = self.hooks.tamper(s.round, stage, member, msg)
+            if msg is None:
+                return None
+        return msg.encode()
+
+    def _trip(self, round_: int, kind: str, payload: dict[int, list[bytes]], with_model: np.ndarray | None) -> None:
+        """One round trip: node -> encoded protocol messages (plus the model on a training trip)."""
+        msgs = []
+        for node in self.nodes:
+            content = RecordDict({rec.CONFIG: self._config(round_), rec.PROTOCOL: rec.protocol_record(payload.get(node, []))})
+            if with_model is not None:
+                content[rec.MODEL] = rec.vector_record(with_model)
+            mtype = MessageType.TRAIN if kind == "train" else rec.SECAGG_ACTION
+            if kind != "train" and not payload.get(node):
+                continue
+            msgs.append(Message(content, dst_node_id=node, message_type=mtype))
+        exchange(self.grid, msgs, self.plan.stage_timeout, self._on_reply)
+
+    def _on_reply(self, reply: Message) -> None:
+        node = reply.metadata.src_node_id
+        content = reply.content
+        if rec.EVAL in content:
+            e = content[rec.EVAL]
+            self._evals.append((float(e["loss"]), float(e["accuracy"]), int(e[rec.NUM_EXAMPLES])))
+        if rec.REFUSAL in content:
+            r = content[rec.REFUSAL]
+            self._refusal(int(r["round"]), int(r["member"]), str(r["rule"]), str(r["detail"]))
+        claimed = int(content["who"]["member"]) if "who" in content else None
+        for raw in rec.read_protocol(content):
+            self._route(node, claimed, raw)
+        if rec.FIT in content and claimed is not None:
+            f = content[rec.FIT]
+            self._fit[claimed] = (int(f[rec.NUM_EXAMPLES]), float(f["train-loss"]), int(f.get("clipped", 0)))
+
+    def _sessions(self) -> list[_Session]:
+        return [s for s in (self.current, self.next) if s is not None]
+
+    def _session(self, round_: int) -> _Session | None:
+        return next((s for s in self._sessions() if s.round == round_), None)
+
+    def _refusal(self, round_: int, member: int, rule: str, detail: str) -> None:
+        entry = {"member": member, "round": round_, "rule": rule, "reason": detail}
+        s = self._session(round_)
+        target = s.refusals if s else self._orphan_refusals
+        if entry not in target:
+            target.append(entry)
+        log.warning("member %d refused round %d: [%s] %s", member, round_, rule, detail)
+
+    def _route(self, node: int, claimed: int | None, raw: bytes) -> None:
+        try:
+            msg = decode(raw)
+        except ProtocolError as err:
+            log.warning("node %s sent an undecodable message: %s", node, err)
+            return
+        s = self._session(msg.round)
+        if isinstance(msg, Refusal):
+            self._refusal(msg.round, msg.member, msg.rule, msg.detail)
+            return
+        if s is None or not s.alive:
+            return
+        member = getattr(msg, "member", None)
+        if member is not None and self.member_of.get(node, member) != member:
+            log.warning("node %s sent a message as member %s but is member %s", node, member, self.member_of[node])
+            return
+        if member is not None and self._gone(s, REPLY_STAGE.get(type(msg), ""), member):
+            return  # the fault plan says this member crashed before its reply got out
+        try:
+            if isinstance(msg, KeyBundle):
+                s.proto.add_bundle(msg)
+                self.member_of[node] = msg.member  # authenticated: the bundle is signed by that member
+            elif isinstance(msg, ShareBundle):
+                s.proto.add_shares(msg)
+            elif isinstance(msg, ShareReceipt):
+                s.proto.add_receipt(msg)
+            elif isinstance(msg, MaskedInput):
+                s.proto.add_masked(msg)
+            elif isinstance(msg, SurvivorSignature):
+                s.proto.add_signature(msg)
+            elif isinstance(msg, UnmaskResponse):
+                s.proto.add_unmask(msg)
+        except ProtocolError as err:
+            log.warning("round %d: rejected %s from member %s: %s", s.round, type(msg).__name__, member, err)
+
+    def _close(self, s: _Session | None, step: Callable[[], object]) -> object | None:
+        """Run a closing step of a session; an abort (too few members) is logged, not raised."""
+        if s is None or not s.alive:
+            return None
+        try:
+            return step()
+        except ProtocolError as err:
+            log.warning("round %d aborted: %s", s.round, err)
+            return None
+
+    # ------------------------------------------------------------------ set-up (3 trips)
+    def _advertise_payload(self, s: _Session, payload: dict[int, list[bytes]]) -> None:
+        req = s.proto.advertise_request()
+        for node in self.nodes:
+            member = self.member_of.get(node)  # unknown before a node's first signed bundle
+            enc = self._outgoing(s, "advertise", member, req) if member is not None else req.encode()
+            if enc is not None:
+                payload.setdefault(node, []).append(enc)
+
+    def _close_mask_request(self, s: _Session | None) -> None:
+        if s is not None:
+            s.mask_request = self._close(s, s.proto.mask_request)
+
+    def _setup(self, round_: int) -> _Session:
+        """Key advertisement, sharing and delivery for `round_` as three trips of their own."""
+        s = self._new_session(round_)
+        self.next = s
+        t0 = time.perf_counter()
+        payload: dict[int, list[bytes]] = {}
+        self._advertise_payload(s, payload)
+        self._trip(round_, "secagg", payload, None)
+        bset = self._close(s, s.proto.bundle_set)
+        self._trip(round_, "secagg", self._per_member(s, "share", lambda m: bset) if bset else {}, None)
+        deliveries = self._close(s, s.proto.deliveries)
+        payload = self._per_member(s, "receive", lambda m: deliveries.get(m)) if deliveries else {}
+        self._trip(round_, "secagg", payload, None)
+        self._close_mask_request(s)
+        s.seconds["setup"] = time.perf_counter() - t0
+        return s
+
+    def _per_member(self, s: _Session, stage: str, message_for: Callable[[int], ProtocolMessage | None],
+                    members: tuple[int, ...] | None = None) -> dict[int, list[bytes]]:
+        payload: dict[int, list[bytes]] = {}
+        for m in members if members is not None else s.proto.cohort:
+            node = self._node_of(m)
+            msg = message_for(m)
+            if node is None or msg is None:
+                continue
+            enc = self._outgoing(s, stage, m, msg)
+            if enc is not None:
+                payload.setdefault(node, []).append(enc)
+        return payload
+
+    # ------------------------------------------------------------------ one training round
+    def train_round(self, round_: int, model: np.ndarray) -> RoundResult:
+        self._evals, self._fit, self._orphan_refusals = [], {}, []
+        self.current = None
+        last = round_ == self.plan.rounds
+        if self.next is None or self.next.round != round_ or self.next.proto.stage is not Stage.MASKED:
+            self._setup(round_)
+        cur, self.current, self.next = self.next, self.next, None
+        t0 = time.perf_counter()
+
+        # T1: train + mask round r; advertise round r+1
+        nxt = None if last else self._new_session(round_ + 1)
+        self.next = nxt
+        mreq = cur.mask_request if cur.alive else None
+        payload = self._per_member(cur, "mask", lambda m: mreq, cur.proto.shared) if mreq else {}
+        if nxt is not None:
+            self._advertise_payload(nxt, payload)
+        self._trip(round_, "train", payload, model)
+        incoming_eval = EvalSummary.combine(self._evals)
+        fit = dict(self._fit)
+        t1 = time.perf_counter()
+
+        # T2: sign survivors of round r; share keys of round r+1
+        sreq = self._close(cur, cur.proto.survivor_request)
+        payload = self._per_member(cur, "sign", lambda m: sreq, sreq.survivors) if sreq else {}
+        if nxt is not None:
+            bset = self._close(nxt, nxt.proto.bundle_set)
+            if bset is not None:
+                for node, encs in self._per_member(nxt, "share", lambda m: bset).items():
+                    payload.setdefault(node, []).extend(encs)
+        self._trip(round_, "secagg", payload, None)
+        t2 = time.perf_counter()
+
+        # T3: unmask round r; deliver shares of round r+1
+        ureq = self._close(cur, cur.proto.unmask_request)
+        payload = self._per_member(cur, "unmask", lambda m: ureq, ureq.survivors) if ureq else {}
+        if nxt is not None:
+            deliveries = self._close(nxt, nxt.proto.deliveries)
+            if deliveries:
+                for node, encs in self._per_member(nxt, "receive", lambda m: deliveries.get(m)).items():
+                    payload.setdefault(node, []).extend(encs)
+        self._trip(round_, "secagg", payload, None)
+        t3 = time.perf_counter()
+        agg = self._close(cur, cur.proto.finish)
+        self._close_mask_request(nxt)
+        t4 = time.perf_counter()
+        cur.seconds.update({"train_mask": t1 - t0, "sign": t2 - t1, "unmask": t3 - t2, "reconstruct": t4 - t3})
+        return self._result(cur, agg, fit, incoming_eval)
+
+    def _result(self, s: _Session, agg, fit: dict[int, tuple[int, float, int]], incoming_eval) -> RoundResult:
+        res = RoundResult(s.round, None, asked=list(s.proto.shared) or list(s.proto.cohort))
+        res.incoming_eval = incoming_eval
+        res.stage_seconds = dict(s.seconds)
+        res.dropped = s.dropped_log
+        res.refusals = s.refusals + self._orphan_refusals
+        res.faults = [{"member": m, "rule": r} for m, r in sorted(s.proto.faults.items())]
+        losses = [(fit[m][0], fit[m][1]) for m in fit]
+        if losses:
+            res.train_loss = sum(n * loss for n, loss in losses) / max(1, sum(n for n, _ in losses))
+        res.clipped = sum(fit[m][2] for m in fit)
+        if res.clipped:
+            log.warning("round %d: %d update coordinates exceeded secure.clip = %s and were clipped",
+                        s.round, res.clipped, self.plan.secure.clip)
+        if agg is None:
+            err = s.proto.abort_reason
+            res.skipped = f"secure aggregation aborted: {err}" if err else "secure aggregation did not complete"
+            return res
+        total, weight = agg.weighted_sum(self.params)
+        if weight <= 0:
+            res.skipped = "the aggregate has zero total weight"
+            return res
+        res.mean_update = total / weight
+        res.total_weight = float(weight)
+        res.aggregated = list(agg.survivors)
+        if self.hooks.after_round is not None:
+            self.hooks.after_round(s.round, s.proto, agg, res)
+        return res
+
+    def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
+        self._evals = []
+        msgs = [Message(RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)}),
+                        dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes]
+        exchange(self.grid, msgs, self.plan.stage_timeout, self._on_reply)
+        return EvalSummary.combine(self._evals)

@@ -1,0 +1,87 @@
+"""Simulation-only machinery at the adapter boundary: throwaway kits, faults, verification.
+
+Nothing here changes the protocol or the apps: faults drop messages the real coordinator would
+send or receive, and verification reads the true updates simulated participants leave in a
+private directory, to check the secure sum against the plaintext one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from coordinator.results import RoundResult
+from coordinator.secure import RunHooks
+from fedloom.kits import provision_members
+from participant.client_app import POLICY_FILE
+from participant.policy import Policy
+from protocol.roster import Roster
+
+from .scenario import Scenario
+
+
+@dataclass
+class Workspace:
+    """Private temporary directories for one simulated run (keys never outlive it)."""
+
+    root: Path
+    kits: Path
+    verify: Path
+    roster: Roster
+    exactness: dict[int, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def prepare(scenario: Scenario) -> Workspace:
+    root = Path(tempfile.mkdtemp(prefix="fedloom-sim-"))
+    kits, verify = root / "kits", root / "verify"
+    verify.mkdir()
+    plan = scenario.plan
+    roster = provision_members(plan, kits)
+    default_policy = Policy(require_secure_aggregation=plan.secure.enabled, min_cohort=plan.secure.min_cohort)
+    for m in roster:
+        policy = scenario.policies.get(m.id, default_policy)
+        (kits / m.name / POLICY_FILE).write_text(policy.to_toml())
+    return Workspace(root, kits, verify, roster)
+
+
+def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
+    faults = scenario.faults
+
+    def drop(round_: int, stage: str, member: int) -> bool:
+        return faults.drops(round_, stage, member)
+
+    def after_round(round_: int, proto, agg, result: RoundResult) -> None:
+        if scenario.verify:
+            result.exactness = _exactness(ws, round_, agg.survivors, result.mean_update, proto.params.max_weight)
+            ws.exactness[round_] = result.exactness
+        for f in ws.verify.glob(f"r{round_}-m*.npz"):
+            f.unlink()
+
+    extra = {"sim-kits": str(ws.kits)}
+    if scenario.verify:
+        extra["sim-verify"] = str(ws.verify)
+    return RunHooks(drop=drop, extra_config=extra, after_round=after_round)
+
+
+def _exactness(ws: Workspace, round_: int, survivors, mean_update: np.ndarray, max_weight: int) -> float | None:
+    """max |secure mean - plaintext mean| over coordinates, from the true updates (out of band)."""
+    total, weight = None, 0
+    for m in survivors:
+        path = ws.verify / f"r{round_}-m{m}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as f:
+            w = min(int(f["examples"]), max_weight)
+            x = f["update"].astype(np.float64) * w
+        total = x if total is None else total + x
+        weight += w
+    if total is None or weight == 0:
+        return None
+    return float(np.max(np.abs(total / weight - mean_update)))
