@@ -7,6 +7,7 @@ r rides on round r's trip, so the metrics row of round r-1 is completed by round
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ import tasks
 from fedloom.plan import Plan
 from protocol.roster import Roster
 
-from . import outputs
+from . import checkpoint, outputs
 from .optimizers import make_optimizer
+from .ledger_feed import LedgerFeed
 from .plain import PlainRounds
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks, SecureRounds
@@ -59,6 +61,8 @@ class RunSettings:
     observer: RunObserver = field(default_factory=LogObserver)
     roster: Roster | None = None  # the federation's members (required for secure aggregation)
     hooks: RunHooks = field(default_factory=RunHooks)
+    state_dir: Path | None = None  # deployment: checkpoints (resume) live here
+    ledger: Any = None  # deployment: a fedloom.ledger.LedgerWriter recording every round
 
 
 def initial_model(plan: Plan) -> np.ndarray:
@@ -69,31 +73,44 @@ def initial_model(plan: Plan) -> np.ndarray:
 def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     plan, out = settings.plan, settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / outputs.METRICS).unlink(missing_ok=True)
     t_start = time.perf_counter()
+    ckpt = checkpoint.load(settings.state_dir, plan.hash) if settings.state_dir else None
+    first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
+    if ckpt is None:
+        (out / outputs.METRICS).unlink(missing_ok=True)
+    else:
+        log.info("resuming after round %d (restart %d)", ckpt.round, epoch)
+        if settings.ledger is not None:
+            settings.ledger.append("resume", {"from_round": first, "reason": "coordinator restarted"})
     minimum = plan.secure.min_cohort if plan.secure.enabled else 1
     nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
     settings.observer.started(plan, len(nodes))
-    model = initial_model(plan)
+    model = ckpt.model if ckpt else initial_model(plan)
+    feed = LedgerFeed(settings.ledger.path) if settings.ledger is not None else None
     if plan.secure.enabled:
         if settings.roster is None:
             raise ValueError("secure aggregation needs the federation's roster")
-        rounds: PlainRounds | SecureRounds = SecureRounds(grid, plan, nodes, settings.roster, model.size, settings.hooks)
+        rounds: PlainRounds | SecureRounds = SecureRounds(grid, plan, nodes, settings.roster, model.size,
+                                                          settings.hooks, round_offset=epoch << 32, ledger=feed)
     else:
         log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
-        rounds = PlainRounds(grid, plan, nodes, settings.hooks)
+        rounds = PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed)
     optimizer = make_optimizer(plan.strategy)
-    rows: dict[int, dict[str, Any]] = {0: {"round": 0, "wall_seconds": 0.0}}
+    if ckpt:
+        optimizer.load_state_dict(ckpt.optimizer)
+    done_before = ckpt.rounds_completed if ckpt else 0
+    rows: dict[int, dict[str, Any]] = {first - 1: {"round": first - 1, "wall_seconds": 0.0}}
     history: list[RoundResult] = []
 
     def complete(r: int, ev: EvalSummary | None) -> None:
         row = rows.pop(r)
         row.update(eval_loss=ev.loss if ev else None, eval_accuracy=ev.accuracy if ev else None,
                    eval_participants=ev.participants if ev else 0)
-        outputs.append_jsonl(out / outputs.METRICS, row)
+        if ckpt is None or r > ckpt.round:  # a resumed run does not repeat the last row it wrote
+            outputs.append_jsonl(out / outputs.METRICS, row)
         settings.observer.round_done(row)
 
-    for r in range(1, plan.rounds + 1):
+    for r in range(first, plan.rounds + 1):
         t0 = time.perf_counter()
         res = rounds.train_round(r, model)
         if res.mean_update is not None:
@@ -103,14 +120,38 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         history.append(res)
         rows[r] = _row(res, time.perf_counter() - t0, rounds.secure)
         complete(r - 1, res.incoming_eval)
+        completed = done_before + sum(1 for h in history if h.mean_update is not None)
+        if settings.state_dir:
+            checkpoint.save(settings.state_dir, plan.hash, r, epoch, model, optimizer.state_dict(), completed)
+        if settings.ledger is not None:
+            settings.ledger.append("round", _ledger_entry(plan, res, model, rows[r]))
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
     summary = _summary(settings, history, final, len(nodes), time.perf_counter() - t_start, model.size, rounds.secure)
+    summary["rounds_completed"] += done_before
     outputs.write_json(out / outputs.SUMMARY, summary)
     outputs.plot_run(out)
     settings.observer.finished(summary)
     return summary
+
+
+def model_hash(model: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(model, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _ledger_entry(plan: Plan, res: RoundResult, model: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "round": res.round,
+        "plan_hash": plan.hash,
+        "asked": res.asked,
+        "aggregated": res.aggregated,
+        "dropped": [{"member": d.get("member", d.get("node")), "stage": d["stage"]} for d in res.dropped],
+        "refusals": res.refusals,
+        "skipped": res.skipped,
+        "model_hash": model_hash(model),
+        "metrics": {k: v for k, v in (("train_loss", res.train_loss),) if v is not None},
+    }
 
 
 def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
@@ -158,4 +199,11 @@ def _summary(
         "faults": [{"round": h.round, **f} for h in history for f in h.faults],
         "adversary": None,
         "out_dir": str(settings.out_dir),
-    }
+    } | _hook_report(settings.hooks)
+
+
+def _hook_report(hooks: RunHooks) -> dict[str, Any]:
+    """Summary keys the run's hooks add: a simulation's hooks may carry `report() -> dict` (e.g.
+    {"adversary": ...}, what a simulated attack achieved); the production hooks have none."""
+    report = getattr(hooks, "report", None)
+    return dict(report()) if callable(report) else {}

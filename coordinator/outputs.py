@@ -56,11 +56,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def save_model(path: Path, vector: np.ndarray, metadata: dict[str, str]) -> None:
+def save_model(path: Path, tensors: np.ndarray | dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """A safetensors file, atomically (a bare vector is stored as "vector")."""
+    if isinstance(tensors, np.ndarray):
+        tensors = {"vector": tensors}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        save_file({"vector": np.ascontiguousarray(vector)}, tmp, metadata=metadata)
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:

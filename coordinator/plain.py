@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedloom import records as rec
 from fedloom.plan import Plan
 
+from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks
 from .transport import exchange
@@ -25,31 +26,40 @@ log = logging.getLogger("fedloom.coordinator")
 class PlainRounds:
     secure = False
 
-    def __init__(self, grid: Grid, plan: Plan, nodes: list[int], hooks: RunHooks | None = None) -> None:
+    def __init__(self, grid: Grid, plan: Plan, nodes: list[int], hooks: RunHooks | None = None,
+                 ledger: LedgerFeed | None = None) -> None:
         self.grid, self.plan, self.nodes = grid, plan, nodes
         self.hooks = hooks or RunHooks()
+        self.ledger = ledger
         self.fedavg = FedAvg(arrayrecord_key=rec.UPDATE, weighted_by_key=rec.NUM_EXAMPLES)
 
-    def _config(self, round_: int) -> ConfigRecord:
+    def _config(self, round_: int, node: int | None = None) -> ConfigRecord:
         cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
         cfg.update(self.hooks.extra_config)
+        if self.ledger is not None and node is not None:
+            cfg.update(self.ledger.config_for(node))
         return ConfigRecord(cfg)
+
+    def _content(self, round_: int, model, node: int) -> RecordDict:  # noqa: ANN001
+        return RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
 
     def train_round(self, round_: int, model) -> RoundResult:
         t0 = time.perf_counter()
-        content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)})
-        msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes]
+        msgs = [Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes]
         everything: list[Message] = []
         replied, errors = exchange(self.grid, msgs, self.plan.stage_timeout, everything.append)
         result = RoundResult(round_, None, asked=sorted(self.nodes))
         result.dropped = [{"node": n, "stage": "train", "error": e} for n, e in errors.items()]
         result.dropped += [{"node": n, "stage": "train"} for n in self.nodes if n not in replied and n not in errors]
         for r in everything:
+            if self.ledger is not None and "who" in r.content:
+                self.ledger.observe(r.metadata.src_node_id, dict(r.content["who"]))
             if rec.REFUSAL in r.content:
                 ref = r.content[rec.REFUSAL]
                 result.refusals.append({"member": int(ref["member"]), "round": int(ref["round"]),
                                         "rule": str(ref["rule"]), "reason": str(ref["detail"])})
-        replies = [r for r in everything if rec.UPDATE in r.content]
+        # sorted by member: floating-point sums depend on order, and reruns (resume) must match
+        replies = sorted((r for r in everything if rec.UPDATE in r.content), key=lambda r: int(r.content["who"]["member"]))
         members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
         result.incoming_eval = _eval_of(everything)
         if not replies:
@@ -64,8 +74,8 @@ class PlainRounds:
         return result
 
     def evaluate(self, round_: int, model) -> EvalSummary | None:
-        content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)})
-        msgs = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes]
+        msgs = [Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.EVALUATE)
+                for n in self.nodes]
         replies: list[Message] = []
         exchange(self.grid, msgs, self.plan.stage_timeout, replies.append)
         return _eval_of(replies)

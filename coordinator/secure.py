@@ -51,6 +51,7 @@ from protocol.messages import (
 from protocol.params import ProtocolParams
 from protocol.roster import Roster
 
+from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
 from .transport import exchange
 
@@ -69,13 +70,19 @@ class RunHooks:
 
     drop(round, stage, member): True if the member is gone from `stage` of `round` onwards.
     extra_config: added to every message's config (e.g. the simulated kits' directory).
-    tamper(round, stage, member, message) -> message | None: an adversarial coordinator.
-    after_round(round, coordinator, result): the harness inspects a finished round.
+    tamper(round, stage, member, message) -> message | None: an adversarial coordinator rewrites
+        (or withholds) what it sends.
+    observe(node, message): sees every decoded protocol message that arrives.
+    inject(round, after_stage) -> {member: [message, ...]}: extra requests an adversarial
+        coordinator sends in a trip of their own after the "sign" or "unmask" trip.
+    after_round(round, coordinator, aggregate, result): the harness inspects a finished round.
     """
 
     drop: Callable[[int, str, int], bool] = lambda r, s, m: False
     extra_config: dict = field(default_factory=dict)
     tamper: Callable | None = None
+    observe: Callable | None = None
+    inject: Callable | None = None
     after_round: Callable | None = None
 
 
@@ -100,7 +107,7 @@ class SecureRounds:
     secure = True
 
     def __init__(self, grid: Grid, plan: Plan, nodes: list[int], roster: Roster, vector_length: int,
-                 hooks: RunHooks | None = None) -> None:
+                 hooks: RunHooks | None = None, round_offset: int = 0, ledger: LedgerFeed | None = None) -> None:
         from participant.secure import protocol_params
 
         self.grid, self.plan, self.nodes, self.roster = grid, plan, nodes, roster
@@ -113,10 +120,13 @@ class SecureRounds:
         self._fit: dict[int, tuple[int, float]] = {}
         self._evals: list[tuple[float, float, int]] = []
         self._orphan_refusals: list[dict] = []
+        self.round_offset = round_offset  # protocol rounds stay fresh across coordinator restarts
+        self.ledger = ledger
 
     # ------------------------------------------------------------------ plumbing
     def _new_session(self, round_: int) -> _Session:
-        return _Session(round_, CoordinatorRound(round_, self.roster, self.context, self.params, workers=2))
+        proto = CoordinatorRound(self.round_offset + round_, self.roster, self.context, self.params, workers=2)
+        return _Session(round_, proto)
 
     def _node_of(self, member: int) -> int | None:
         for node, m in self.member_of.items():
@@ -133,9 +143,11 @@ class SecureRounds:
             return True
         return False
 
-    def _config(self, round_: int) -> ConfigRecord:
+    def _config(self, round_: int, node: int | None = None) -> ConfigRecord:
         cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
         cfg.update(self.hooks.extra_config)
+        if self.ledger is not None and node is not None:
+            cfg.update(self.ledger.config_for(node))
         return ConfigRecord(cfg)
 
     def _outgoing(self, s: _Session, stage: str, member: int, msg: ProtocolMessage) -> bytes | None:
@@ -151,7 +163,8 @@ class SecureRounds:
         """One round trip: node -> encoded protocol messages (plus the model on a training trip)."""
         msgs = []
         for node in self.nodes:
-            content = RecordDict({rec.CONFIG: self._config(round_), rec.PROTOCOL: rec.protocol_record(payload.get(node, []))})
+            cfg = self._config(round_, node if kind == "train" else None)
+            content = RecordDict({rec.CONFIG: cfg, rec.PROTOCOL: rec.protocol_record(payload.get(node, []))})
             if with_model is not None:
                 content[rec.MODEL] = rec.vector_record(with_model)
             mtype = MessageType.TRAIN if kind == "train" else rec.SECAGG_ACTION
@@ -170,6 +183,8 @@ class SecureRounds:
             r = content[rec.REFUSAL]
             self._refusal(int(r["round"]), int(r["member"]), str(r["rule"]), str(r["detail"]))
         claimed = int(content["who"]["member"]) if "who" in content else None
+        if self.ledger is not None and "who" in content:
+            self.ledger.observe(node, dict(content["who"]))
         for raw in rec.read_protocol(content):
             self._route(node, claimed, raw)
         if rec.FIT in content and claimed is not None:
@@ -181,6 +196,12 @@ class SecureRounds:
 
     def _session(self, round_: int) -> _Session | None:
         return next((s for s in self._sessions() if s.round == round_), None)
+
+    def _session_of(self, protocol_round: int) -> _Session | None:
+        return next((s for s in self._sessions() if s.proto.round == protocol_round), None)
+
+    def _training_round(self, protocol_round: int) -> int:
+        return protocol_round & 0xFFFFFFFF
 
     def _refusal(self, round_: int, member: int, rule: str, detail: str) -> None:
         entry = {"member": member, "round": round_, "rule": rule, "reason": detail}
@@ -196,9 +217,11 @@ class SecureRounds:
         except ProtocolError as err:
             log.warning("node %s sent an undecodable message: %s", node, err)
             return
-        s = self._session(msg.round)
+        if self.hooks.observe is not None:
+            self.hooks.observe(node, msg)
+        s = self._session_of(msg.round)
         if isinstance(msg, Refusal):
-            self._refusal(msg.round, msg.member, msg.rule, msg.detail)
+            self._refusal(self._training_round(msg.round), msg.member, msg.rule, msg.detail)
             return
         if s is None or not s.alive:
             return
@@ -309,6 +332,7 @@ class SecureRounds:
                 for node, encs in self._per_member(nxt, "share", lambda m: bset).items():
                     payload.setdefault(node, []).extend(encs)
         self._trip(round_, "secagg", payload, None)
+        self._injected(cur, "sign")
         t2 = time.perf_counter()
 
         # T3: unmask round r; deliver shares of round r+1
@@ -320,12 +344,26 @@ class SecureRounds:
                 for node, encs in self._per_member(nxt, "receive", lambda m: deliveries.get(m)).items():
                     payload.setdefault(node, []).extend(encs)
         self._trip(round_, "secagg", payload, None)
+        self._injected(cur, "unmask")
         t3 = time.perf_counter()
         agg = self._close(cur, cur.proto.finish)
         self._close_mask_request(nxt)
         t4 = time.perf_counter()
         cur.seconds.update({"train_mask": t1 - t0, "sign": t2 - t1, "unmask": t3 - t2, "reconstruct": t4 - t3})
         return self._result(cur, agg, fit, incoming_eval)
+
+    def _injected(self, s: _Session, after: str) -> None:
+        """An adversarial coordinator's extra trip (simulation only): whatever it wants to send."""
+        if self.hooks.inject is None:
+            return
+        extra = self.hooks.inject(s.round, after) or {}
+        payload: dict[int, list[bytes]] = {}
+        for member, msgs in extra.items():
+            node = self._node_of(member)
+            if node is not None and member not in s.gone:
+                payload[node] = [m.encode() for m in msgs]
+        if payload:
+            self._trip(s.round, "secagg", payload, None)
 
     def _result(self, s: _Session, agg, fit: dict[int, tuple[int, float, int]], incoming_eval) -> RoundResult:
         res = RoundResult(s.round, None, asked=list(s.proto.shared) or list(s.proto.cohort))
@@ -358,7 +396,7 @@ class SecureRounds:
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         self._evals = []
-        msgs = [Message(RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_)}),
+        msgs = [Message(RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, n)}),
                         dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes]
         exchange(self.grid, msgs, self.plan.stage_timeout, self._on_reply)
         return EvalSummary.combine(self._evals)

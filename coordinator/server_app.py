@@ -16,6 +16,9 @@ from .driver import RunSettings, run_federation
 
 
 def settings_from_run_config(run_config: dict) -> RunSettings:
+    """Deployment when the run config names a coordinator kit; else a simulation scenario."""
+    if str(run_config.get("kit", "")):
+        return deployment_settings(run_config)
     from simulations.scenario import default_out_dir, load_scenario
 
     scenario = load_scenario(str(run_config.get("scenario", "default")))
@@ -25,6 +28,20 @@ def settings_from_run_config(run_config: dict) -> RunSettings:
     out = str(run_config.get("out-dir", "") or "") or default_out_dir()
     wait = float(run_config.get("node-wait", 120.0))
     return RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name, node_wait=wait)
+
+
+def deployment_settings(run_config: dict) -> RunSettings:
+    from fedloom.kits import load_coordinator_kit
+    from fedloom.ledger import LedgerWriter
+
+    kit = load_coordinator_kit(str(run_config["kit"]))
+    state = Path(str(run_config.get("state-dir", "") or Path(str(run_config["kit"])) / "state")).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    genesis = {"federation": kit.plan.federation, "plan_hash": kit.plan.hash, "roster_hash": kit.roster.digest().hex()}
+    ledger = LedgerWriter.open(state / "ledger.jsonl", kit.ledger_key, genesis)
+    return RunSettings(plan=kit.plan, out_dir=state / "outputs", scenario=kit.plan.federation,
+                       node_wait=float(run_config.get("node-wait", 600.0)), roster=kit.roster,
+                       state_dir=state, ledger=ledger)
 
 
 def make_server_app(settings: RunSettings | None = None) -> ServerApp:

@@ -75,6 +75,19 @@ def _final_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
     return table
 
 
+def _adversary_line(adv: dict[str, Any]) -> Text:
+    """One line on the simulated attack: did the adversary get the target's update, who refused."""
+    style = "bold red" if adv["succeeded"] else "bold green"
+    rules = sorted({r["rule"] for r in adv.get("refusals", [])})
+    shares = adv.get("shares_obtained", {})
+    return Text.assemble(
+        f"adversary {adv['kind']} (round {adv['round']}, target {adv['target']}): ",
+        ("succeeded" if adv["succeeded"] else "failed", style),
+        f" · refusals {', '.join(rules) or 'none'} · shares seed {shares.get('seed', 0)}, key {shares.get('key', 0)}"
+        f" of {shares.get('threshold', '?')} needed",
+    )
+
+
 @app.command()
 def simulate(
     scenario: Annotated[str | None, typer.Argument(help="Scenario TOML file or built-in name (default: 'default').")] = None,
@@ -109,6 +122,8 @@ def simulate(
         write_json(out_dir / SUMMARY, summary)
         plot_run(out_dir)
     console.print(_final_table(observer.rows, summary))
+    if summary.get("adversary"):
+        console.print(_adversary_line(summary["adversary"]))
     final = summary["final"]["accuracy"]
     line = f"final federated accuracy [bold]{final:.4f}[/]" if final is not None else "no final accuracy"
     if summary.get("centralized_baseline"):
@@ -117,6 +132,71 @@ def simulate(
         line += " · [bold red]secure aggregation was OFF[/]"
     console.print(line)
     console.print(f"outputs: {out_dir}")
+
+
+coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator service.")
+participant_app = typer.Typer(no_args_is_help=True, help="Run a participant node on this member's machine.")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(participant_app, name="participant")
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    kit: Annotated[Path, typer.Option(help="The coordinator's kit (from `fedloom provision`).")],
+    state_dir: Annotated[Path | None, typer.Option(help="Checkpoints, ledger, logs, outputs (default: KIT/state).")] = None,
+    bind: Annotated[str | None, typer.Option(help="Public HOST:PORT (default: the federation's address).")] = None,
+    app_dir: Annotated[Path, typer.Option("--app", help="The fedloom app directory whose hash the plan names.")] = Path("."),
+    node_wait: Annotated[float, typer.Option(help="Seconds to wait for members' nodes to connect.")] = 600.0,
+) -> None:
+    """Start the SuperLink (loopback), the public gateway, register the members' nodes, run the plan.
+
+    Started again on the same state directory, it resumes after the last checkpointed round."""
+    import json
+
+    from coordinator import service
+
+    _logging()
+    try:
+        fed = json.loads((kit / "federation.json").read_text()) if (kit / "federation.json").exists() else {}
+        address = bind or fed.get("address")
+        if not address:
+            raise UserError(f"no --bind given and no address in {kit / 'federation.json'}")
+
+        def on_round(row: dict[str, Any]) -> None:
+            acc = row.get("eval_accuracy")
+            console.print(f"round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
+                          f"aggregated {row.get('participants_replied', '-')}"
+                          + (f" [yellow]skipped: {row['skipped']}[/]" if row.get("skipped") else ""))
+
+        code = service.start(str(kit), str(state_dir or kit / "state"), address, str(app_dir), node_wait, on_round)
+    except UserError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@participant_app.command("start")
+def participant_start(
+    kit: Annotated[Path, typer.Option(help="This member's kit (from `fedloom provision`).")],
+    data: Annotated[Path, typer.Option(help="This member's data: a directory with train.npz (and test.npz) or a .npz.")],
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+    state_dir: Annotated[Path | None, typer.Option(help="Where this node keeps its state (default: KIT/state).")] = None,
+    superlink: Annotated[str | None, typer.Option(help="Override the coordinator address in the kit.")] = None,
+) -> None:
+    """Start this member's SuperNode: it trains on its own data and device, under its own policy."""
+    from participant import service
+
+    _logging()
+    try:
+        code = service.start(str(kit), str(data), device, str(state_dir) if state_dir else None, superlink)
+    except UserError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 def _check_data_fits(plan) -> None:
@@ -136,6 +216,105 @@ def _check_data_fits(plan) -> None:
                   shards_per_partition=plan.task.shards, seed=plan.task.seed)
     except ValueError as exc:
         raise UserError(f"cannot split {plan.task.name} into {plan.participants} partitions: {exc}") from exc
+
+
+ledger_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="The round ledger: what the coordinator did in each round, hash-chained and signed.")
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.callback()
+def _ledger_root() -> None:
+    """The round ledger: what the coordinator did in each round, hash-chained and signed."""
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    target: Annotated[Path, typer.Argument(help="A ledger file, or a directory: every *.jsonl in it.")],
+    key: Annotated[Path | None, typer.Option("--key", help="The coordinator's ledger.pub (hex or PEM).")] = None,
+    kit: Annotated[Path | None, typer.Option("--kit", help="A member kit directory: uses KIT/ledger.pub.")] = None,
+) -> None:
+    """Check a ledger: every line, hash link and signature. Exit 0 if all are intact, 1 if any is broken."""
+    from fedloom.ledger import LEDGER_PUB_FILE, read_public_key, verify
+
+    try:
+        if key is not None and kit is not None:
+            raise UserError("give --key or --kit, not both")
+        if kit is not None:
+            if not kit.is_dir():
+                raise UserError(f"kit directory not found: {kit}")
+            key = kit / LEDGER_PUB_FILE
+            if not key.is_file():
+                raise UserError(f"kit {kit} has no {LEDGER_PUB_FILE} (the coordinator's ledger public key)")
+        public_key = read_public_key(key) if key is not None else None
+        if target.is_dir():
+            files = sorted(p for p in target.glob("*.jsonl") if p.is_file())
+            if not files:
+                raise UserError(f"no *.jsonl ledger in {target}")
+        elif target.is_file():
+            files = [target]
+        else:
+            raise UserError(f"ledger not found: {target}")
+        reports = [(f, verify(f, public_key)) for f in files]
+    except UserError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(UserError(f"cannot read {exc.filename}: {exc.strerror or exc}"))
+    table = Table(title="fedloom ledger")
+    for col, justify in (("ledger", "left"), ("entries", "right"), ("rounds", "right"), ("key", "left"),
+                         ("status", "left")):
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for f, r in reports:
+        source = "kit" if r.key_source == "kit" else "genesis (self-certified)"
+        status = Text("ok", style="green") if r.ok else Text("BROKEN", style="bold red")
+        table.add_row(Text(str(f)), str(r.entries), str(r.rounds), source, status)
+    console.print(table)
+    for f, r in reports:
+        if not r.ok:
+            console.print(Text(f"{f}: {r.first_error}"), soft_wrap=True, highlight=False)
+    if public_key is None:
+        console.print(Text("no --key/--kit: signatures were checked against the key the ledger names itself; "
+                           "that proves it is intact, not who wrote it"), soft_wrap=True, highlight=False)
+    if not all(r.ok for _, r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def provision(
+    federation: Annotated[Path, typer.Argument(help="The federation file (see examples/federation.toml).")],
+    out: Annotated[Path, typer.Option(help="Where to write the kits: OUT/ca, OUT/coordinator, OUT/<member>.")],
+    app_dir: Annotated[Path, typer.Option("--app", help="The fedloom app directory whose bundle members agree to run "
+                                                       "(its FAB hash goes into the plan).")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Replace existing kits, private keys included (all new keys).")] = False,
+) -> None:
+    """Write the consortium's kits: a CA, the coordinator's kit, one kit per member."""
+    from fedloom.provision import certificate_sans, load_federation
+    from fedloom.provision import provision as write_kits
+
+    try:
+        spec = load_federation(federation)
+        with console.status("building the app bundle and generating keys"):
+            result = write_kits(spec, out, app_dir, force)
+    except UserError as exc:
+        _fail(exc)
+    table = Table(title=f"fedloom · {spec.name} · kits in {result.out}")
+    for col in ("kit", "directory", "give to", "private keys (0600)"):
+        table.add_column(col)
+    table.add_row("ca", str(result.ca_dir), "[bold red]nobody: keep offline[/]", "ca.key")
+    table.add_row("coordinator", str(result.coordinator_dir), f"the coordinator host ({spec.address})",
+                  "server.key, ledger.key")
+    for m in spec.members:
+        who = f"member {m.name}" + (f" ({m.country})" if m.country else "")
+        table.add_row(m.name, str(result.member_dirs[m.name]), who, "identity.pem, node.key")
+    console.print(table)
+    console.print(f"app hash (FAB sha256): [bold]{result.plan.app_hash}[/]", soft_wrap=True)
+    console.print(f"plan hash: {result.plan.hash} · {len(spec.members)} members · {result.plan.rounds} rounds · "
+                  f"TLS names: {', '.join(certificate_sans(spec))}", soft_wrap=True)
+    console.print(f"[bold yellow]The CA private key is {result.ca_key}: move it offline (it can mint a certificate "
+                  "for the coordinator's name); no running service needs it.[/]")
+    console.print("Hand each kit to its party over a private channel; a member's kit holds its own keys only.")
+    for path in result.stale:
+        console.print(f"[yellow]note: {path} is not a kit of this federation (left as it was)[/]")
 
 
 def main() -> None:

@@ -75,6 +75,7 @@ class Plan:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     secure: SecureSpec = field(default_factory=SecureSpec)
+    app_hash: str = ""  # SHA-256 of the Flower app bundle (FAB) members agreed to run; "" in simulations
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from fedloom import records as rec
 from fedloom.kits import MemberKit, load_member_kit
 from fedloom.plan import Plan
 from protocol.errors import ProtocolError, Rule
+from protocol.local import garble_share_bundle
+from protocol.messages import ShareBundle, decode
 
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
@@ -63,6 +65,9 @@ class NodeView:
     data: LocalData
     simulation: bool
     device_spec: str
+    state_dir: Path | None = None  # deployment: where this member keeps protocol state and its ledger copy
+    kit_dir: Path | None = None
+    ledger_head: int | None = None  # entries in this member's own copy of the ledger
 
 
 def view_of(msg: Message, context: Context) -> NodeView:
@@ -73,7 +78,9 @@ def view_of(msg: Message, context: Context) -> NodeView:
         kit = _kit(str(nc["kit"]))
         policy = Policy.load(nc.get("policy") or Path(str(nc["kit"])) / POLICY_FILE)
         data = from_path(kit.plan.task.name, str(nc["data-path"]))
-        return NodeView(plan, int(cfg["round"]), kit, policy, kit.member.id, data, False, str(nc.get("device", "auto")))
+        state = Path(str(nc["state-dir"])) if nc.get("state-dir") else None
+        return NodeView(plan, int(cfg["round"]), kit, policy, kit.member.id, data, False,
+                        str(nc.get("device", "auto")), state, Path(str(nc["kit"])))
     pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
     kits = str(cfg.get("sim-kits", ""))
     kit = _kit(str(Path(kits) / f"member-{pid + 1}")) if kits else None
@@ -96,15 +103,42 @@ def trainer_for(view: NodeView) -> LocalTrainer:
     return _trainers[key]
 
 
-def _check_policy(view: NodeView) -> None:
+def _check_policy(view: NodeView, msg: Message) -> None:
     agreed = view.kit.plan if view.kit else view.plan
     view.policy.check(view.plan, agreed, view.round, secure=view.plan.secure.enabled)
+    _sync_ledger(view, msg)
+
+
+def _sync_ledger(view: NodeView, msg: Message) -> None:
+    """Deployment: verify and keep the coordinator's ledger entries; a rewritten history (a fork)
+    is evidence the coordinator lied, and this member stops taking part."""
+    if view.state_dir is None or view.kit_dir is None or not (view.kit_dir / "ledger.pub").exists():
+        return
+    from fedloom.ledger import LedgerCopy, LedgerError, LedgerGap, read_public_key
+
+    copy = LedgerCopy(view.state_dir / "ledger.jsonl", read_public_key(view.kit_dir / "ledger.pub"))
+    text = str(msg.content[rec.CONFIG].get("ledger", ""))
+    try:
+        if text:
+            copy.extend(text)
+    except LedgerGap:
+        pass  # entries we have not seen yet will come again from our head
+    except LedgerError as exc:
+        raise PolicyRefusal("ledger.fork", f"the coordinator's ledger contradicts this member's copy: {exc}") from exc
+    view.ledger_head = copy.next_index
+
+
+def _who(view: NodeView) -> ConfigRecord:
+    who: dict = {"member": view.member}
+    if view.ledger_head is not None:
+        who["ledger-head"] = view.ledger_head
+    return ConfigRecord(who)
 
 
 def _refuse(msg: Message, view: NodeView, refusal: PolicyRefusal) -> Message:
     log.warning("member %d refuses round %d by its policy: %s", view.member, view.round, refusal)
     content = RecordDict({rec.REFUSAL: rec.refusal_record(view.member, view.round, refusal.rule, refusal.detail),
-                          "who": ConfigRecord({"member": view.member})})
+                          "who": _who(view)})
     return Message(content, reply_to=msg)
 
 
@@ -121,11 +155,11 @@ def train(msg: Message, context: Context) -> Message:
     plaintext, or (secure aggregation) masked inside the protocol's MaskedInput."""
     view = view_of(msg, context)
     try:
-        _check_policy(view)
+        _check_policy(view, msg)
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
     trainer, vector, ev = _eval(view, msg)
-    out = RecordDict({rec.EVAL: ev, "who": ConfigRecord({"member": view.member})})
+    out = RecordDict({rec.EVAL: ev, "who": _who(view)})
     fit: dict = {}
 
     def train_once() -> tuple[np.ndarray, int]:
@@ -152,12 +186,12 @@ def secagg(msg: Message, context: Context) -> Message:
     """A protocol-only trip (sharing keys, signing survivors, unmasking): no training."""
     view = view_of(msg, context)
     try:
-        _check_policy(view)
+        _check_policy(view, msg)
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
     replies, _ = _answer_protocol(msg, context, view, _no_training)
     return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies),
-                               "who": ConfigRecord({"member": view.member})}), reply_to=msg)
+                               "who": _who(view)}), reply_to=msg)
 
 
 def _no_training() -> tuple[np.ndarray, int]:
@@ -172,7 +206,26 @@ def _answer_protocol(msg: Message, context: Context, view: NodeView, train_once)
     participant = load_participant(context, view.kit, params, view.policy.min_cohort)
     replies, info = answer(participant, rec.read_protocol(msg.content), view.round, train_once)
     save_participant(context, participant)
-    return replies, info
+    return _maybe_deal_garbage(msg.content[rec.CONFIG], view, replies), info
+
+
+def _maybe_deal_garbage(config: ConfigRecord, view: NodeView, replies: list[bytes]) -> list[bytes]:
+    """Simulation only: the member named by `sim-garbage-dealer = "<round>:<member>"` plays a
+    malicious dealer in that round (garbage shares under valid signatures). A deployed node
+    never reads the key, so no coordinator can make an honest member cheat."""
+    spec = str(config.get("sim-garbage-dealer", ""))
+    if not (view.simulation and spec and view.kit):
+        return replies
+    round_, member = (int(v) for v in spec.split(":"))
+    if member != view.member:
+        return replies
+    out = []
+    for raw in replies:
+        reply = decode(raw)
+        if isinstance(reply, ShareBundle) and reply.round == round_:
+            raw = garble_share_bundle(reply, view.kit.identity, view.kit.context).encode()
+        out.append(raw)
+    return out
 
 
 def _maybe_record_for_verification(msg: Message, view: NodeView, update: np.ndarray, examples: int) -> None:
@@ -187,5 +240,9 @@ def _maybe_record_for_verification(msg: Message, view: NodeView, update: np.ndar
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the final global model on this participant's held-out data."""
     view = view_of(msg, context)
+    try:
+        _sync_ledger(view, msg)
+    except PolicyRefusal as refusal:
+        return _refuse(msg, view, refusal)
     _, _, ev = _eval(view, msg)
-    return Message(RecordDict({rec.EVAL: ev, "who": ConfigRecord({"member": view.member})}), reply_to=msg)
+    return Message(RecordDict({rec.EVAL: ev, "who": _who(view)}), reply_to=msg)

@@ -8,7 +8,9 @@ on this member's machine) between messages. Every refusal (a broken protocol rul
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
@@ -33,14 +35,35 @@ def protocol_params(plan: Plan, vector_length: int, members: int) -> ProtocolPar
     )
 
 
-def load_participant(context: Context, kit: MemberKit, params: ProtocolParams, min_cohort: int) -> Participant:
-    raw = context.state[STATE_KEY]["state"] if STATE_KEY in context.state else None
+STATE_FILE = "secagg.state"
+
+
+def load_participant(context: Context, kit: MemberKit, params: ProtocolParams, min_cohort: int,
+                     state_dir: Path | None = None) -> Participant:
+    """The member's protocol state: from its state directory in deployment (so rounds stay
+    fresh across runs and restarts), else from Flower's per-run `context.state`."""
+    if state_dir is not None:
+        path = state_dir / STATE_FILE
+        raw = path.read_bytes() if path.exists() else None
+    else:
+        raw = context.state[STATE_KEY]["state"] if STATE_KEY in context.state else None
     return Participant(kit.member.id, kit.identity, kit.roster, kit.context, params,
                        min_cohort=min_cohort, state=raw if isinstance(raw, bytes) else None)
 
 
-def save_participant(context: Context, participant: Participant) -> None:
-    context.state[STATE_KEY] = ConfigRecord({"state": participant.save()})
+def save_participant(context: Context, participant: Participant, state_dir: Path | None = None) -> None:
+    data = participant.save()
+    if state_dir is None:
+        context.state[STATE_KEY] = ConfigRecord({"state": data})
+        return
+    # it holds round secrets: private to this member, replaced atomically
+    tmp = state_dir / f".{STATE_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, state_dir / STATE_FILE)
 
 
 def answer(

@@ -1,0 +1,193 @@
+"""`fedloom coordinator start`: the coordinator service, from a provisioned kit.
+
+What it runs, and why each piece is there:
+  1. `flower-superlink` on LOOPBACK only (TLS with the federation's certificate, node
+     authentication on, a database in the state directory, no runtime dependency installation):
+     its Control API (submit runs, register nodes) is unauthenticated in open-source Flower and
+     shares the Fleet API's port, so it must never face the network.
+  2. `coordinator.gateway` on the public address: TLS, forwards the Fleet API only.
+  3. Registers every member's node key from the kit (only those nodes can connect).
+  4. Submits the run (a new Flower run each start: a restarted coordinator resumes from its
+     last checkpoint) and follows it until it finishes; Ctrl-C stops it all cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedloom.errors import UserError
+from fedloom.processes import flower_env, free_port, spawn, stop, wait_for_tls
+
+log = logging.getLogger("fedloom.coordinator")
+CONNECTION = "fedloom"
+
+
+@dataclass
+class Service:
+    kit: Path
+    state: Path
+    bind: str
+    app: Path
+    superlink_port: int = 0
+    superlink: subprocess.Popen | None = None
+    gateway: subprocess.Popen | None = None
+    run_id: int | None = None
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state / "flwr-home"
+
+    def env(self) -> dict[str, str]:
+        return flower_env({"FLWR_HOME": str(self.flwr_home)})
+
+    def flwr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["flwr", *args], env=self.env(), capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args[:2])} failed: {(proc.stdout + proc.stderr)[-1500:]}")
+        return proc
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"{path} not found (is {path.parent} a coordinator kit made by `fedloom provision`?)")
+    return path
+
+
+def check_app(app: Path, expected: str) -> None:
+    from fedloom.appbundle import app_bundle_hash
+
+    if not (app / "pyproject.toml").exists():
+        raise UserError(f"{app} is not the fedloom app directory (no pyproject.toml); use --app")
+    actual = app_bundle_hash(app)
+    if actual != expected:
+        raise UserError(f"the app in {app} has hash {actual[:16]}…, but the federation agreed to {expected[:16]}…; "
+                        "members would refuse it")
+
+
+def start_superlink(svc: Service) -> None:
+    k = svc.kit
+    svc.superlink_port = free_port()
+    cmd = [
+        "flower-superlink", "--host", "127.0.0.1", "--port", str(svc.superlink_port),
+        "--ssl-ca-certfile", str(_need(k / "ca.crt")), "--ssl-certfile", str(_need(k / "server.crt")),
+        "--ssl-keyfile", str(_need(k / "server.key")), "--enable-supernode-auth",
+        "--database", str(svc.state / "superlink.db"), "--disable-runtime-dependency-installation",
+        "--isolation", "subprocess",
+    ]
+    svc.superlink = spawn(cmd, svc.env(), svc.state / "logs" / "superlink.log")
+    wait_for_tls("127.0.0.1", svc.superlink_port, k / "ca.crt", 60, svc.superlink)
+    svc.flwr_home.mkdir(parents=True, exist_ok=True)
+    (svc.flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{svc.superlink_port}"\nroot-certificates = "{k / "ca.crt"}"\n'
+    )
+
+
+def start_gateway(svc: Service) -> None:
+    import sys
+
+    k = svc.kit
+    cmd = [sys.executable, "-m", "coordinator.gateway", "--bind", svc.bind,
+           "--upstream", f"https://127.0.0.1:{svc.superlink_port}",
+           "--cert", str(k / "server.crt"), "--key", str(k / "server.key"), "--ca", str(k / "ca.crt")]
+    svc.gateway = spawn(cmd, svc.env(), svc.state / "logs" / "gateway.log")
+    host, _, port = svc.bind.rpartition(":")
+    probe = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host.strip("[]")
+    wait_for_tls(probe, int(port), k / "ca.crt", 30, svc.gateway)
+
+
+def register_nodes(svc: Service) -> list[str]:
+    registered = []
+    for pub in sorted((svc.kit / "nodes").glob("*.pub")):
+        proc = svc.flwr("supernode", "register", str(pub), CONNECTION, check=False)
+        text = proc.stdout + proc.stderr
+        if proc.returncode != 0 and "already" not in text.lower():
+            raise RuntimeError(f"registering {pub.stem} failed: {text[-800:]}")
+        registered.append(pub.stem)
+    return registered
+
+
+def stop_stale_run(svc: Service) -> None:
+    """A run of a crashed coordinator stays 'running' in the SuperLink's database: stop it."""
+    previous = svc.state / "run.json"
+    if previous.exists():
+        old = json.loads(previous.read_text()).get("run_id")
+        if old is not None:
+            svc.flwr("stop", str(old), CONNECTION, check=False)
+
+
+def submit(svc: Service, node_wait: float) -> int:
+    config = f'kit="{svc.kit}" state-dir="{svc.state}" node-wait={node_wait}'
+    proc = svc.flwr("run", str(svc.app), CONNECTION, "--run-config", config, "--format", "json")
+    try:
+        run_id = int(json.loads(proc.stdout)["run-id"])
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(f"could not read the run id from `flwr run`: {proc.stdout[-800:]}") from exc
+    (svc.state / "run.json").write_text(json.dumps({"run_id": run_id}) + "\n")
+    return run_id
+
+
+def run_status(svc: Service) -> str:
+    proc = svc.flwr("ls", CONNECTION, "--run-id", str(svc.run_id), "--format", "json", check=False)
+    try:
+        runs = json.loads(proc.stdout).get("runs", [])
+        return str(runs[0].get("status", "")) if runs else ""
+    except (ValueError, IndexError, AttributeError):
+        return ""
+
+
+def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_round=None) -> int:  # noqa: ANN001
+    svc = Service(Path(kit).resolve(), Path(state_dir).resolve(), bind, Path(app).resolve())
+    plan_text = _need(svc.kit / "plan.json").read_text()
+    from fedloom.plan import Plan
+
+    plan = Plan.from_json(plan_text)
+    check_app(svc.app, plan.app_hash)
+    svc.state.mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        start_superlink(svc)
+        start_gateway(svc)
+        names = register_nodes(svc)
+        stop_stale_run(svc)
+        log.info("SuperLink on 127.0.0.1:%d (loopback), gateway on %s, %d member nodes registered",
+                 svc.superlink_port, bind, len(names))
+        svc.run_id = submit(svc, node_wait)
+        log.info("run %s submitted; state in %s", svc.run_id, svc.state)
+        seen = 0
+        metrics = svc.state / "outputs" / "metrics.jsonl"
+        while not stopping:
+            if metrics.exists():
+                lines = metrics.read_text().splitlines()
+                for line in lines[seen:]:
+                    if on_round:
+                        on_round(json.loads(line))
+                seen = len(lines)
+            status = run_status(svc)
+            if "finished" in status:
+                return 0 if ("completed" in status or "success" in status) else 1
+            for name, proc in (("SuperLink", svc.superlink), ("gateway", svc.gateway)):
+                if proc is not None and proc.poll() is not None:
+                    log.error("the %s exited (code %s); see %s/logs", name, proc.returncode, svc.state)
+                    return 1
+            time.sleep(1.0)
+        log.info("stopping: run %s, gateway, SuperLink", svc.run_id)
+        if svc.run_id is not None:
+            svc.flwr("stop", str(svc.run_id), CONNECTION, check=False)
+        return 130
+    finally:
+        stop(svc.gateway)
+        stop(svc.superlink)

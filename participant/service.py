@@ -1,0 +1,101 @@
+"""`fedloom participant start`: run this member's Flower SuperNode, guarded.
+
+The SuperNode dials the coordinator's public address over TLS (trusting only the federation's
+CA), authenticates with the member's node key, and runs every task through fedloom's app guard
+(`participant.guard`, first on the SuperNode's PATH as `flwr-clientapp`), which refuses any app
+bundle whose hash differs from the one in this member's kit before any of its code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from fedloom.errors import UserError
+from fedloom.kits import load_member_kit
+from fedloom.processes import flower_env, free_port, spawn, stop
+
+from .device import resolve_device
+from .guard import KIT_ENV
+from .local_data import from_path
+
+log = logging.getLogger("fedloom.participant")
+GUARD_SCRIPT = """#!/bin/sh
+# fedloom's app guard, installed as the `flwr-clientapp` this member's SuperNode launches.
+exec "{python}" -m participant.guard "$@"
+"""
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{what} not found: {path} (is this a kit made by `fedloom provision`?)")
+    return path
+
+
+def install_guard(bin_dir: Path) -> Path:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "flwr-clientapp"
+    script.write_text(GUARD_SCRIPT.format(python=sys.executable))
+    script.chmod(0o755)
+    return bin_dir
+
+
+def supernode_command(kit_dir: Path, data: Path, device: str, state_dir: Path, superlink: str, port: int) -> list[str]:
+    node_config = (f'kit="{kit_dir}" data-path="{data}" device="{device}" state-dir="{state_dir}"')
+    return [
+        "flower-supernode",
+        "--superlink", superlink,
+        "--root-certificates", str(kit_dir / "ca.crt"),
+        "--auth-supernode-private-key", str(kit_dir / "node.key"),
+        "--port", str(port),
+        "--isolation", "subprocess",
+        "--node-config", node_config,
+    ]
+
+
+def start(kit: str, data: str, device: str = "auto", state_dir: str | None = None, superlink: str | None = None) -> int:
+    kit_dir = Path(kit).resolve()
+    member = load_member_kit(kit_dir)
+    for name, what in (("ca.crt", "the federation's CA certificate"), ("node.key", "the node key"),
+                       ("federation.json", "the federation file")):
+        _need(kit_dir / name, what)
+    if not member.plan.app_hash:
+        raise UserError(f"the plan in {kit_dir} names no app hash: this kit was not made by `fedloom provision`")
+    data_path = Path(data).resolve()
+    if not data_path.exists():
+        raise UserError(f"data not found: {data_path}")
+    try:
+        local = from_path(member.plan.task.name, str(data_path))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    resolve_device(device)  # a bad or unavailable device is a user error now, not a failed round later
+    address = superlink or json.loads((kit_dir / "federation.json").read_text())["address"]
+    state = Path(state_dir).resolve() if state_dir else kit_dir / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    guard_bin = install_guard(state / "bin")
+    env = flower_env({KIT_ENV: str(kit_dir)}, path_first=guard_bin)
+    cmd = supernode_command(kit_dir, data_path, device, state, address, free_port())
+    log.info("member %s: %d training and %d test examples; connecting to %s", member.member.name,
+             len(local.train), len(local.test), address)
+    proc = spawn(cmd, env, state / "supernode.log")
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stopping and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        stop(proc)
+    if proc.returncode not in (0, None) and not stopping:
+        log.error("the SuperNode exited with code %s; see %s", proc.returncode, state / "supernode.log")
+        return 1
+    return 0
