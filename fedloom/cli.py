@@ -199,6 +199,18 @@ def participant_start(
     raise typer.Exit(code)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: tables on the terminal, JSON on request.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("protocol", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_protocol(ctx: typer.Context) -> None:
+    """Client and server seconds per round at (n, d, dropout); see --help of the module for options."""
+    from fedloom.bench.protocol import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 def _check_data_fits(plan) -> None:
     """Refuse impossible splits (more participants than samples, etc.) before starting Flower."""
     import tasks

@@ -130,7 +130,7 @@ class CoordinatorRound:
         self.faults.setdefault(member, err.rule.value)
         return err
 
-    def _check_sender(self, member: int, round_: int, session: bytes | None, pool: tuple[int, ...] | set[int], seen) -> None:  # noqa: ANN001
+    def _check_sender(self, member: int, round_: int, session: bytes | None, pool: tuple[int, ...] | set[int], seen) -> None:
         if round_ != self.round:
             raise self._reject(member, ProtocolError(Rule.WRONG_ROUND, f"message for round {round_}"))
         if member not in pool:
@@ -328,12 +328,13 @@ class CoordinatorRound:
             if keys.seed_commitment(ctx, r, sess, j, seed) != self._c.share_bundles[j].commitment:
                 raise self.abort(ProtocolError(Rule.BAD_SHARE, f"member {j} dealt inconsistent seed shares", (j,)))
             minus.append(keys.self_mask_key(ctx, r, sess, j, seed))
+        survivors = set(self.survivors)
         for j in self.dropped:
             secret = self._reconstruct(j, self._c.key_shares.get(j, {}))
             sk = x25519_from_bytes(secret)
             if x25519_public_bytes(sk) != self._c.bundles[j].masking_key:
                 raise self.abort(ProtocolError(Rule.BAD_SHARE, f"member {j} dealt inconsistent key shares", (j,)))
-            for k in sorted(self.neighbours[j] & set(self.survivors)):
+            for k in sorted(self.neighbours[j] & survivors):
                 pk = keys.pair_mask_key(ctx, r, sess, k, j, x25519_exchange(sk, self._c.bundles[k].masking_key))
                 # survivor k added +PRG if k < j, else -PRG: take it back out
                 (minus if k < j else plus).append(pk)
@@ -341,9 +342,10 @@ class CoordinatorRound:
         apply_masks(self._acc, plus, minus, workers=self.workers)
         total, self._acc = self._acc, None
         self.stage = Stage.DONE
+        shared = set(self.shared)
         return AggregateResult(
             round=r, total=total, survivors=self.survivors, dropped=self.dropped,
-            not_shared=tuple(m for m in self.cohort if m not in set(self.shared) and m not in self._c.convicted),
+            not_shared=tuple(m for m in self.cohort if m not in shared and m not in self._c.convicted),
             complaints=dict(self._c.complaints), faults=dict(self.faults),
         )
 

@@ -46,7 +46,7 @@ def share_item_transcript(
     return transcript("share-item", ctx, round_, session, dealer, holder, key_digest, nonce, ciphertext)
 
 
-def item_signed_by_dealer(ctx: SessionContext, roster, round_: int, session: bytes, it: EncryptedShare) -> bool:  # noqa: ANN001
+def item_signed_by_dealer(ctx: SessionContext, roster, round_: int, session: bytes, it: EncryptedShare) -> bool:
     statement = share_item_transcript(ctx, round_, session, it.dealer, it.holder, it.key_digest, it.nonce, it.ciphertext)
     return roster.verify(it.dealer, it.signature, statement)
 

@@ -15,9 +15,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from . import keys
 from .coordinator import AggregateResult, CoordinatorRound
 from .crypto import Randomness, SessionContext, ed25519_public_bytes
 from .errors import ProtocolError
+from .messages import EncryptedShare, ShareBundle
 from .params import ProtocolParams
 from .participant import Participant
 from .roster import Member, Roster
@@ -44,11 +46,11 @@ def run_round(
     gone: set[int] = set()
     refusals: dict[int, ProtocolError] = {}
 
-    def alive(stage: str, members) -> list[int]:  # noqa: ANN001
+    def alive(stage: str, members) -> list[int]:
         gone.update(drop.get(stage, set()))
         return [m for m in members if m not in gone and m not in refusals]
 
-    def ask(member: int, call):  # noqa: ANN001, ANN202
+    def ask(member: int, call):
         try:
             return call()
         except ProtocolError as err:
@@ -133,3 +135,21 @@ def make_federation(
         for i, k in ids.items()
     }
     return LocalFederation(roster, ctx, params, ids, parts)
+
+
+# ---------------------------------------------------------------------------- a cheating dealer
+def garble_share_bundle(bundle: ShareBundle, identity: Ed25519PrivateKey, context: SessionContext) -> ShareBundle:
+    """A malicious dealer's bundle (tests and simulations only): every ciphertext turned to garbage.
+
+    The dealer re-signs each item and the bundle with its OWN identity key (they are its own
+    messages), so the coordinator accepts the bundle; each holder then complains with the true
+    share key, which matches the digest the dealer signed, and the coordinator convicts the dealer.
+    """
+    r, session, dealer = bundle.round, bundle.session, bundle.member
+    items = []
+    for it in bundle.shares:
+        ct = bytes(b ^ 0x5A for b in it.ciphertext)
+        statement = keys.share_item_transcript(context, r, session, dealer, it.holder, it.key_digest, it.nonce, ct)
+        items.append(EncryptedShare(dealer, it.holder, it.key_digest, it.nonce, ct, identity.sign(statement)))
+    statement = keys.share_bundle_transcript(context, r, session, dealer, bundle.commitment, items)
+    return ShareBundle(r, dealer, session, bundle.commitment, tuple(items), identity.sign(statement))

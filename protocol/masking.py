@@ -20,7 +20,7 @@ CHUNK_BYTES = 1 << 18
 _ZEROS = bytes(CHUNK_BYTES)
 
 
-def _encryptor(key: bytes, byte_offset: int):  # noqa: ANN202 - cryptography's context type
+def _encryptor(key: bytes, byte_offset: int):
     if byte_offset % 16:
         raise ValueError("keystream offsets must be block aligned")
     counter = (byte_offset // 16).to_bytes(16, "big")

@@ -241,7 +241,7 @@ class Participant:
             raise err
         return st
 
-    def _run(self, msg: Message, step, *args):  # noqa: ANN001, ANN202 - internal trampoline
+    def _run(self, msg: Message, step, *args):
         st = self._enter(msg)
         try:
             reply = step(st, msg, *args)

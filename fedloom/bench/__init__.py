@@ -1,0 +1,1 @@
+"""`fedloom bench`: reproducible figures (tables + JSON). Kept out of `protocol/`, which has no clocks."""
