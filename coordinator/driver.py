@@ -63,6 +63,7 @@ class RunSettings:
     hooks: RunHooks = field(default_factory=RunHooks)
     state_dir: Path | None = None  # deployment: checkpoints (resume) live here
     ledger: Any = None  # deployment: a fedloom.ledger.LedgerWriter recording every round
+    cleanup: Any = None  # called when the run ends (e.g. to delete a throwaway federation's keys)
 
 
 def initial_model(plan: Plan) -> np.ndarray:

@@ -21,13 +21,23 @@ def settings_from_run_config(run_config: dict) -> RunSettings:
         return deployment_settings(run_config)
     from simulations.scenario import default_out_dir, load_scenario
 
+    from dataclasses import replace
+
+    from simulations.harness import hooks_for, prepare
+
     scenario = load_scenario(str(run_config.get("scenario", "default")))
     rounds = int(run_config.get("rounds", 0) or 0)
     participants = int(run_config.get("participants", 0) or 0)
     plan = scenario.plan.with_overrides(rounds=rounds or None, participants=participants or None)
+    scenario = replace(scenario, plan=plan)
     out = str(run_config.get("out-dir", "") or "") or default_out_dir()
     wait = float(run_config.get("node-wait", 120.0))
-    return RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name, node_wait=wait)
+    # a simulation through `flwr run`: provision a throwaway federation, as `fedloom simulate` does
+    workspace = prepare(scenario)
+    settings = RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name, node_wait=wait,
+                           roster=workspace.roster, hooks=hooks_for(scenario, workspace))
+    settings.cleanup = workspace.close
+    return settings
 
 
 def deployment_settings(run_config: dict) -> RunSettings:
@@ -49,7 +59,12 @@ def make_server_app(settings: RunSettings | None = None) -> ServerApp:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, settings or settings_from_run_config(dict(context.run_config)))
+        run_settings = settings or settings_from_run_config(dict(context.run_config))
+        try:
+            run_federation(grid, run_settings)
+        finally:
+            if run_settings.cleanup is not None:
+                run_settings.cleanup()
 
     return server
 

@@ -33,7 +33,7 @@ def plain_run(tmp_path_factory) -> Path:
 
 def test_outputs_exist_with_their_keys(plain_run):
     summary = json.loads((plain_run / "summary.json").read_text())
-    assert SUMMARY_KEYS <= summary.keys()
+    assert summary.keys() >= SUMMARY_KEYS
     assert isinstance(summary["rounds_completed"], int) and summary["rounds_completed"] == 3
     assert summary["participants"] == 4 and summary["secure_aggregation"] is False
     assert {"accuracy", "loss"} <= summary["final"].keys()
@@ -42,7 +42,7 @@ def test_outputs_exist_with_their_keys(plain_run):
     rows = [json.loads(line) for line in (plain_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     for r in rows[1:]:
-        assert METRIC_KEYS <= r.keys() and r["participants_replied"] == 4
+        assert r.keys() >= METRIC_KEYS and r["participants_replied"] == 4
     assert (plain_run / "accuracy.png").stat().st_size > 10_000
     assert (plain_run / "model.safetensors").exists()
 
