@@ -33,15 +33,27 @@ class Checkpoint:
     rounds_completed: int
 
 
-def save(state_dir: Path, plan_hash: str, round_: int, epoch: int, model: np.ndarray,
-         optimizer: dict[str, np.ndarray], rounds_completed: int) -> Path:
+def save(
+    state_dir: Path,
+    plan_hash: str,
+    round_: int,
+    epoch: int,
+    model: np.ndarray,
+    optimizer: dict[str, np.ndarray],
+    rounds_completed: int,
+) -> Path:
     folder = state_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{round_:06d}.safetensors"
     tensors = {"model": model, **{f"optimizer.{k}": v for k, v in optimizer.items()}}
     save_model(path, tensors, {"round": str(round_), "plan_hash": plan_hash})
-    pointer = {"round": round_, "epoch": epoch, "file": str(path.relative_to(state_dir)), "plan_hash": plan_hash,
-               "rounds_completed": rounds_completed}
+    pointer = {
+        "round": round_,
+        "epoch": epoch,
+        "file": str(path.relative_to(state_dir)),
+        "plan_hash": plan_hash,
+        "rounds_completed": rounds_completed,
+    }
     atomic_write_bytes(state_dir / POINTER, (json.dumps(pointer, indent=2) + "\n").encode())
     for old in sorted(folder.glob("round-*.safetensors"))[:-KEEP]:
         old.unlink(missing_ok=True)
@@ -61,5 +73,10 @@ def load(state_dir: Path, plan_hash: str) -> Checkpoint | None:
         )
     tensors = load_file(state_dir / info["file"])
     optimizer = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.")}
-    return Checkpoint(int(info["round"]), int(info["epoch"]), tensors["model"], optimizer,
-                      int(info.get("rounds_completed", info["round"])))
+    return Checkpoint(
+        int(info["round"]),
+        int(info["epoch"]),
+        tensors["model"],
+        optimizer,
+        int(info.get("rounds_completed", info["round"])),
+    )

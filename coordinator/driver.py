@@ -23,8 +23,8 @@ from fedloom.plan import Plan
 from protocol.roster import Roster
 
 from . import checkpoint, outputs
-from .optimizers import make_optimizer
 from .ledger_feed import LedgerFeed
+from .optimizers import make_optimizer
 from .plain import PlainRounds
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks, SecureRounds
@@ -91,8 +91,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     if plan.secure.enabled:
         if settings.roster is None:
             raise ValueError("secure aggregation needs the federation's roster")
-        rounds: PlainRounds | SecureRounds = SecureRounds(grid, plan, nodes, settings.roster, model.size,
-                                                          settings.hooks, round_offset=epoch << 32, ledger=feed)
+        rounds: PlainRounds | SecureRounds = SecureRounds(
+            grid, plan, nodes, settings.roster, model.size, settings.hooks, restart=epoch, ledger=feed
+        )
     else:
         log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
         rounds = PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed)
@@ -101,14 +102,19 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt.optimizer)
     done_before = ckpt.rounds_completed if ckpt else 0
     rows: dict[int, dict[str, Any]] = {first - 1: {"round": first - 1, "wall_seconds": 0.0}}
+    written = {int(r["round"]) for r in outputs.read_jsonl(out / outputs.METRICS)}
     history: list[RoundResult] = []
 
     def complete(r: int, ev: EvalSummary | None) -> None:
         row = rows.pop(r)
-        row.update(eval_loss=ev.loss if ev else None, eval_accuracy=ev.accuracy if ev else None,
-                   eval_participants=ev.participants if ev else 0)
-        if ckpt is None or r > ckpt.round:  # a resumed run does not repeat the last row it wrote
+        row.update(
+            eval_loss=ev.loss if ev else None,
+            eval_accuracy=ev.accuracy if ev else None,
+            eval_participants=ev.participants if ev else 0,
+        )
+        if r not in written:  # a resumed run completes the row the crash left pending, repeats none
             outputs.append_jsonl(out / outputs.METRICS, row)
+            written.add(r)
         settings.observer.round_done(row)
 
     for r in range(first, plan.rounds + 1):
@@ -174,8 +180,13 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
 
 
 def _summary(
-    settings: RunSettings, history: list[RoundResult], final: EvalSummary | None, connected: int,
-    wall: float, params: int, secure: bool,
+    settings: RunSettings,
+    history: list[RoundResult],
+    final: EvalSummary | None,
+    connected: int,
+    wall: float,
+    params: int,
+    secure: bool,
 ) -> dict[str, Any]:
     plan = settings.plan
     exact = [h.exactness for h in history if h.exactness is not None]

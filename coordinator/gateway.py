@@ -27,13 +27,23 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 ALLOWED_PREFIX = "/v1/fleet/"
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-              "transfer-encoding", "upgrade", "host", "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 log = logging.getLogger("fedloom.gateway")
 
 
-def _headers(items) -> dict[str, str]:  # noqa: ANN001
+def _headers(items) -> dict[str, str]:
     return {k: v for k, v in items if k.lower() not in HOP_BY_HOP}
 
 
@@ -50,8 +60,11 @@ def build_app(upstream: str, ca_file: str) -> Starlette:
         upstream_resp = await client.request(
             request.method, path, params=request.query_params, headers=_headers(request.headers.items()), content=body
         )
-        return Response(upstream_resp.content, status_code=upstream_resp.status_code,
-                        headers=_headers(upstream_resp.headers.items()))
+        return Response(
+            upstream_resp.content,
+            status_code=upstream_resp.status_code,
+            headers=_headers(upstream_resp.headers.items()),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,8 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     host, _, port = args.bind.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedloom-gateway %(levelname)s %(message)s")
-    uvicorn.run(build_app(args.upstream, args.ca), host=host.strip("[]") or "0.0.0.0", port=int(port),
-                ssl_certfile=args.cert, ssl_keyfile=args.key, log_level="warning")
+    uvicorn.run(
+        build_app(args.upstream, args.ca),
+        host=host.strip("[]") or "0.0.0.0",
+        port=int(port),
+        ssl_certfile=args.cert,
+        ssl_keyfile=args.key,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ log = logging.getLogger("fedloom.coordinator")
 class PlainRounds:
     secure = False
 
-    def __init__(self, grid: Grid, plan: Plan, nodes: list[int], hooks: RunHooks | None = None,
-                 ledger: LedgerFeed | None = None) -> None:
+    def __init__(
+        self, grid: Grid, plan: Plan, nodes: list[int], hooks: RunHooks | None = None, ledger: LedgerFeed | None = None
+    ) -> None:
         self.grid, self.plan, self.nodes = grid, plan, nodes
         self.hooks = hooks or RunHooks()
         self.ledger = ledger
@@ -40,12 +41,14 @@ class PlainRounds:
             cfg.update(self.ledger.config_for(node))
         return ConfigRecord(cfg)
 
-    def _content(self, round_: int, model, node: int) -> RecordDict:  # noqa: ANN001
+    def _content(self, round_: int, model, node: int) -> RecordDict:
         return RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
 
     def train_round(self, round_: int, model) -> RoundResult:
         t0 = time.perf_counter()
-        msgs = [Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes]
+        msgs = [
+            Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes
+        ]
         everything: list[Message] = []
         replied, errors = exchange(self.grid, msgs, self.plan.stage_timeout, everything.append)
         result = RoundResult(round_, None, asked=sorted(self.nodes))
@@ -56,10 +59,18 @@ class PlainRounds:
                 self.ledger.observe(r.metadata.src_node_id, dict(r.content["who"]))
             if rec.REFUSAL in r.content:
                 ref = r.content[rec.REFUSAL]
-                result.refusals.append({"member": int(ref["member"]), "round": int(ref["round"]),
-                                        "rule": str(ref["rule"]), "reason": str(ref["detail"])})
+                result.refusals.append(
+                    {
+                        "member": int(ref["member"]),
+                        "round": int(ref["round"]),
+                        "rule": str(ref["rule"]),
+                        "reason": str(ref["detail"]),
+                    }
+                )
         # sorted by member: floating-point sums depend on order, and reruns (resume) must match
-        replies = sorted((r for r in everything if rec.UPDATE in r.content), key=lambda r: int(r.content["who"]["member"]))
+        replies = sorted(
+            (r for r in everything if rec.UPDATE in r.content), key=lambda r: int(r.content["who"]["member"])
+        )
         members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
         result.incoming_eval = _eval_of(everything)
         if not replies:
@@ -74,8 +85,10 @@ class PlainRounds:
         return result
 
     def evaluate(self, round_: int, model) -> EvalSummary | None:
-        msgs = [Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.EVALUATE)
-                for n in self.nodes]
+        msgs = [
+            Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.EVALUATE)
+            for n in self.nodes
+        ]
         replies: list[Message] = []
         exchange(self.grid, msgs, self.plan.stage_timeout, replies.append)
         return _eval_of(replies)
@@ -83,7 +96,12 @@ class PlainRounds:
 
 def _eval_of(replies: list[Message]) -> EvalSummary | None:
     rows = [
-        (float(r.content[rec.EVAL]["loss"]), float(r.content[rec.EVAL]["accuracy"]), int(r.content[rec.EVAL][rec.NUM_EXAMPLES]))
-        for r in replies if rec.EVAL in r.content
+        (
+            float(r.content[rec.EVAL]["loss"]),
+            float(r.content[rec.EVAL]["accuracy"]),
+            int(r.content[rec.EVAL][rec.NUM_EXAMPLES]),
+        )
+        for r in replies
+        if rec.EVAL in r.content
     ]
     return EvalSummary.combine(rows)

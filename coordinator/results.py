@@ -21,7 +21,7 @@ class EvalSummary:
         total = sum(n for _, _, n in rows)
         if not rows or total == 0:
             return None
-        loss = sum(l * n for l, _, n in rows) / total
+        loss = sum(loss_ * n for loss_, _, n in rows) / total
         acc = sum(a * n for _, a, n in rows) / total
         return cls(loss, acc, total, len(rows))
 

@@ -59,8 +59,12 @@ log = logging.getLogger("fedloom.coordinator")
 
 STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
 REPLY_STAGE = {
-    KeyBundle: "advertise", ShareBundle: "share", ShareReceipt: "receive", MaskedInput: "mask",
-    SurvivorSignature: "sign", UnmaskResponse: "unmask",
+    KeyBundle: "advertise",
+    ShareBundle: "share",
+    ShareReceipt: "receive",
+    MaskedInput: "mask",
+    SurvivorSignature: "sign",
+    UnmaskResponse: "unmask",
 }
 
 
@@ -106,8 +110,17 @@ class _Session:
 class SecureRounds:
     secure = True
 
-    def __init__(self, grid: Grid, plan: Plan, nodes: list[int], roster: Roster, vector_length: int,
-                 hooks: RunHooks | None = None, round_offset: int = 0, ledger: LedgerFeed | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        plan: Plan,
+        nodes: list[int],
+        roster: Roster,
+        vector_length: int,
+        hooks: RunHooks | None = None,
+        restart: int = 0,
+        ledger: LedgerFeed | None = None,
+    ) -> None:
         from participant.secure import protocol_params
 
         self.grid, self.plan, self.nodes, self.roster = grid, plan, nodes, roster
@@ -120,13 +133,21 @@ class SecureRounds:
         self._fit: dict[int, tuple[int, float]] = {}
         self._evals: list[tuple[float, float, int]] = []
         self._orphan_refusals: list[dict] = []
-        self.round_offset = round_offset  # protocol rounds stay fresh across coordinator restarts
+        self.restart = restart  # protocol rounds stay fresh across coordinator restarts
+        self._attempts: dict[int, int] = {}
         self.ledger = ledger
 
     # ------------------------------------------------------------------ plumbing
     def _new_session(self, round_: int) -> _Session:
-        proto = CoordinatorRound(self.round_offset + round_, self.roster, self.context, self.params, workers=2)
-        return _Session(round_, proto)
+        """A fresh protocol session for a training round. Protocol round numbers are never reused:
+        (restart epoch << 32) | (training round << 4) | attempt, so a set-up that failed can be
+        retried and a restarted coordinator never repeats a number members have seen."""
+        attempt = self._attempts.get(round_, 0)
+        if attempt >= 16:
+            raise RuntimeError(f"round {round_}: too many set-up attempts")
+        self._attempts[round_] = attempt + 1
+        pround = rec.protocol_round(round_, attempt, self.restart)
+        return _Session(round_, CoordinatorRound(pround, self.roster, self.context, self.params, workers=2))
 
     def _node_of(self, member: int) -> int | None:
         for node, m in self.member_of.items():
@@ -200,8 +221,9 @@ class SecureRounds:
     def _session_of(self, protocol_round: int) -> _Session | None:
         return next((s for s in self._sessions() if s.proto.round == protocol_round), None)
 
-    def _training_round(self, protocol_round: int) -> int:
-        return protocol_round & 0xFFFFFFFF
+    @staticmethod
+    def _training_round(protocol_round: int) -> int:
+        return rec.training_round(protocol_round)
 
     def _refusal(self, round_: int, member: int, rule: str, detail: str) -> None:
         entry = {"member": member, "round": round_, "rule": rule, "reason": detail}
@@ -288,8 +310,13 @@ class SecureRounds:
         s.seconds["setup"] = time.perf_counter() - t0
         return s
 
-    def _per_member(self, s: _Session, stage: str, message_for: Callable[[int], ProtocolMessage | None],
-                    members: tuple[int, ...] | None = None) -> dict[int, list[bytes]]:
+    def _per_member(
+        self,
+        s: _Session,
+        stage: str,
+        message_for: Callable[[int], ProtocolMessage | None],
+        members: tuple[int, ...] | None = None,
+    ) -> dict[int, list[bytes]]:
         payload: dict[int, list[bytes]] = {}
         for m in members if members is not None else s.proto.cohort:
             node = self._node_of(m)
@@ -377,8 +404,12 @@ class SecureRounds:
             res.train_loss = sum(n * loss for n, loss in losses) / max(1, sum(n for n, _ in losses))
         res.clipped = sum(fit[m][2] for m in fit)
         if res.clipped:
-            log.warning("round %d: %d update coordinates exceeded secure.clip = %s and were clipped",
-                        s.round, res.clipped, self.plan.secure.clip)
+            log.warning(
+                "round %d: %d update coordinates exceeded secure.clip = %s and were clipped",
+                s.round,
+                res.clipped,
+                self.plan.secure.clip,
+            )
         if agg is None:
             err = s.proto.abort_reason
             res.skipped = f"secure aggregation aborted: {err}" if err else "secure aggregation did not complete"
@@ -396,7 +427,13 @@ class SecureRounds:
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         self._evals = []
-        msgs = [Message(RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, n)}),
-                        dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes]
+        msgs = [
+            Message(
+                RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, n)}),
+                dst_node_id=n,
+                message_type=MessageType.EVALUATE,
+            )
+            for n in self.nodes
+        ]
         exchange(self.grid, msgs, self.plan.stage_timeout, self._on_reply)
         return EvalSummary.combine(self._evals)

@@ -19,11 +19,10 @@ def settings_from_run_config(run_config: dict) -> RunSettings:
     """Deployment when the run config names a coordinator kit; else a simulation scenario."""
     if str(run_config.get("kit", "")):
         return deployment_settings(run_config)
-    from simulations.scenario import default_out_dir, load_scenario
-
     from dataclasses import replace
 
     from simulations.harness import hooks_for, prepare
+    from simulations.scenario import default_out_dir, load_scenario
 
     scenario = load_scenario(str(run_config.get("scenario", "default")))
     rounds = int(run_config.get("rounds", 0) or 0)
@@ -34,8 +33,14 @@ def settings_from_run_config(run_config: dict) -> RunSettings:
     wait = float(run_config.get("node-wait", 120.0))
     # a simulation through `flwr run`: provision a throwaway federation, as `fedloom simulate` does
     workspace = prepare(scenario)
-    settings = RunSettings(plan=plan, out_dir=Path(out).resolve(), scenario=scenario.name, node_wait=wait,
-                           roster=workspace.roster, hooks=hooks_for(scenario, workspace))
+    settings = RunSettings(
+        plan=plan,
+        out_dir=Path(out).resolve(),
+        scenario=scenario.name,
+        node_wait=wait,
+        roster=workspace.roster,
+        hooks=hooks_for(scenario, workspace),
+    )
     settings.cleanup = workspace.close
     return settings
 
@@ -49,9 +54,15 @@ def deployment_settings(run_config: dict) -> RunSettings:
     state.mkdir(parents=True, exist_ok=True)
     genesis = {"federation": kit.plan.federation, "plan_hash": kit.plan.hash, "roster_hash": kit.roster.digest().hex()}
     ledger = LedgerWriter.open(state / "ledger.jsonl", kit.ledger_key, genesis)
-    return RunSettings(plan=kit.plan, out_dir=state / "outputs", scenario=kit.plan.federation,
-                       node_wait=float(run_config.get("node-wait", 600.0)), roster=kit.roster,
-                       state_dir=state, ledger=ledger)
+    return RunSettings(
+        plan=kit.plan,
+        out_dir=state / "outputs",
+        scenario=kit.plan.federation,
+        node_wait=float(run_config.get("node-wait", 600.0)),
+        roster=kit.roster,
+        state_dir=state,
+        ledger=ledger,
+    )
 
 
 def make_server_app(settings: RunSettings | None = None) -> ServerApp:

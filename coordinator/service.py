@@ -66,19 +66,33 @@ def check_app(app: Path, expected: str) -> None:
         raise UserError(f"{app} is not the fedloom app directory (no pyproject.toml); use --app")
     actual = app_bundle_hash(app)
     if actual != expected:
-        raise UserError(f"the app in {app} has hash {actual[:16]}…, but the federation agreed to {expected[:16]}…; "
-                        "members would refuse it")
+        raise UserError(
+            f"the app in {app} has hash {actual[:16]}…, but the federation agreed to {expected[:16]}…; "
+            "members would refuse it"
+        )
 
 
 def start_superlink(svc: Service) -> None:
     k = svc.kit
     svc.superlink_port = free_port()
     cmd = [
-        "flower-superlink", "--host", "127.0.0.1", "--port", str(svc.superlink_port),
-        "--ssl-ca-certfile", str(_need(k / "ca.crt")), "--ssl-certfile", str(_need(k / "server.crt")),
-        "--ssl-keyfile", str(_need(k / "server.key")), "--enable-supernode-auth",
-        "--database", str(svc.state / "superlink.db"), "--disable-runtime-dependency-installation",
-        "--isolation", "subprocess",
+        "flower-superlink",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(svc.superlink_port),
+        "--ssl-ca-certfile",
+        str(_need(k / "ca.crt")),
+        "--ssl-certfile",
+        str(_need(k / "server.crt")),
+        "--ssl-keyfile",
+        str(_need(k / "server.key")),
+        "--enable-supernode-auth",
+        "--database",
+        str(svc.state / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+        "--isolation",
+        "subprocess",
     ]
     svc.superlink = spawn(cmd, svc.env(), svc.state / "logs" / "superlink.log")
     wait_for_tls("127.0.0.1", svc.superlink_port, k / "ca.crt", 60, svc.superlink)
@@ -93,9 +107,21 @@ def start_gateway(svc: Service) -> None:
     import sys
 
     k = svc.kit
-    cmd = [sys.executable, "-m", "coordinator.gateway", "--bind", svc.bind,
-           "--upstream", f"https://127.0.0.1:{svc.superlink_port}",
-           "--cert", str(k / "server.crt"), "--key", str(k / "server.key"), "--ca", str(k / "ca.crt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordinator.gateway",
+        "--bind",
+        svc.bind,
+        "--upstream",
+        f"https://127.0.0.1:{svc.superlink_port}",
+        "--cert",
+        str(k / "server.crt"),
+        "--key",
+        str(k / "server.key"),
+        "--ca",
+        str(k / "ca.crt"),
+    ]
     svc.gateway = spawn(cmd, svc.env(), svc.state / "logs" / "gateway.log")
     host, _, port = svc.bind.rpartition(":")
     probe = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host.strip("[]")
@@ -142,7 +168,17 @@ def run_status(svc: Service) -> str:
         return ""
 
 
-def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_round=None) -> int:  # noqa: ANN001
+def _record(svc: Service) -> None:
+    """Who is running where (for operators, and for tests that simulate a crash)."""
+    import os
+
+    info = {"pid": os.getpid(), "superlink_pid": svc.superlink.pid if svc.superlink else None,
+            "gateway_pid": svc.gateway.pid if svc.gateway else None, "superlink_port": svc.superlink_port,
+            "bind": svc.bind}
+    (svc.state / "service.json").write_text(json.dumps(info) + "\n")
+
+
+def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_round=None) -> int:
     svc = Service(Path(kit).resolve(), Path(state_dir).resolve(), bind, Path(app).resolve())
     plan_text = _need(svc.kit / "plan.json").read_text()
     from fedloom.plan import Plan
@@ -163,12 +199,17 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
         start_gateway(svc)
         names = register_nodes(svc)
         stop_stale_run(svc)
-        log.info("SuperLink on 127.0.0.1:%d (loopback), gateway on %s, %d member nodes registered",
-                 svc.superlink_port, bind, len(names))
+        _record(svc)
+        log.info(
+            "SuperLink on 127.0.0.1:%d (loopback), gateway on %s, %d member nodes registered",
+            svc.superlink_port,
+            bind,
+            len(names),
+        )
         svc.run_id = submit(svc, node_wait)
         log.info("run %s submitted; state in %s", svc.run_id, svc.state)
-        seen = 0
         metrics = svc.state / "outputs" / "metrics.jsonl"
+        seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0  # rows of earlier starts
         while not stopping:
             if metrics.exists():
                 lines = metrics.read_text().splitlines()
@@ -178,7 +219,12 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
                 seen = len(lines)
             status = run_status(svc)
             if "finished" in status:
-                return 0 if ("completed" in status or "success" in status) else 1
+                if "completed" in status or "success" in status:
+                    return 0
+                tail = svc.flwr("log", str(svc.run_id), CONNECTION, "--show", check=False)
+                log.error("run %s ended as %s; its log ends with:\n%s", svc.run_id, status,
+                          "\n".join((tail.stdout + tail.stderr).splitlines()[-25:]))
+                return 1
             for name, proc in (("SuperLink", svc.superlink), ("gateway", svc.gateway)):
                 if proc is not None and proc.poll() is not None:
                     log.error("the %s exited (code %s); see %s/logs", name, proc.returncode, svc.state)

@@ -30,8 +30,12 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, po
         if len(nodes) >= wanted:
             return nodes
         if time.monotonic() >= next_note:
-            log.info("waiting for participants: %d of %d connected (%.0f s left)", len(nodes), wanted,
-                     deadline - time.monotonic())
+            log.info(
+                "waiting for participants: %d of %d connected (%.0f s left)",
+                len(nodes),
+                wanted,
+                deadline - time.monotonic(),
+            )
             next_note += 10.0
         if time.monotonic() >= deadline:
             if len(nodes) >= minimum:

@@ -40,8 +40,10 @@ def _app_dir(app_dir: str | Path) -> Path:
         raise UserError(f"invalid TOML in {pyproject}: {exc}") from exc
     name = config.get("project", {}).get("name")
     if name != APP_PROJECT or "app" not in config.get("tool", {}).get("flwr", {}):
-        raise UserError(f"{pyproject} is not the fedloom Flower app (project name {name!r}, "
-                        "expected 'fedloom' with [tool.flwr.app])")
+        raise UserError(
+            f"{pyproject} is not the fedloom Flower app (project name {name!r}, "
+            "expected 'fedloom' with [tool.flwr.app])"
+        )
     return app
 
 

@@ -29,8 +29,13 @@ class RichObserver:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self.task = None
         self.rows: list[dict[str, Any]] = []
@@ -70,8 +75,14 @@ def _final_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
     shown = rows if len(rows) <= 12 else rows[:3] + rows[-8:]
     for r in shown:
         fmt = lambda v, p=4: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-        table.add_row(str(r["round"]), fmt(r.get("eval_accuracy")), fmt(r.get("eval_loss")), fmt(r.get("train_loss")),
-                      str(r.get("participants_replied", "-")), fmt(r.get("wall_seconds"), 2))
+        table.add_row(
+            str(r["round"]),
+            fmt(r.get("eval_accuracy")),
+            fmt(r.get("eval_loss")),
+            fmt(r.get("train_loss")),
+            str(r.get("participants_replied", "-")),
+            fmt(r.get("wall_seconds"), 2),
+        )
     return table
 
 
@@ -90,7 +101,9 @@ def _adversary_line(adv: dict[str, Any]) -> Text:
 
 @app.command()
 def simulate(
-    scenario: Annotated[str | None, typer.Argument(help="Scenario TOML file or built-in name (default: 'default').")] = None,
+    scenario: Annotated[
+        str | None, typer.Argument(help="Scenario TOML file or built-in name (default: 'default').")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<timestamp>).")] = None,
     rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
     participants: Annotated[int | None, typer.Option(help="Override the number of participants.")] = None,
@@ -149,9 +162,13 @@ def _logging() -> None:
 @coordinator_app.command("start")
 def coordinator_start(
     kit: Annotated[Path, typer.Option(help="The coordinator's kit (from `fedloom provision`).")],
-    state_dir: Annotated[Path | None, typer.Option(help="Checkpoints, ledger, logs, outputs (default: KIT/state).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoints, ledger, logs, outputs (default: KIT/state).")
+    ] = None,
     bind: Annotated[str | None, typer.Option(help="Public HOST:PORT (default: the federation's address).")] = None,
-    app_dir: Annotated[Path, typer.Option("--app", help="The fedloom app directory whose hash the plan names.")] = Path("."),
+    app_dir: Annotated[Path, typer.Option("--app", help="The fedloom app directory whose hash the plan names.")] = Path(
+        "."
+    ),
     node_wait: Annotated[float, typer.Option(help="Seconds to wait for members' nodes to connect.")] = 600.0,
 ) -> None:
     """Start the SuperLink (loopback), the public gateway, register the members' nodes, run the plan.
@@ -170,9 +187,11 @@ def coordinator_start(
 
         def on_round(row: dict[str, Any]) -> None:
             acc = row.get("eval_accuracy")
-            console.print(f"round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
-                          f"aggregated {row.get('participants_replied', '-')}"
-                          + (f" [yellow]skipped: {row['skipped']}[/]" if row.get("skipped") else ""))
+            console.print(
+                f"round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
+                f"aggregated {row.get('participants_replied', '-')}"
+                + (f" [yellow]skipped: {row['skipped']}[/]" if row.get("skipped") else "")
+            )
 
         code = service.start(str(kit), str(state_dir or kit / "state"), address, str(app_dir), node_wait, on_round)
     except UserError as exc:
@@ -183,9 +202,13 @@ def coordinator_start(
 @participant_app.command("start")
 def participant_start(
     kit: Annotated[Path, typer.Option(help="This member's kit (from `fedloom provision`).")],
-    data: Annotated[Path, typer.Option(help="This member's data: a directory with train.npz (and test.npz) or a .npz.")],
+    data: Annotated[
+        Path, typer.Option(help="This member's data: a directory with train.npz (and test.npz) or a .npz.")
+    ],
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
-    state_dir: Annotated[Path | None, typer.Option(help="Where this node keeps its state (default: KIT/state).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where this node keeps its state (default: KIT/state).")
+    ] = None,
     superlink: Annotated[str | None, typer.Option(help="Override the coordinator address in the kit.")] = None,
 ) -> None:
     """Start this member's SuperNode: it trains on its own data and device, under its own policy."""
@@ -224,14 +247,23 @@ def _check_data_fits(plan) -> None:
     if plan.participants > len(pool):
         raise UserError(f"{plan.participants} participants but only {len(pool)} training samples in {plan.task.name}")
     try:
-        partition(pool.y, plan.participants, plan.task.partition, alpha=plan.task.alpha,
-                  shards_per_partition=plan.task.shards, seed=plan.task.seed)
+        partition(
+            pool.y,
+            plan.participants,
+            plan.task.partition,
+            alpha=plan.task.alpha,
+            shards_per_partition=plan.task.shards,
+            seed=plan.task.seed,
+        )
     except ValueError as exc:
         raise UserError(f"cannot split {plan.task.name} into {plan.participants} partitions: {exc}") from exc
 
 
-ledger_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                         help="The round ledger: what the coordinator did in each round, hash-chained and signed.")
+ledger_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The round ledger: what the coordinator did in each round, hash-chained and signed.",
+)
 app.add_typer(ledger_app, name="ledger")
 
 
@@ -273,8 +305,13 @@ def ledger_verify(
     except OSError as exc:
         _fail(UserError(f"cannot read {exc.filename}: {exc.strerror or exc}"))
     table = Table(title="fedloom ledger")
-    for col, justify in (("ledger", "left"), ("entries", "right"), ("rounds", "right"), ("key", "left"),
-                         ("status", "left")):
+    for col, justify in (
+        ("ledger", "left"),
+        ("entries", "right"),
+        ("rounds", "right"),
+        ("key", "left"),
+        ("status", "left"),
+    ):
         table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for f, r in reports:
         source = "kit" if r.key_source == "kit" else "genesis (self-certified)"
@@ -285,8 +322,14 @@ def ledger_verify(
         if not r.ok:
             console.print(Text(f"{f}: {r.first_error}"), soft_wrap=True, highlight=False)
     if public_key is None:
-        console.print(Text("no --key/--kit: signatures were checked against the key the ledger names itself; "
-                           "that proves it is intact, not who wrote it"), soft_wrap=True, highlight=False)
+        console.print(
+            Text(
+                "no --key/--kit: signatures were checked against the key the ledger names itself; "
+                "that proves it is intact, not who wrote it"
+            ),
+            soft_wrap=True,
+            highlight=False,
+        )
     if not all(r.ok for _, r in reports):
         raise typer.Exit(1)
 
@@ -295,8 +338,13 @@ def ledger_verify(
 def provision(
     federation: Annotated[Path, typer.Argument(help="The federation file (see examples/federation.toml).")],
     out: Annotated[Path, typer.Option(help="Where to write the kits: OUT/ca, OUT/coordinator, OUT/<member>.")],
-    app_dir: Annotated[Path, typer.Option("--app", help="The fedloom app directory whose bundle members agree to run "
-                                                       "(its FAB hash goes into the plan).")] = Path("."),
+    app_dir: Annotated[
+        Path,
+        typer.Option(
+            "--app",
+            help="The fedloom app directory whose bundle members agree to run (its FAB hash goes into the plan).",
+        ),
+    ] = Path("."),
     force: Annotated[bool, typer.Option(help="Replace existing kits, private keys included (all new keys).")] = False,
 ) -> None:
     """Write the consortium's kits: a CA, the coordinator's kit, one kit per member."""
@@ -313,17 +361,23 @@ def provision(
     for col in ("kit", "directory", "give to", "private keys (0600)"):
         table.add_column(col)
     table.add_row("ca", str(result.ca_dir), "[bold red]nobody: keep offline[/]", "ca.key")
-    table.add_row("coordinator", str(result.coordinator_dir), f"the coordinator host ({spec.address})",
-                  "server.key, ledger.key")
+    table.add_row(
+        "coordinator", str(result.coordinator_dir), f"the coordinator host ({spec.address})", "server.key, ledger.key"
+    )
     for m in spec.members:
         who = f"member {m.name}" + (f" ({m.country})" if m.country else "")
         table.add_row(m.name, str(result.member_dirs[m.name]), who, "identity.pem, node.key")
     console.print(table)
     console.print(f"app hash (FAB sha256): [bold]{result.plan.app_hash}[/]", soft_wrap=True)
-    console.print(f"plan hash: {result.plan.hash} · {len(spec.members)} members · {result.plan.rounds} rounds · "
-                  f"TLS names: {', '.join(certificate_sans(spec))}", soft_wrap=True)
-    console.print(f"[bold yellow]The CA private key is {result.ca_key}: move it offline (it can mint a certificate "
-                  "for the coordinator's name); no running service needs it.[/]")
+    console.print(
+        f"plan hash: {result.plan.hash} · {len(spec.members)} members · {result.plan.rounds} rounds · "
+        f"TLS names: {', '.join(certificate_sans(spec))}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"[bold yellow]The CA private key is {result.ca_key}: move it offline (it can mint a certificate "
+        "for the coordinator's name); no running service needs it.[/]"
+    )
     console.print("Hand each kit to its party over a private channel; a member's kit holds its own keys only.")
     for path in result.stale:
         console.print(f"[yellow]note: {path} is not a kit of this federation (left as it was)[/]")

@@ -107,12 +107,14 @@ def write_private(path: Path, data: bytes, force: bool = False) -> None:
 
 
 def identity_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def write_member_kit(directory: Path, member: Member, identity: Ed25519PrivateKey, roster: Roster, plan: Plan,
-                     force: bool = False) -> None:
+def write_member_kit(
+    directory: Path, member: Member, identity: Ed25519PrivateKey, roster: Roster, plan: Plan, force: bool = False
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_private(directory / IDENTITY_FILE, identity_pem(identity), force)
     info = {"id": member.id, "name": member.name, "country": member.country}
@@ -148,8 +150,9 @@ def load_member_kit(directory: str | Path) -> MemberKit:
         node = d / NODE_KEY_FILE
     ledger = load_ledger_public(d / LEDGER_PUB_FILE) if (d / LEDGER_PUB_FILE).exists() else None
     if federation is not None and federation.name != plan.federation:
-        raise UserError(f"kit {d}: {FEDERATION_FILE} names federation {federation.name!r} "
-                        f"but the plan is for {plan.federation!r}")
+        raise UserError(
+            f"kit {d}: {FEDERATION_FILE} names federation {federation.name!r} but the plan is for {plan.federation!r}"
+        )
     return MemberKit(member, key, roster, plan, d, federation, ca, node, ledger)
 
 
@@ -168,8 +171,9 @@ def new_identities(names: list[str], countries: list[str] | None = None) -> tupl
     return roster, keys
 
 
-def provision_members(plan: Plan, out: Path, names: list[str] | None = None, countries: list[str] | None = None,
-                      force: bool = False) -> Roster:
+def provision_members(
+    plan: Plan, out: Path, names: list[str] | None = None, countries: list[str] | None = None, force: bool = False
+) -> Roster:
     """Fresh identity keys for `plan.participants` members; one kit each under out/<name>/."""
     names = names or member_names(plan.participants)
     roster, keys = new_identities(names, countries)
@@ -198,8 +202,9 @@ def new_node_key() -> ec.EllipticCurvePrivateKey:
 def node_key_openssh(key: ec.EllipticCurvePrivateKey) -> bytes:
     """'-----BEGIN OPENSSH PRIVATE KEY-----' (unencrypted): what `flower-supernode --auth-supernode-private-key`
     loads (cryptography's load_ssh_private_key: PEM/PKCS8 keys are refused there)."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
 
 
 def node_public_openssh(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, comment: str = "") -> bytes:
@@ -285,11 +290,20 @@ class CoordinatorKit:
 def load_coordinator_kit(directory: str | Path) -> CoordinatorKit:
     """The coordinator's kit: checks it is complete and consistent (no key is trusted that the roster lacks)."""
     d = Path(directory)
-    for name in (CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, LEDGER_KEY_FILE, ROSTER_FILE, PLAN_FILE,
-                 FEDERATION_FILE):
+    for name in (
+        CA_CERT_FILE,
+        SERVER_CERT_FILE,
+        SERVER_KEY_FILE,
+        LEDGER_KEY_FILE,
+        ROSTER_FILE,
+        PLAN_FILE,
+        FEDERATION_FILE,
+    ):
         if not (d / name).is_file():
-            raise UserError(f"coordinator kit {d} is incomplete: {d / name} is missing "
-                            "(is it a coordinator kit made by `fedloom provision`?)")
+            raise UserError(
+                f"coordinator kit {d} is incomplete: {d / name} is missing "
+                "(is it a coordinator kit made by `fedloom provision`?)"
+            )
     try:
         roster = roster_from_json((d / ROSTER_FILE).read_text())
         plan = Plan.from_json((d / PLAN_FILE).read_text())
@@ -300,8 +314,9 @@ def load_coordinator_kit(directory: str | Path) -> CoordinatorKit:
     if (d / LEDGER_PUB_FILE).exists() and load_ledger_public(d / LEDGER_PUB_FILE) != ed25519_public_bytes(ledger_key):
         raise UserError(f"coordinator kit {d}: {LEDGER_PUB_FILE} is not the public half of {LEDGER_KEY_FILE}")
     if federation.name != plan.federation:
-        raise UserError(f"coordinator kit {d}: {FEDERATION_FILE} names {federation.name!r}, "
-                        f"the plan {plan.federation!r}")
+        raise UserError(
+            f"coordinator kit {d}: {FEDERATION_FILE} names {federation.name!r}, the plan {plan.federation!r}"
+        )
     names = {m.name for m in roster}
     node_keys: dict[str, bytes] = {}
     for pub in sorted((d / NODES_DIR).glob("*.pub")):
@@ -309,5 +324,6 @@ def load_coordinator_kit(directory: str | Path) -> CoordinatorKit:
             raise UserError(f"coordinator kit {d}: {pub} is not the node key of a roster member")
         load_node_public_key(pub)
         node_keys[pub.stem] = pub.read_bytes()
-    return CoordinatorKit(d, federation, plan, roster, ledger_key, d / CA_CERT_FILE, d / SERVER_CERT_FILE,
-                          d / SERVER_KEY_FILE, node_keys)
+    return CoordinatorKit(
+        d, federation, plan, roster, ledger_key, d / CA_CERT_FILE, d / SERVER_CERT_FILE, d / SERVER_KEY_FILE, node_keys
+    )

@@ -99,6 +99,7 @@ def _is_records(*fields: tuple[str, Any]):
         return isinstance(v, list) and all(
             isinstance(x, dict) and all(k in x and ok(x[k]) for k, ok in fields) for x in v
         )
+
     return check
 
 
@@ -121,10 +122,16 @@ REQUIRED: dict[str, tuple[tuple[str, Any, str], ...]] = {
         ("plan_hash", *_HASH),
         ("asked", _is_ids, "a list of member ids"),
         ("aggregated", _is_ids, "a list of member ids"),
-        ("dropped", _is_records(("member", lambda v: v is None or _is_id(v)), ("stage", _STR[0])),
-         'a list of {"member", "stage"}'),
-        ("refusals", _is_records(("member", _is_id), ("round", _is_int), ("rule", _STR[0]), ("reason", _STR[0])),
-         'a list of {"member", "round", "rule", "reason"}'),
+        (
+            "dropped",
+            _is_records(("member", lambda v: v is None or _is_id(v)), ("stage", _STR[0])),
+            'a list of {"member", "stage"}',
+        ),
+        (
+            "refusals",
+            _is_records(("member", _is_id), ("round", _is_int), ("rule", _STR[0]), ("reason", _STR[0])),
+            'a list of {"member", "round", "rule", "reason"}',
+        ),
         ("skipped", lambda v: v is None or isinstance(v, str), "null or a string"),
         ("model_hash", lambda v: v is None or _is_hex(v, 32), "null or 64 lowercase hex digits"),
         ("metrics", _is_metrics, "an object of numbers (or null)"),
@@ -352,8 +359,10 @@ def _lines_of(source: str | os.PathLike | bytes | Iterable[str | bytes]) -> Iter
             yield (line[:-1] if line.endswith("\n") else line), True
 
 
-def _scan(source: str | os.PathLike | bytes | Iterable[str | bytes],
-          public_key: Ed25519PrivateKey | Ed25519PublicKey | bytes | None) -> _Scan:
+def _scan(
+    source: str | os.PathLike | bytes | Iterable[str | bytes],
+    public_key: Ed25519PrivateKey | Ed25519PublicKey | bytes | None,
+) -> _Scan:
     given = _public_bytes(public_key) if public_key is not None else None
     key_source = "kit" if given is not None else "genesis"
     hashes: list[str] = []
@@ -378,8 +387,10 @@ def _scan(source: str | os.PathLike | bytes | Iterable[str | bytes],
                 _check_payload(obj)
                 own = bytes.fromhex(obj["ledger_key"])
                 if given is not None and own != given:
-                    raise _Bad(f"the genesis ledger_key {own.hex()[:16]}… is not the expected key "
-                               f"{given.hex()[:16]}… (key substituted?)")
+                    raise _Bad(
+                        f"the genesis ledger_key {own.hex()[:16]}… is not the expected key "
+                        f"{given.hex()[:16]}… (key substituted?)"
+                    )
                 if key is None:
                     _load_key(own)
                     key = own
@@ -405,8 +416,9 @@ def _scan(source: str | os.PathLike | bytes | Iterable[str | bytes],
     return report(None)
 
 
-def verify(path_or_lines: str | os.PathLike | bytes | Iterable[str | bytes],
-           public_key: bytes | Ed25519PublicKey | None = None) -> VerifyReport:
+def verify(
+    path_or_lines: str | os.PathLike | bytes | Iterable[str | bytes], public_key: bytes | Ed25519PublicKey | None = None
+) -> VerifyReport:
     """Check a whole ledger: a file path, its bytes, or its lines (str or bytes, "\\n" optional).
 
     With `public_key` (the coordinator's ledger key from the verifier's own kit) every signature is checked against
@@ -422,9 +434,9 @@ def entries_since(path: str | os.PathLike, index: int, limit: int | None = None)
     For message configs: a member passes its `LedgerCopy.next_index`, and `LedgerCopy.extend` checks what it gets.
     """
     lines = Path(path).read_bytes().split(b"\n")[:-1]  # a partial last line is never sent
-    picked = lines[max(index, 0):]
+    picked = lines[max(index, 0) :]
     if limit is not None:
-        picked = picked[:max(limit, 0)]
+        picked = picked[: max(limit, 0)]
     out = []
     for i, raw in enumerate(picked, start=max(index, 0)):
         try:
@@ -460,7 +472,7 @@ def _append_durably(fd: int, data: bytes, size: int) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -518,8 +530,9 @@ class LedgerWriter:
         self._size = size
 
     @classmethod
-    def open(cls, path: str | os.PathLike, key: Ed25519PrivateKey, genesis: dict[str, Any] | None = None
-             ) -> LedgerWriter:
+    def open(
+        cls, path: str | os.PathLike, key: Ed25519PrivateKey, genesis: dict[str, Any] | None = None
+    ) -> LedgerWriter:
         """Start a ledger at `path` with a genesis entry if there is none, else verify it and continue it.
 
         `genesis` holds federation, plan_hash and roster_hash (ledger_key is filled in from `key`). Continuing an
@@ -550,8 +563,9 @@ class LedgerWriter:
             assert scan.genesis is not None
             for k, v in (genesis or {}).items():
                 if scan.genesis.get(k) != v:
-                    raise LedgerError(f"{path} belongs to another run: its genesis has {k}={scan.genesis.get(k)!r}, "
-                                      f"not {v!r}")
+                    raise LedgerError(
+                        f"{path} belongs to another run: its genesis has {k}={scan.genesis.get(k)!r}, not {v!r}"
+                    )
             return cls(path, key, fd, scan.hashes, len(data))
         except BaseException:
             os.close(fd)
@@ -695,8 +709,10 @@ class LedgerCopy:
             raise LedgerError(f"ledger entry {i}: bad signature (not signed by the coordinator's ledger key)") from None
         if i < len(hashes):
             if hashes[i] != obj["hash"]:
-                raise LedgerError(f"ledger fork at entry {i}: the coordinator sent hash {obj['hash'][:16]}… but "
-                                  f"signed {hashes[i][:16]}… for it before (it rewrote history)")
+                raise LedgerError(
+                    f"ledger fork at entry {i}: the coordinator sent hash {obj['hash'][:16]}… but "
+                    f"signed {hashes[i][:16]}… for it before (it rewrote history)"
+                )
             return None
         if i > len(hashes):
             raise LedgerGap(f"ledger entry {i} sent, but this copy ends before entry {len(hashes)}", len(hashes))

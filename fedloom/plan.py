@@ -135,9 +135,11 @@ class Plan:
             need(sec.clip > 0, f"secure.clip must be > 0 (got {sec.clip})")
             need(0.5 <= sec.threshold < 1, f"secure.threshold must be in [0.5, 1) (got {sec.threshold})")
             need(sec.min_cohort >= 2, "secure.min_cohort must be at least 2")
-            need(self.participants >= sec.min_cohort,
-                 f"secure aggregation needs at least secure.min_cohort = {sec.min_cohort} participants "
-                 f"(got {self.participants})")
+            need(
+                self.participants >= sec.min_cohort,
+                f"secure aggregation needs at least secure.min_cohort = {sec.min_cohort} participants "
+                f"(got {self.participants})",
+            )
 
     def train_seed(self, round_: int, member: int) -> int:
         """Shuffling seed of one member in one round: reproducible runs, resumable ones too."""

@@ -28,7 +28,9 @@ def flower_env(extra: dict[str, str] | None = None, path_first: Path | None = No
     if path_first is not None:
         bins.insert(0, str(path_first))
     env["PATH"] = os.pathsep.join([*bins, env.get("PATH", "")])
-    env.update(FLWR_TELEMETRY_ENABLED="0", RAY_USAGE_STATS_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    env.update(
+        FLWR_TELEMETRY_ENABLED="0", RAY_USAGE_STATS_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1"
+    )
     env.update(extra or {})
     return env
 

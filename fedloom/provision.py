@@ -136,8 +136,10 @@ def _parse(data: dict[str, Any], source: str) -> FederationSpec:
 
 def parse_address(address: Any) -> tuple[str, int]:
     """'host:port' or '[v6]:port' → (host, port); anything else is a UserError naming it."""
-    bad = UserError(f"federation.address must be host:port, e.g. coordinator.example.org:9092 or "
-                    f"[2001:db8::1]:9092 (got {address!r})")
+    bad = UserError(
+        f"federation.address must be host:port, e.g. coordinator.example.org:9092 or "
+        f"[2001:db8::1]:9092 (got {address!r})"
+    )
     if not isinstance(address, str) or "://" in address or "/" in address:
         raise bad
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", address) or re.fullmatch(r"([^:\s\[\]]+):(\d{1,5})", address)
@@ -170,8 +172,10 @@ def _sans(sans: Any, host: str) -> tuple[str, ...]:
     if len({str(tls.parse_san(s).value) for s in sans}) != len(sans):
         raise UserError("federation.sans lists a name twice")
     if not any(_same_name(s, host) for s in sans):
-        raise UserError(f"federation.sans must include {host!r}, the host in federation.address: members dial it "
-                        "and check it against the coordinator's certificate")
+        raise UserError(
+            f"federation.sans must include {host!r}, the host in federation.address: members dial it "
+            "and check it against the coordinator's certificate"
+        )
     return tuple(sans)
 
 
@@ -185,12 +189,14 @@ def _members(entries: Any) -> tuple[MemberSpec, ...]:
         _known(e, MEMBER_KEYS, f"members[{i}]")
         name, country = e.get("name"), e.get("country", "")
         if not isinstance(name, str) or not _MEMBER_NAME.match(name):
-            raise UserError(f"members[{i}].name must be 1-32 lowercase letters, digits, '-' or '_', starting with a "
-                            f"letter or digit (it names the member's kit directory); got {name!r}")
+            raise UserError(
+                f"members[{i}].name must be 1-32 lowercase letters, digits, '-' or '_', starting with a "
+                f"letter or digit (it names the member's kit directory); got {name!r}"
+            )
         if name in RESERVED_NAMES:
             raise UserError(f"members[{i}].name {name!r} is reserved (kit directories {', '.join(RESERVED_NAMES)})")
         if not isinstance(country, str) or (country and not _COUNTRY.match(country)):
-            raise UserError(f"members[{i}].country must be an ISO 3166 two-letter code like \"MA\" (got {country!r})")
+            raise UserError(f'members[{i}].country must be an ISO 3166 two-letter code like "MA" (got {country!r})')
         if any(m.name == name for m in out):
             raise UserError(f"duplicate member name {name!r}: member names must be unique")
         out.append(MemberSpec(name, country))
@@ -200,8 +206,11 @@ def _members(entries: Any) -> tuple[MemberSpec, ...]:
 def _plan(table: Any, federation: str, participants: int) -> Plan:
     if not isinstance(table, dict):
         raise UserError("[plan] must be a table")
-    for key, why in (("federation", "it is federation.name"), ("participants", "it is the number of [[members]]"),
-                     ("app_hash", "provisioning computes it from --app")):
+    for key, why in (
+        ("federation", "it is federation.name"),
+        ("participants", "it is the number of [[members]]"),
+        ("app_hash", "provisioning computes it from --app"),
+    ):
         if key in table:
             raise UserError(f"[plan] must not set {key!r}: {why}")
     defaults = Plan()
@@ -217,14 +226,19 @@ def _policy(table: Any, plan: Plan, members: int) -> Policy:
     base = {"require_secure_aggregation": plan.secure.enabled, "min_cohort": plan.secure.min_cohort}
     policy = Policy.from_dict({**base, **table}, "policy")
     if policy.require_secure_aggregation and not plan.secure.enabled:
-        raise UserError("policy.require_secure_aggregation = true but plan.secure.enabled = false: every member "
-                        "would refuse every round")
+        raise UserError(
+            "policy.require_secure_aggregation = true but plan.secure.enabled = false: every member "
+            "would refuse every round"
+        )
     if plan.secure.enabled and policy.min_cohort > members:
-        raise UserError(f"policy.min_cohort = {policy.min_cohort} but the federation has {members} members: every "
-                        "member would refuse every round")
+        raise UserError(
+            f"policy.min_cohort = {policy.min_cohort} but the federation has {members} members: every "
+            "member would refuse every round"
+        )
     if policy.allowed_tasks and plan.task.name not in policy.allowed_tasks:
-        raise UserError(f"policy.allowed_tasks {list(policy.allowed_tasks)} does not include the plan's task "
-                        f"{plan.task.name!r}")
+        raise UserError(
+            f"policy.allowed_tasks {list(policy.allowed_tasks)} does not include the plan's task {plan.task.name!r}"
+        )
     return policy
 
 
@@ -240,15 +254,19 @@ def certificate_sans(spec: FederationSpec) -> list[str]:
 
 
 def private_paths(spec: FederationSpec, out: Path) -> list[Path]:
-    paths = [out / "ca" / kits.CA_KEY_FILE, out / "coordinator" / kits.SERVER_KEY_FILE,
-             out / "coordinator" / kits.LEDGER_KEY_FILE]
+    paths = [
+        out / "ca" / kits.CA_KEY_FILE,
+        out / "coordinator" / kits.SERVER_KEY_FILE,
+        out / "coordinator" / kits.LEDGER_KEY_FILE,
+    ]
     for m in spec.members:
         paths += [out / m.name / kits.IDENTITY_FILE, out / m.name / kits.NODE_KEY_FILE]
     return paths
 
 
-def provision(spec: FederationSpec, out: str | Path, app_dir: str | Path = ".", force: bool = False,
-              app_hash: str | None = None) -> ProvisionResult:
+def provision(
+    spec: FederationSpec, out: str | Path, app_dir: str | Path = ".", force: bool = False, app_hash: str | None = None
+) -> ProvisionResult:
     """Write every kit of `spec` under `out`. `app_hash` (tests) skips building the app bundle."""
     from fedloom.appbundle import app_bundle_hash
 

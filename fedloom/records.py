@@ -22,6 +22,16 @@ VECTOR = "vector"
 NUM_EXAMPLES = "num-examples"
 
 
+def protocol_round(training_round: int, attempt: int = 0, restart: int = 0) -> int:
+    """The protocol's round number for a training round: never reused, even across set-up retries
+    (attempt, < 16) and coordinator restarts (restart epoch in the high 32 bits)."""
+    return (restart << 32) | (training_round << 4) | attempt
+
+
+def training_round(protocol_round_: int) -> int:
+    return (protocol_round_ & 0xFFFFFFFF) >> 4
+
+
 def vector_record(vec: np.ndarray) -> ArrayRecord:
     return ArrayRecord({VECTOR: Array(np.ascontiguousarray(vec))})
 

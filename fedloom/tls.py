@@ -55,21 +55,26 @@ def parse_san(entry: str) -> x509.GeneralName:
         pass
     host = text.rstrip(".")
     if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in host.split(".")):
-        raise UserError(f"invalid certificate name {entry!r}: expected a DNS name (letters, digits, '-', '.') "
-                        "or an IP address (wildcards are not allowed)")
+        raise UserError(
+            f"invalid certificate name {entry!r}: expected a DNS name (letters, digits, '-', '.') "
+            "or an IP address (wildcards are not allowed)"
+        )
     return x509.DNSName(host.lower())
 
 
 def _name(common_name: str, organization: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization[:64]),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+        ]
+    )
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _now() -> dt.datetime:
@@ -84,14 +89,27 @@ def create_ca(federation: str, days: int = CA_DAYS) -> Issued:
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
@@ -115,11 +133,23 @@ def issue_server_cert(ca: Issued, federation: str, sans: list[str], days: int = 
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW).not_valid_after(not_after)
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -135,15 +165,19 @@ def verify_issued_by(cert_pem: bytes, ca_pem: bytes) -> None:
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"certificate {cert.subject.rfc4514_string()} is not issued by "
-                        f"{ca_cert.subject.rfc4514_string()}: {exc}") from exc
+        raise UserError(
+            f"certificate {cert.subject.rfc4514_string()} is not issued by {ca_cert.subject.rfc4514_string()}: {exc}"
+        ) from exc
     except Exception as exc:  # InvalidSignature carries no message
-        raise UserError(f"certificate {cert.subject.rfc4514_string()}: bad signature from "
-                        f"{ca_cert.subject.rfc4514_string()}") from exc
+        raise UserError(
+            f"certificate {cert.subject.rfc4514_string()}: bad signature from {ca_cert.subject.rfc4514_string()}"
+        ) from exc
     now = _now()
     if not cert.not_valid_before_utc - _SKEW <= now <= cert.not_valid_after_utc:
-        raise UserError(f"certificate {cert.subject.rfc4514_string()} is not valid now "
-                        f"({cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d})")
+        raise UserError(
+            f"certificate {cert.subject.rfc4514_string()} is not valid now "
+            f"({cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d})"
+        )
 
 
 def certificate_names(cert_pem: bytes) -> list[str]:

@@ -13,6 +13,7 @@ Where things come from:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -79,13 +80,26 @@ def view_of(msg: Message, context: Context) -> NodeView:
         policy = Policy.load(nc.get("policy") or Path(str(nc["kit"])) / POLICY_FILE)
         data = from_path(kit.plan.task.name, str(nc["data-path"]))
         state = Path(str(nc["state-dir"])) if nc.get("state-dir") else None
-        return NodeView(plan, int(cfg["round"]), kit, policy, kit.member.id, data, False,
-                        str(nc.get("device", "auto")), state, Path(str(nc["kit"])))
+        return NodeView(
+            plan,
+            int(cfg["round"]),
+            kit,
+            policy,
+            kit.member.id,
+            data,
+            False,
+            str(nc.get("device", "auto")),
+            state,
+            Path(str(nc["kit"])),
+        )
     pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
     kits = str(cfg.get("sim-kits", ""))
     kit = _kit(str(Path(kits) / f"member-{pid + 1}")) if kits else None
-    policy = Policy.load(Path(kits) / f"member-{pid + 1}" / POLICY_FILE) if kits else Policy(
-        require_secure_aggregation=False)
+    policy = (
+        Policy.load(Path(kits) / f"member-{pid + 1}" / POLICY_FILE)
+        if kits
+        else Policy(require_secure_aggregation=False)
+    )
     device = str(context.run_config.get("device", "auto"))
     return NodeView(plan, int(cfg["round"]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
 
@@ -137,8 +151,9 @@ def _who(view: NodeView) -> ConfigRecord:
 
 def _refuse(msg: Message, view: NodeView, refusal: PolicyRefusal) -> Message:
     log.warning("member %d refuses round %d by its policy: %s", view.member, view.round, refusal)
-    content = RecordDict({rec.REFUSAL: rec.refusal_record(view.member, view.round, refusal.rule, refusal.detail),
-                          "who": _who(view)})
+    content = RecordDict(
+        {rec.REFUSAL: rec.refusal_record(view.member, view.round, refusal.rule, refusal.detail), "who": _who(view)}
+    )
     return Message(content, reply_to=msg)
 
 
@@ -190,8 +205,7 @@ def secagg(msg: Message, context: Context) -> Message:
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
     replies, _ = _answer_protocol(msg, context, view, _no_training)
-    return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies),
-                               "who": _who(view)}), reply_to=msg)
+    return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies), "who": _who(view)}), reply_to=msg)
 
 
 def _no_training() -> tuple[np.ndarray, int]:
@@ -203,9 +217,9 @@ def _answer_protocol(msg: Message, context: Context, view: NodeView, train_once)
         raise RuntimeError("secure aggregation needs this member's kit (identity key and roster)")
     d = tasks.num_parameters(trainer_for(view).model)
     params = protocol_params(view.plan, d, len(view.kit.roster))
-    participant = load_participant(context, view.kit, params, view.policy.min_cohort)
+    participant = load_participant(context, view.kit, params, view.policy.min_cohort, view.state_dir)
     replies, info = answer(participant, rec.read_protocol(msg.content), view.round, train_once)
-    save_participant(context, participant)
+    save_participant(context, participant, view.state_dir)
     return _maybe_deal_garbage(msg.content[rec.CONFIG], view, replies), info
 
 
@@ -222,16 +236,22 @@ def _maybe_deal_garbage(config: ConfigRecord, view: NodeView, replies: list[byte
     out = []
     for raw in replies:
         reply = decode(raw)
-        if isinstance(reply, ShareBundle) and reply.round == round_:
+        if isinstance(reply, ShareBundle) and rec.training_round(reply.round) == round_:
             raw = garble_share_bundle(reply, view.kit.identity, view.kit.context).encode()
         out.append(raw)
     return out
 
 
+VERIFY_ENV = "FEDLOOM_VERIFY_DIR"
+
+
 def _maybe_record_for_verification(msg: Message, view: NodeView, update: np.ndarray, examples: int) -> None:
-    """Simulation only: hand the true update to the harness so it can check the secure sum."""
-    where = str(msg.content[rec.CONFIG].get("sim-verify", ""))
-    if view.simulation and where:
+    """Verification mode: hand the true update to a test harness so it can check the secure sum.
+
+    In a simulation the harness asks through the config; a deployed member only if it set
+    FEDLOOM_VERIFY_DIR itself on its own machine (a coordinator's config is never enough)."""
+    where = str(msg.content[rec.CONFIG].get("sim-verify", "")) if view.simulation else os.environ.get(VERIFY_ENV, "")
+    if where:
         path = Path(where) / f"r{view.round}-m{view.member}.npz"
         np.savez(path, update=update, examples=examples)
 

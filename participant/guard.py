@@ -49,7 +49,7 @@ def install_guard() -> None:
     expected = approved_hash()
     original = runner.install_from_fab
 
-    def guarded_install(fab_content: bytes, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def guarded_install(fab_content: bytes, *args, **kwargs):
         try:
             check_bundle(fab_content, expected)
         except UnapprovedApp as exc:

@@ -23,8 +23,13 @@ class LocalData:
 def simulated(spec: TaskSpec, partition_id: int, num_partitions: int) -> LocalData:
     """This participant's training partition and its slice of the held-out test split."""
     train = tasks.load_partition(
-        spec.name, partition_id, num_partitions, scheme=spec.partition, alpha=spec.alpha,
-        shards=spec.shards, seed=spec.seed,
+        spec.name,
+        partition_id,
+        num_partitions,
+        scheme=spec.partition,
+        alpha=spec.alpha,
+        shards=spec.shards,
+        seed=spec.seed,
     )
     test = tasks.load_test(spec.name, seed=spec.seed)
     slices = iid(len(test), num_partitions, seed=spec.seed + 1) if len(test) >= num_partitions else None

@@ -57,14 +57,18 @@ class Policy:
 
     def to_toml(self) -> str:
         tasks = ", ".join(f'"{t}"' for t in self.allowed_tasks)
-        return (f"require_secure_aggregation = {str(self.require_secure_aggregation).lower()}\n"
-                f"min_cohort = {self.min_cohort}\nmax_rounds = {self.max_rounds}\nallowed_tasks = [{tasks}]\n")
+        return (
+            f"require_secure_aggregation = {str(self.require_secure_aggregation).lower()}\n"
+            f"min_cohort = {self.min_cohort}\nmax_rounds = {self.max_rounds}\nallowed_tasks = [{tasks}]\n"
+        )
 
     def check(self, plan: Plan, agreed: Plan, round_: int, secure: bool) -> None:
         """Raise PolicyRefusal unless this member may take part in `round_` of `plan`."""
         if plan.hash != agreed.hash:
-            raise PolicyRefusal("policy.plan-mismatch",
-                                f"plan {plan.hash[:12]} is not the plan {agreed.hash[:12]} this member agreed to")
+            raise PolicyRefusal(
+                "policy.plan-mismatch",
+                f"plan {plan.hash[:12]} is not the plan {agreed.hash[:12]} this member agreed to",
+            )
         if self.require_secure_aggregation and not secure:
             raise PolicyRefusal("policy.secure-aggregation-required", "refusing to send an update in plaintext")
         allowed = self.allowed_tasks or (agreed.task.name,)

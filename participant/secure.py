@@ -30,16 +30,23 @@ def protocol_params(plan: Plan, vector_length: int, members: int) -> ProtocolPar
     """The plan's secure-aggregation parameters for a model of `vector_length` parameters."""
     s = plan.secure
     return ProtocolParams.for_federation(
-        vector_length, members, bits=s.bits, max_weight=s.max_weight or None, clip=s.clip,
-        threshold_fraction=s.threshold, neighbours=s.neighbours, min_cohort=s.min_cohort,
+        vector_length,
+        members,
+        bits=s.bits,
+        max_weight=s.max_weight or None,
+        clip=s.clip,
+        threshold_fraction=s.threshold,
+        neighbours=s.neighbours,
+        min_cohort=s.min_cohort,
     )
 
 
 STATE_FILE = "secagg.state"
 
 
-def load_participant(context: Context, kit: MemberKit, params: ProtocolParams, min_cohort: int,
-                     state_dir: Path | None = None) -> Participant:
+def load_participant(
+    context: Context, kit: MemberKit, params: ProtocolParams, min_cohort: int, state_dir: Path | None = None
+) -> Participant:
     """The member's protocol state: from its state directory in deployment (so rounds stay
     fresh across runs and restarts), else from Flower's per-run `context.state`."""
     if state_dir is not None:
@@ -47,8 +54,15 @@ def load_participant(context: Context, kit: MemberKit, params: ProtocolParams, m
         raw = path.read_bytes() if path.exists() else None
     else:
         raw = context.state[STATE_KEY]["state"] if STATE_KEY in context.state else None
-    return Participant(kit.member.id, kit.identity, kit.roster, kit.context, params,
-                       min_cohort=min_cohort, state=raw if isinstance(raw, bytes) else None)
+    return Participant(
+        kit.member.id,
+        kit.identity,
+        kit.roster,
+        kit.context,
+        params,
+        min_cohort=min_cohort,
+        state=raw if isinstance(raw, bytes) else None,
+    )
 
 
 def save_participant(context: Context, participant: Participant, state_dir: Path | None = None) -> None:
@@ -79,6 +93,7 @@ def answer(
     out: list[bytes] = []
     info: dict = {}
     for data in raw_messages:
+        msg = None
         try:
             msg = decode(data)
             if isinstance(msg, MaskRequest):
@@ -90,7 +105,9 @@ def answer(
             else:
                 reply = participant.handle(msg)
         except ProtocolError as err:
-            log.warning("member %d refused a request of round %d: %s", participant.member, round_, err)
-            reply = Refusal(round_, participant.member, err.rule.value, err.detail)
+            # label it with the request's own (protocol) round: set-up for round r+1 rides on round r's trips
+            pround = msg.round if msg is not None else round_
+            log.warning("member %d refused a request of protocol round %d: %s", participant.member, pround, err)
+            reply = Refusal(pround, participant.member, err.rule.value, err.detail)
         out.append(reply.encode())
     return out, info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -45,23 +46,32 @@ def install_guard(bin_dir: Path) -> Path:
 
 
 def supernode_command(kit_dir: Path, data: Path, device: str, state_dir: Path, superlink: str, port: int) -> list[str]:
-    node_config = (f'kit="{kit_dir}" data-path="{data}" device="{device}" state-dir="{state_dir}"')
+    node_config = f'kit="{kit_dir}" data-path="{data}" device="{device}" state-dir="{state_dir}"'
     return [
         "flower-supernode",
-        "--superlink", superlink,
-        "--root-certificates", str(kit_dir / "ca.crt"),
-        "--auth-supernode-private-key", str(kit_dir / "node.key"),
-        "--port", str(port),
-        "--isolation", "subprocess",
-        "--node-config", node_config,
+        "--superlink",
+        superlink,
+        "--root-certificates",
+        str(kit_dir / "ca.crt"),
+        "--auth-supernode-private-key",
+        str(kit_dir / "node.key"),
+        "--port",
+        str(port),
+        "--isolation",
+        "subprocess",
+        "--node-config",
+        node_config,
     ]
 
 
 def start(kit: str, data: str, device: str = "auto", state_dir: str | None = None, superlink: str | None = None) -> int:
     kit_dir = Path(kit).resolve()
     member = load_member_kit(kit_dir)
-    for name, what in (("ca.crt", "the federation's CA certificate"), ("node.key", "the node key"),
-                       ("federation.json", "the federation file")):
+    for name, what in (
+        ("ca.crt", "the federation's CA certificate"),
+        ("node.key", "the node key"),
+        ("federation.json", "the federation file"),
+    ):
         _need(kit_dir / name, what)
     if not member.plan.app_hash:
         raise UserError(f"the plan in {kit_dir} names no app hash: this kit was not made by `fedloom provision`")
@@ -79,9 +89,13 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
     guard_bin = install_guard(state / "bin")
     env = flower_env({KIT_ENV: str(kit_dir)}, path_first=guard_bin)
     cmd = supernode_command(kit_dir, data_path, device, state, address, free_port())
-    log.info("member %s: %d training and %d test examples; connecting to %s", member.member.name,
-             len(local.train), len(local.test), address)
-    proc = spawn(cmd, env, state / "supernode.log")
+    log.info(
+        "member %s: %d training and %d test examples; connecting to %s",
+        member.member.name,
+        len(local.train),
+        len(local.test),
+        address,
+    )
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -90,12 +104,25 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    try:
-        while not stopping and proc.poll() is None:
-            time.sleep(0.5)
-    finally:
-        stop(proc)
-    if proc.returncode not in (0, None) and not stopping:
-        log.error("the SuperNode exited with code %s; see %s", proc.returncode, state / "supernode.log")
-        return 1
+    backoff = 2.0
+    while not stopping:
+        proc = spawn(cmd, env, state / "supernode.log")
+        (state / "service.json").write_text(json.dumps({"pid": os.getpid(), "supernode_pid": proc.pid}) + "\n")
+        started = time.monotonic()
+        try:
+            while not stopping and proc.poll() is None:
+                time.sleep(0.5)
+        finally:
+            stop(proc)
+        if stopping:
+            break
+        # The coordinator may not be up yet, or not have registered this node's key yet (Flower
+        # exits 305), or it restarted: a member's node keeps trying, as a service should.
+        why = "this node's key is not registered (yet)" if proc.returncode == 305 else f"exit code {proc.returncode}"
+        backoff = 2.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+        log.warning("the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff,
+                    state / "supernode.log")
+        deadline = time.monotonic() + backoff
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.2)
     return 0

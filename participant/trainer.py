@@ -48,8 +48,12 @@ class LocalTrainer:
         self.load(vector)
         t = self.plan.training
         cfg = tasks.TrainConfig(
-            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-            weight_decay=t.weight_decay, seed=self.plan.train_seed(round_, member),
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            seed=self.plan.train_seed(round_, member),
         )
         result = self.task.train(self.model, self.data.train, cfg, self.device)
         update = tasks.model_to_vector(self.model) - vector.astype(np.float32, copy=False)

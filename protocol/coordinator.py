@@ -98,8 +98,13 @@ class CoordinatorRound:
     """One round of secure aggregation as seen by the coordinator."""
 
     def __init__(
-        self, round_: int, roster: Roster, context: SessionContext, params: ProtocolParams,
-        *, workers: int = 1,
+        self,
+        round_: int,
+        roster: Roster,
+        context: SessionContext,
+        params: ProtocolParams,
+        *,
+        workers: int = 1,
     ) -> None:
         self.round = round_
         self.roster = roster
@@ -130,7 +135,9 @@ class CoordinatorRound:
         self.faults.setdefault(member, err.rule.value)
         return err
 
-    def _check_sender(self, member: int, round_: int, session: bytes | None, pool: tuple[int, ...] | set[int], seen) -> None:
+    def _check_sender(
+        self, member: int, round_: int, session: bytes | None, pool: tuple[int, ...] | set[int], seen
+    ) -> None:
         if round_ != self.round:
             raise self._reject(member, ProtocolError(Rule.WRONG_ROUND, f"message for round {round_}"))
         if member not in pool:
@@ -182,9 +189,13 @@ class CoordinatorRound:
         expected = tuple(sorted(self.neighbours[sb.member]))
         if holders != expected or any(s.dealer != sb.member for s in sb.shares):
             raise self._reject(sb.member, ProtocolError(Rule.NEIGHBOURS, "shares not addressed to its neighbours"))
-        if not all(keys.item_signed_by_dealer(self.context, self.roster, self.round, self.session, s) for s in sb.shares):
+        if not all(
+            keys.item_signed_by_dealer(self.context, self.roster, self.round, self.session, s) for s in sb.shares
+        ):
             raise self._reject(sb.member, ProtocolError(Rule.BAD_SIGNATURE, "share item not signed by its dealer"))
-        statement = keys.share_bundle_transcript(self.context, self.round, self.session, sb.member, sb.commitment, sb.shares)
+        statement = keys.share_bundle_transcript(
+            self.context, self.round, self.session, sb.member, sb.commitment, sb.shares
+        )
         if not self.roster.verify(sb.member, sb.signature, statement):
             raise self._reject(sb.member, ProtocolError(Rule.BAD_SIGNATURE, "share bundle not signed by its dealer"))
         self._c.share_bundles[sb.member] = sb
@@ -299,9 +310,13 @@ class CoordinatorRound:
     def _verified(self, holder: int, shares: tuple[RevealedShare, ...], kind: str, dealers: set[int]) -> dict[int, int]:
         out: dict[int, int] = {}
         for s in shares:
-            statement = keys.share_value_transcript(self.context, self.round, self.session, kind, s.dealer, holder, s.value)
+            statement = keys.share_value_transcript(
+                self.context, self.round, self.session, kind, s.dealer, holder, s.value
+            )
             ok = (
-                s.dealer in dealers and s.dealer not in out and holder in self.neighbours.get(s.dealer, ())
+                s.dealer in dealers
+                and s.dealer not in out
+                and holder in self.neighbours.get(s.dealer, ())
                 and self.roster.verify(s.dealer, s.signature, statement)
             )
             if not ok:
@@ -344,9 +359,13 @@ class CoordinatorRound:
         self.stage = Stage.DONE
         shared = set(self.shared)
         return AggregateResult(
-            round=r, total=total, survivors=self.survivors, dropped=self.dropped,
+            round=r,
+            total=total,
+            survivors=self.survivors,
+            dropped=self.dropped,
             not_shared=tuple(m for m in self.cohort if m not in shared and m not in self._c.convicted),
-            complaints=dict(self._c.complaints), faults=dict(self.faults),
+            complaints=dict(self._c.complaints),
+            faults=dict(self.faults),
         )
 
     def _reconstruct(self, dealer: int, shares: dict[int, int]) -> bytes:

@@ -83,9 +83,7 @@ def x25519_from_bytes(raw: bytes) -> X25519PrivateKey:
 
 
 def x25519_private_bytes(key: X25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def x25519_public_bytes(key: X25519PrivateKey) -> bytes:

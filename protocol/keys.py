@@ -30,7 +30,11 @@ def bundle_transcript(ctx: SessionContext, b: KeyBundle) -> bytes:
 
 
 def share_bundle_transcript(
-    ctx: SessionContext, round_: int, session: bytes, dealer: int, commitment: bytes,
+    ctx: SessionContext,
+    round_: int,
+    session: bytes,
+    dealer: int,
+    commitment: bytes,
     items: Iterable[EncryptedShare],
 ) -> bytes:
     """What a dealer signs: its seed commitment and every encrypted item (so it cannot deny one)."""
@@ -39,15 +43,23 @@ def share_bundle_transcript(
 
 
 def share_item_transcript(
-    ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int, key_digest: bytes,
-    nonce: bytes, ciphertext: bytes,
+    ctx: SessionContext,
+    round_: int,
+    session: bytes,
+    dealer: int,
+    holder: int,
+    key_digest: bytes,
+    nonce: bytes,
+    ciphertext: bytes,
 ) -> bytes:
     """What a dealer signs for each encrypted item, so its holder can tell it came from the dealer."""
     return transcript("share-item", ctx, round_, session, dealer, holder, key_digest, nonce, ciphertext)
 
 
 def item_signed_by_dealer(ctx: SessionContext, roster, round_: int, session: bytes, it: EncryptedShare) -> bool:
-    statement = share_item_transcript(ctx, round_, session, it.dealer, it.holder, it.key_digest, it.nonce, it.ciphertext)
+    statement = share_item_transcript(
+        ctx, round_, session, it.dealer, it.holder, it.key_digest, it.nonce, it.ciphertext
+    )
     return roster.verify(it.dealer, it.signature, statement)
 
 
@@ -56,14 +68,22 @@ def share_key_digest(ctx: SessionContext, round_: int, session: bytes, dealer: i
 
 
 def share_value_transcript(
-    ctx: SessionContext, round_: int, session: bytes, kind: str, dealer: int, holder: int,
+    ctx: SessionContext,
+    round_: int,
+    session: bytes,
+    kind: str,
+    dealer: int,
+    holder: int,
     value: bytes,
 ) -> bytes:
     return transcript("share-value", ctx, round_, session, kind, dealer, holder, value)
 
 
 def survivors_transcript(
-    ctx: SessionContext, round_: int, session: bytes, shared: tuple[int, ...],
+    ctx: SessionContext,
+    round_: int,
+    session: bytes,
+    shared: tuple[int, ...],
     survivors: tuple[int, ...],
 ) -> bytes:
     return transcript("survivors", ctx, round_, session, shared, survivors)
@@ -76,9 +96,7 @@ def share_encryption_key(
     return hkdf(dh, 32, transcript("share-key", ctx, round_, session, dealer, holder))
 
 
-def share_associated_data(
-    ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int
-) -> bytes:
+def share_associated_data(ctx: SessionContext, round_: int, session: bytes, dealer: int, holder: int) -> bytes:
     return transcript("share-ad", ctx, round_, session, dealer, holder)
 
 

@@ -27,9 +27,7 @@ def _encryptor(key: bytes, byte_offset: int):
     return Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
 
 
-def _apply_range(
-    acc: np.ndarray, plus: Sequence[bytes], minus: Sequence[bytes], start: int, stop: int
-) -> None:
+def _apply_range(acc: np.ndarray, plus: Sequence[bytes], minus: Sequence[bytes], start: int, stop: int) -> None:
     item = acc.itemsize
     chunk = CHUNK_BYTES // item
     buf = bytearray(CHUNK_BYTES + 16)
@@ -46,9 +44,7 @@ def _apply_range(
             op(view, part, out=view)
 
 
-def apply_masks(
-    acc: np.ndarray, plus: Sequence[bytes] = (), minus: Sequence[bytes] = (), workers: int = 1
-) -> None:
+def apply_masks(acc: np.ndarray, plus: Sequence[bytes] = (), minus: Sequence[bytes] = (), workers: int = 1) -> None:
     """acc += sum(PRG(k) for k in plus) - sum(PRG(k) for k in minus), in place, mod 2^bits."""
     if acc.dtype not in (np.uint32, np.uint64) or not acc.flags.c_contiguous:
         raise TypeError("accumulator must be a contiguous uint32 or uint64 array")

@@ -56,9 +56,7 @@ class Message:
     def decode(cls: type[M], data: bytes | memoryview) -> M:
         msg = decode(data)
         if not isinstance(msg, cls):
-            raise ProtocolError(
-                Rule.ENCODING, f"expected {cls.__name__}, got {type(msg).__name__}"
-            )
+            raise ProtocolError(Rule.ENCODING, f"expected {cls.__name__}, got {type(msg).__name__}")
         return msg
 
 
@@ -167,7 +165,11 @@ class EncryptedShare:
     @classmethod
     def read(cls, r: Reader) -> EncryptedShare:
         return cls(
-            r.u32(), r.u32(), r.fixed(32), r.fixed(NONCE_BYTES), r.fixed(SHARE_CIPHERTEXT_BYTES),
+            r.u32(),
+            r.u32(),
+            r.fixed(32),
+            r.fixed(NONCE_BYTES),
+            r.fixed(SHARE_CIPHERTEXT_BYTES),
             r.fixed(SIGNATURE_BYTES),
         )
 

@@ -119,8 +119,9 @@ class ProtocolParams:
         if max_weight is None:
             max_weight = max(1, min(65535, ((1 << 31) - 1) // (members * level)))
         ring = cls.fitting_ring(members, max_weight, bits)
-        return cls(vector_length=vector_length, bits=bits, max_weight=max_weight,
-                   max_members=members, ring_bits=ring, **kw)  # type: ignore[arg-type]
+        return cls(
+            vector_length=vector_length, bits=bits, max_weight=max_weight, max_members=members, ring_bits=ring, **kw
+        )  # type: ignore[arg-type]
 
     @staticmethod
     def fitting_ring(max_members: int, max_weight: int, bits: int) -> int:

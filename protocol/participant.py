@@ -87,10 +87,14 @@ TRANSITIONS: dict[tuple[Phase, type[Message]], Phase] = {
     (Phase.SIGNED, UnmaskRequest): Phase.DONE,
 }
 STAGE_OF = {
-    AdvertiseRequest: 0, BundleSet: 1, ShareDelivery: 2, MaskRequest: 3, SurvivorRequest: 4,
+    AdvertiseRequest: 0,
+    BundleSet: 1,
+    ShareDelivery: 2,
+    MaskRequest: 3,
+    SurvivorRequest: 4,
     UnmaskRequest: 5,
 }
-ROUND_WINDOW = 4  # rounds kept (as tombstones at least) behind the newest advertised round
+ROUND_WINDOW = 4  # rounds kept (as tombstones at least): the newest ones advertised
 
 
 @dataclass
@@ -269,12 +273,14 @@ class Participant:
         st.bundle = bundle.encode()
         self.latest = req.round
         self.rounds[req.round] = st
-        for old in [r for r in self.rounds if r <= req.round - ROUND_WINDOW]:
+        # Pipelining keeps one older round in progress at most; a newer round supersedes the rest.
+        # (Round numbers need not be consecutive: a coordinator may skip numbers, never reuse them.)
+        unfinished = sorted(r for r, old in self.rounds.items() if r != req.round and old.phase < Phase.DONE)
+        for r in unfinished[:-1]:
+            self.rounds[r].phase = Phase.ABORTED
+            self.rounds[r].wipe()
+        for old in sorted(self.rounds)[:-ROUND_WINDOW]:
             del self.rounds[old]
-        for old in self.rounds.values():  # a newer round supersedes unfinished older ones
-            if old.round < req.round - 1 and old.phase < Phase.DONE:
-                old.phase = Phase.ABORTED
-                old.wipe()
         return bundle
 
     # ------------------------------------------------------------------ stage 1
@@ -309,10 +315,14 @@ class Participant:
         for holder in st.neighbours:
             sv = shamir.encode_share(seed_shares[holder])
             kv = shamir.encode_share(key_shares[holder])
-            plaintext = b"".join((
-                sv, self._sign_value(st, keys.SEED, holder, sv),
-                kv, self._sign_value(st, keys.KEY, holder, kv),
-            ))
+            plaintext = b"".join(
+                (
+                    sv,
+                    self._sign_value(st, keys.SEED, holder, sv),
+                    kv,
+                    self._sign_value(st, keys.KEY, holder, kv),
+                )
+            )
             dh = x25519_exchange(enc_sk, st.peers[holder][0])
             k = keys.share_encryption_key(ctx, st.round, st.session, self.member, holder, dh)
             digest = keys.share_key_digest(ctx, st.round, st.session, self.member, holder, k)
@@ -415,9 +425,7 @@ class Participant:
             raise ProtocolError(Rule.NOT_A_PARTICIPANT, "this member is not listed as a survivor")
         self._check_survivor_count(st, survivors)
         st.survivors = survivors
-        sig = self._identity.sign(
-            keys.survivors_transcript(self.context, st.round, st.session, st.shared, survivors)
-        )
+        sig = self._identity.sign(keys.survivors_transcript(self.context, st.round, st.session, st.shared, survivors))
         return SurvivorSignature(st.round, self.member, st.session, sig)
 
     def _check_survivor_count(self, st: RoundState, survivors: tuple[int, ...]) -> None:
@@ -430,9 +438,11 @@ class Participant:
     # ------------------------------------------------------------------ stage 5
     def unmask(self, req: UnmaskRequest) -> UnmaskResponse:
         st = self.rounds.get(req.round)
-        if st is not None and st.phase is Phase.DONE:
-            if set(req.survivors) & set(st.released_key) or set(req.dropped) & set(st.released_seed):
-                raise ProtocolError(Rule.BOTH_SHARES, "both shares of one peer were requested")
+        released_twice = st is not None and (
+            set(req.survivors) & set(st.released_key) or set(req.dropped) & set(st.released_seed)
+        )
+        if st is not None and st.phase is Phase.DONE and released_twice:
+            raise ProtocolError(Rule.BOTH_SHARES, "both shares of one peer were requested")
         return self._run(req, self._unmask)
 
     def _unmask(self, st: RoundState, req: UnmaskRequest) -> UnmaskResponse:
@@ -441,7 +451,8 @@ class Participant:
         overlap = set(req.survivors) & set(req.dropped)
         if overlap:
             raise ProtocolError(
-                Rule.SURVIVOR_DROPPED_OVERLAP, f"members {sorted(overlap)} listed as survivor and dropped",
+                Rule.SURVIVOR_DROPPED_OVERLAP,
+                f"members {sorted(overlap)} listed as survivor and dropped",
                 culprits=(),
             )
         if _sorted_unique(req.survivors, "the survivor set") != st.survivors:
@@ -452,8 +463,11 @@ class Participant:
         statement = keys.survivors_transcript(ctx, st.round, st.session, st.shared, st.survivors)
         survivors = set(st.survivors)
         signers = {
-            s.member for s in req.signatures
-            if s.member in survivors and s.round == st.round and s.session == st.session
+            s.member
+            for s in req.signatures
+            if s.member in survivors
+            and s.round == st.round
+            and s.session == st.session
             and self.roster.verify(s.member, s.signature, statement)
         }
         need = self.params.consistency_threshold(st.cohort)

@@ -29,9 +29,7 @@ class QuantizedInput:
 
 def check_input(x: np.ndarray, weight: int, params: ProtocolParams) -> None:
     if x.ndim != 1 or x.shape[0] != params.vector_length:
-        raise ProtocolError(
-            Rule.INPUT_LENGTH, f"input has shape {x.shape}, plan says ({params.vector_length},)"
-        )
+        raise ProtocolError(Rule.INPUT_LENGTH, f"input has shape {x.shape}, plan says ({params.vector_length},)")
     if not np.isfinite(x).all():
         raise ProtocolError(Rule.INPUT_NONFINITE, "input contains NaN or Inf")
     if not 0 <= weight <= params.max_weight:

@@ -82,9 +82,7 @@ class Roster:
     def decode(cls, data: bytes) -> Roster:
         r = Reader(data, "roster")
         try:
-            members = [
-                Member(r.u32(), r.text(), r.fixed(32), r.text()) for _ in range(r.count(1 << 16))
-            ]
+            members = [Member(r.u32(), r.text(), r.fixed(32), r.text()) for _ in range(r.count(1 << 16))]
             r.finish()
             return cls.of(members)
         except ValueError as exc:

@@ -33,9 +33,7 @@ def split(secret: bytes, holders: Sequence[int], threshold: int, randomness: Ran
         raise ValueError(f"threshold {threshold} impossible with {len(holders)} holders")
     if len(set(holders)) != len(holders) or any(not 0 < h < PRIME for h in holders):
         raise ValueError("holder ids must be distinct and non-zero")
-    coeffs = [int.from_bytes(secret, "little")] + [
-        _random_element(randomness) for _ in range(threshold - 1)
-    ]
+    coeffs = [int.from_bytes(secret, "little")] + [_random_element(randomness) for _ in range(threshold - 1)]
     shares = {}
     for x in holders:
         acc = 0

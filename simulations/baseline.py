@@ -19,8 +19,14 @@ def centralized_baseline(plan: Plan, device: str = "cpu", threads: int = 2) -> d
     torch.manual_seed(plan.seed)
     model = task.build_model().to(device)
     t = plan.training
-    cfg = tasks.TrainConfig(epochs=plan.rounds * t.epochs, batch_size=t.batch_size, lr=t.lr,
-                            momentum=t.momentum, weight_decay=t.weight_decay, seed=plan.seed)
+    cfg = tasks.TrainConfig(
+        epochs=plan.rounds * t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        seed=plan.seed,
+    )
     task.train(model, train, cfg, torch.device(device))
     ev = task.evaluate(model, test, torch.device(device))
     return {"accuracy": ev.accuracy, "loss": ev.loss, "epochs": cfg.epochs, "examples": len(train)}

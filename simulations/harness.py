@@ -1,14 +1,16 @@
 """Simulation-only machinery at the adapter boundary: throwaway kits, faults, verification.
 
 Nothing here changes the protocol or the apps: faults drop messages the real coordinator would
-send or receive, and verification reads the true updates simulated participants leave in a
-private directory, to check the secure sum against the plaintext one.
+send or receive, verification reads the true updates simulated participants leave in a private
+directory, to check the secure sum against the plaintext one, and an adversary (see
+simulations.adversary) rewrites, replays and adds messages at the same boundary.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from participant.client_app import POLICY_FILE
 from participant.policy import Policy
 from protocol.roster import Roster
 
+from .adversary import Adversary
 from .scenario import Scenario
 
 
@@ -51,23 +54,40 @@ def prepare(scenario: Scenario) -> Workspace:
     return Workspace(root, kits, verify, roster)
 
 
+@dataclass
+class SimHooks(RunHooks):
+    """RunHooks plus what only a simulation reports: `report()` adds keys to summary.json."""
+
+    report: Callable[[], dict] | None = None
+
+
 def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
     faults = scenario.faults
+    adversary = Adversary.for_scenario(scenario, ws.roster, ws.verify) if scenario.adversary else None
+    truth = scenario.verify or adversary is not None  # an adversary is judged against the true updates
 
     def drop(round_: int, stage: str, member: int) -> bool:
         return faults.drops(round_, stage, member)
 
     def after_round(round_: int, proto, agg, result: RoundResult) -> None:
-        if scenario.verify:
+        if truth:
             result.exactness = _exactness(ws, round_, agg.survivors, result.mean_update, proto.params.max_weight)
             ws.exactness[round_] = result.exactness
+        if adversary is not None:  # before the true updates of the round are deleted
+            adversary.after_round(round_, proto, agg, result)
         for f in ws.verify.glob(f"r{round_}-m*.npz"):
             f.unlink()
 
     extra = {"sim-kits": str(ws.kits)}
-    if scenario.verify:
+    if truth:
         extra["sim-verify"] = str(ws.verify)
-    return RunHooks(drop=drop, extra_config=extra, after_round=after_round)
+    if adversary is not None:
+        extra.update(adversary.extra_config)
+    hooks = SimHooks(drop=drop, extra_config=extra, after_round=after_round)
+    if adversary is not None:
+        hooks.tamper, hooks.observe, hooks.inject = adversary.tamper, adversary.observe, adversary.inject
+        hooks.report = lambda: {"adversary": adversary.report()}
+    return hooks
 
 
 def _exactness(ws: Workspace, round_: int, survivors, mean_update: np.ndarray, max_weight: int) -> float | None:

@@ -50,9 +50,15 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)
     workspace = prepare(scenario)
-    settings = RunSettings(plan=scenario.plan, out_dir=out_dir, scenario=scenario.name,
-                           node_wait=scenario.simulation.node_wait, observer=observer,
-                           roster=workspace.roster, hooks=hooks_for(scenario, workspace))
+    settings = RunSettings(
+        plan=scenario.plan,
+        out_dir=out_dir,
+        scenario=scenario.name,
+        node_wait=scenario.simulation.node_wait,
+        observer=observer,
+        roster=workspace.roster,
+        hooks=hooks_for(scenario, workspace),
+    )
     ray_dir = tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
     try:
         _run_simulation(

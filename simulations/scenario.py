@@ -89,7 +89,9 @@ def load_scenario(spec: str | Path | None = None) -> Scenario:
         return parse_scenario(path.read_bytes(), source=str(path))
     builtin = SCENARIO_DIR / f"{spec}.toml"
     if not builtin.is_file():
-        raise UserError(f"unknown scenario {spec!r}: not a file, and built-in scenarios are {', '.join(builtin_names())}")
+        raise UserError(
+            f"unknown scenario {spec!r}: not a file, and built-in scenarios are {', '.join(builtin_names())}"
+        )
     return parse_scenario(builtin.read_bytes(), source=f"built-in:{spec}")
 
 
@@ -108,8 +110,14 @@ def parse_scenario(raw: bytes, source: str = "<string>") -> Scenario:
     faults, policies, adversary = data.pop("faults", []), data.pop("policies", []), data.pop("adversary", None)
     plan = Plan.from_dict(data)
     return Scenario(
-        name=name, plan=plan, description=description, simulation=sim, source=source,
-        faults=_faults(faults, plan), policies=_policies(policies, plan), adversary=_adversary(adversary, plan),
+        name=name,
+        plan=plan,
+        description=description,
+        simulation=sim,
+        source=source,
+        faults=_faults(faults, plan),
+        policies=_policies(policies, plan),
+        adversary=_adversary(adversary, plan),
     )
 
 
@@ -118,7 +126,9 @@ def _members(entry: dict, plan: Plan, where: str, seed_salt: int) -> tuple[int, 
     if (members is None) == (fraction is None):
         raise UserError(f"{where}: give exactly one of members = [...] or fraction = 0..1")
     if members is not None:
-        if not isinstance(members, list) or not all(isinstance(m, int) and 1 <= m <= plan.participants for m in members):
+        if not isinstance(members, list) or not all(
+            isinstance(m, int) and 1 <= m <= plan.participants for m in members
+        ):
             raise UserError(f"{where}: members must be member ids in 1..{plan.participants}")
         return tuple(members)
     if not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
@@ -138,9 +148,15 @@ def _faults(entries: list, plan: Plan) -> FaultPlan:
         where = f"faults[{i}]"
         unknown = set(e) - {"round", "rounds", "stage", "members", "fraction"}
         if unknown:
-            raise UserError(f"unknown key {sorted(unknown)[0]!r} in [[faults]]; known: fraction, members, round, rounds, stage")
+            raise UserError(
+                f"unknown key {sorted(unknown)[0]!r} in [[faults]]; known: fraction, members, round, rounds, stage"
+            )
         rounds = e.get("rounds", [e["round"]] if "round" in e else None)
-        if not isinstance(rounds, list) or not rounds or not all(isinstance(r, int) and 1 <= r <= plan.rounds for r in rounds):
+        if (
+            not isinstance(rounds, list)
+            or not rounds
+            or not all(isinstance(r, int) and 1 <= r <= plan.rounds for r in rounds)
+        ):
             raise UserError(f"{where}: rounds must list round numbers in 1..{plan.rounds}")
         if e.get("stage") not in STAGES:
             raise UserError(f"{where}: stage must be one of {', '.join(STAGES)}")
@@ -163,8 +179,15 @@ def _policies(entries: list, plan: Plan) -> dict:
     return out
 
 
-ADVERSARIES = ("substitute-keys", "fake-member", "overlap", "double-request", "inconsistent-survivors",
-               "replay", "garbage-shares")
+ADVERSARIES = (
+    "substitute-keys",
+    "fake-member",
+    "overlap",
+    "double-request",
+    "inconsistent-survivors",
+    "replay",
+    "garbage-shares",
+)
 
 
 def _adversary(entry: dict | None, plan: Plan) -> dict | None:

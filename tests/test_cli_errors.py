@@ -67,8 +67,9 @@ def test_impossible_override():
 def test_real_process_exit_code_and_single_line(tmp_path):
     """The installed console script, as a user runs it."""
     bad = scenario(tmp_path, "[task]\nalpha = 0\n")
-    proc = subprocess.run([sys.executable, "-m", "fedloom.cli", "simulate", bad], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedloom.cli", "simulate", bad], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr

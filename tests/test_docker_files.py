@@ -29,8 +29,12 @@ def tool(name: str) -> str:
 
 
 def check_compose(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess:
@@ -77,8 +81,7 @@ def test_dockerfile_runs_unprivileged_and_bakes_in_no_keys():
 
 
 def _participants(compose: dict) -> dict[str, dict]:
-    return {name: svc for name, svc in compose["services"].items()
-            if "participant" in svc.get("command", [])}
+    return {name: svc for name, svc in compose["services"].items() if "participant" in svc.get("command", [])}
 
 
 def _kit_mounts(svc: dict) -> list[dict]:
@@ -104,8 +107,11 @@ def test_each_service_mounts_only_its_own_kit_read_only(compose):
     services = compose["services"]
     provision = services["provision"]
     assert "kits:/kits" in provision["volumes"]  # the only service that sees every kit
-    assert any(v.endswith("/config/federation.toml:ro") and "examples/federation.toml" in v
-               for v in provision["volumes"] if isinstance(v, str))
+    assert any(
+        v.endswith("/config/federation.toml:ro") and "examples/federation.toml" in v
+        for v in provision["volumes"]
+        if isinstance(v, str)
+    )
     assert "provision" in provision["command"][-1] and "--app /app" in provision["command"][-1]
     for name, svc in services.items():
         if name == "provision":
@@ -113,8 +119,15 @@ def test_each_service_mounts_only_its_own_kit_read_only(compose):
         assert not any(isinstance(v, str) and v.startswith("kits:") for v in svc.get("volumes", [])), name
         mounts = _kit_mounts(svc)
         own = "coordinator" if name == "coordinator" else name
-        assert mounts == [{"type": "volume", "source": "kits", "target": f"/kits/{own}", "read_only": True,
-                           "volume": {"subpath": own}}], name
+        assert mounts == [
+            {
+                "type": "volume",
+                "source": "kits",
+                "target": f"/kits/{own}",
+                "read_only": True,
+                "volume": {"subpath": own},
+            }
+        ], name
         data = [v for v in svc["volumes"] if isinstance(v, str) and ":/data/" in v]
         if name != "coordinator":
             assert data == [f"./data/{name}:/data/{name}:ro"]
@@ -123,8 +136,17 @@ def test_each_service_mounts_only_its_own_kit_read_only(compose):
 
 def test_compose_coordinator_command(compose):
     coord = compose["services"]["coordinator"]
-    assert coord["command"] == ["fedloom", "coordinator", "start", "--kit", "/kits/coordinator", "--state-dir",
-                                "/state", "--bind", "0.0.0.0:9092"]
+    assert coord["command"] == [
+        "fedloom",
+        "coordinator",
+        "start",
+        "--kit",
+        "/kits/coordinator",
+        "--state-dir",
+        "/state",
+        "--bind",
+        "0.0.0.0:9092",
+    ]
     assert coord["depends_on"]["provision"] == {"condition": "service_completed_successfully"}
     assert "federation" in compose["networks"] and "kits" in compose["volumes"]
 
@@ -134,8 +156,9 @@ def _docker_ignores(path: str, pattern: str) -> bool:
     fnmatch's '*' also crosses '/', so this errs on the side of reporting a conflict."""
     parts = path.split("/")
     if pattern.startswith("**/"):
-        return any(fnmatch.fnmatchcase("/".join(parts[j:i]), pattern[3:])
-                   for i in range(1, len(parts) + 1) for j in range(i))
+        return any(
+            fnmatch.fnmatchcase("/".join(parts[j:i]), pattern[3:]) for i in range(1, len(parts) + 1) for j in range(i)
+        )
     return any(fnmatch.fnmatchcase("/".join(parts[:i]), pattern.lstrip("/")) for i in range(1, len(parts) + 1))
 
 
@@ -146,7 +169,8 @@ def test_dockerignore_keeps_everything_the_app_bundle_holds():
 
     names = zipfile.ZipFile(io.BytesIO(build_app_bundle(ROOT))).namelist()
     sources = [n for n in names if n != ".info/CONTENT"] + [".gitignore"]  # .gitignore filters the bundle
-    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     clashes = [(n, p) for n in sources for p in patterns if _docker_ignores(n, p)]
     assert not clashes, clashes

@@ -30,11 +30,25 @@ def test_flwr_run_local_simulation(tmp_path):
     home.mkdir()
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     out = tmp_path / "out"
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", RAY_USAGE_STATS_ENABLED="0",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = ["flwr", "run", ".", "local", "--run-config", f'rounds=2 participants=3 out-dir="{out}"',
-           "--federation-config", "num-supernodes=3", "--stream"]
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        FLWR_TELEMETRY_ENABLED="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    cmd = [
+        "flwr",
+        "run",
+        ".",
+        "local",
+        "--run-config",
+        f'rounds=2 participants=3 out-dir="{out}"',
+        "--federation-config",
+        "num-supernodes=3",
+        "--stream",
+    ]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -34,7 +34,8 @@ def round_payload(r: int, **over) -> dict:
         "asked": [1, 2, 3, 4],
         "aggregated": [1, 2, 4] if r % 2 else [1, 2, 3, 4],
         "dropped": [{"member": 3, "stage": "masked-input"}] if r % 2 else [],
-        "refusals": [{"member": 4, "round": r, "rule": "plan-hash", "reason": "refusé: plan\x1fchanged"}] if r == 2
+        "refusals": [{"member": 4, "round": r, "rule": "plan-hash", "reason": "refusé: plan\x1fchanged"}]
+        if r == 2
         else [],
         "skipped": None,
         "model_hash": hashlib.sha256(f"model {r}".encode()).hexdigest(),
@@ -71,8 +72,9 @@ def entries_of(path: Path) -> list[dict]:
 def seal(entry: dict, key: Ed25519PrivateKey) -> dict:
     """The format as the spec states it, independently of fedloom.ledger."""
     body = {k: v for k, v in entry.items() if k not in ("hash", "signature")}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                            .encode("utf-8")).digest()
+    digest = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    ).digest()
     return {**body, "hash": digest.hex(), "signature": key.sign(b"fedloom/ledger/v1\n" + digest).hex()}
 
 
@@ -141,7 +143,7 @@ def field_positions(raw: bytes) -> dict[str, int]:
     for key in ("prev", "hash", "signature", "time", "kind", "metrics", "plan_hash", "federation", "reason"):
         at = text.find(f'"{key}":')
         if at >= 0:
-            pick[key] = len(text[:at + len(key) + 5].encode())  # a few bytes into the value
+            pick[key] = len(text[: at + len(key) + 5].encode())  # a few bytes into the value
     return pick
 
 
@@ -184,7 +186,8 @@ def test_deleted_line(good):
     del lines[4]
     assert verify(b"\n".join(lines) + b"\n", PUB).first_error == "line 5: prev does not match line 4"
     assert verify(b"\n".join(lines_of(good)[1:]) + b"\n", PUB).first_error.startswith(
-        "line 1: the first entry must be the genesis")
+        "line 1: the first entry must be the genesis"
+    )
 
 
 def test_swapped_lines(good):
@@ -218,8 +221,17 @@ def test_empty_and_blank(tmp_path, good):
 
 def test_forged_entry_appended_with_another_key(good):
     entries = entries_of(good)
-    forged = seal({"index": 7, "kind": "resume", "time": entries[-1]["time"], "prev": entries[-1]["hash"],
-                   "from_round": 1, "reason": "forged"}, MALLORY)
+    forged = seal(
+        {
+            "index": 7,
+            "kind": "resume",
+            "time": entries[-1]["time"],
+            "prev": entries[-1]["hash"],
+            "from_round": 1,
+            "reason": "forged",
+        },
+        MALLORY,
+    )
     data = good.read_bytes() + dump([forged])
     assert verify(data, PUB).first_error == "line 8: bad signature"
     assert verify(data).first_error == "line 8: bad signature"  # the genesis key is the real one too
@@ -234,8 +246,12 @@ def test_entry_resigned_with_another_key(good):
 
 def test_key_substitution_is_caught_only_with_the_kit_key(good):
     entries = entries_of(good)
-    entries[0] = {**entries[0], "ledger_key": MALLORY.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()}
+    entries[0] = {
+        **entries[0],
+        "ledger_key": MALLORY.public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        .hex(),
+    }
     entries[3] = {**entries[3], "aggregated": [1]}
     forged = dump(rechain(entries, MALLORY))  # history rewritten and re-signed end to end by another key
     own = verify(forged)
@@ -285,8 +301,11 @@ def test_writer_resumes_a_good_ledger(good):
 
 def test_writer_refuses_a_corrupt_ledger(good):
     data = good.read_bytes()
-    for broken, line in ((data[:-30], 7), (data.replace(b'"eval_accuracy":0.5', b'"eval_accuracy":0.9', 1), 3),
-                         (b"\n".join(lines_of(good)[:2] + lines_of(good)[3:]) + b"\n", 3)):
+    for broken, line in (
+        (data[:-30], 7),
+        (data.replace(b'"eval_accuracy":0.5', b'"eval_accuracy":0.9', 1), 3),
+        (b"\n".join(lines_of(good)[:2] + lines_of(good)[3:]) + b"\n", 3),
+    ):
         assert broken != data
         good.write_bytes(broken)
         with pytest.raises(LedgerError, match=f"refusing to append to a broken ledger: line {line}:"):
@@ -436,13 +455,15 @@ def test_public_key_files(tmp_path):
     assert write_to.read_text() == PUB.hex() + "\n"
     assert ledger.read_public_key(write_to) == PUB
     pem = tmp_path / "ledger.pem"
-    pem.write_bytes(KEY.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem.write_bytes(
+        KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     assert ledger.read_public_key(pem) == PUB
     assert Ed25519PublicKey.from_public_bytes(ledger.read_public_key(pem))
     private = tmp_path / "private.pem"
-    private.write_bytes(KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     with pytest.raises(UserError, match="is a private key"):
         ledger.read_public_key(private)
     for text in ("nonsense\n", "ab" * 31 + "\n", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"):
@@ -499,16 +520,21 @@ def test_cli_broken(good, kit, tmp_path):
 
 def test_cli_catches_key_substitution_with_the_kit_key(good, kit):
     entries = entries_of(good)
-    entries[0] = {**entries[0], "ledger_key": MALLORY.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()}
+    entries[0] = {
+        **entries[0],
+        "ledger_key": MALLORY.public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        .hex(),
+    }
     good.write_bytes(dump(rechain(entries, MALLORY)))
     assert cli(good).exit_code == 0  # self-certified: consistent
     result = cli(good, "--kit", kit)
     assert result.exit_code == 1 and "line 1: the genesis ledger_key" in result.output
 
 
-@pytest.mark.parametrize("case", ["missing ledger", "missing key", "bad key", "both", "kit without key",
-                                  "missing kit", "empty dir"])
+@pytest.mark.parametrize(
+    "case", ["missing ledger", "missing key", "bad key", "both", "kit without key", "missing kit", "empty dir"]
+)
 def test_cli_user_mistakes_exit_2(good, kit, tmp_path, case):
     (tmp_path / "garbage.pub").write_text("not a key\n")
     (tmp_path / "emptykit").mkdir()

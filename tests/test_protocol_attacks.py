@@ -77,9 +77,7 @@ def federation(n: int, seed: int = 0, **kw) -> LocalFederation:
     return make_federation(n, exact_params(n, **kw), seed=seed)
 
 
-def ring_sum(
-    xs: Mapping[int, np.ndarray], members: Iterable[int], params: ProtocolParams
-) -> np.ndarray:
+def ring_sum(xs: Mapping[int, np.ndarray], members: Iterable[int], params: ProtocolParams) -> np.ndarray:
     total = np.zeros(params.masked_length, dtype=np.int64)
     for m in members:
         total[:-1] += xs[m].astype(np.int64)
@@ -113,9 +111,7 @@ class Round:
         self.coord = coordinator or fed.coordinator(self.r)
         rng = np.random.default_rng(self.r)
         d = self.params.vector_length
-        self.xs = {
-            m: rng.integers(-LEVEL16, LEVEL16 + 1, d).astype(np.float64) for m in sorted(self.parts)
-        }
+        self.xs = {m: rng.integers(-LEVEL16, LEVEL16 + 1, d).astype(np.float64) for m in sorted(self.parts)}
         self.bundles: dict[int, KeyBundle] = {}
         self.share_bundles: dict[int, ShareBundle] = {}
         self.masked: dict[int, MaskedInput] = {}
@@ -188,9 +184,7 @@ class Round:
 
     def sign_as(self, m: int, survivors: tuple[int, ...]) -> SurvivorSignature:
         """A survivor signature made with member m's identity key (the test holds them all)."""
-        statement = keys.survivors_transcript(
-            self.ctx, self.r, self.session, self.mreq.shared, survivors
-        )
+        statement = keys.survivors_transcript(self.ctx, self.r, self.session, self.mreq.shared, survivors)
         return SurvivorSignature(self.r, m, self.session, self.fed.identities[m].sign(statement))
 
 
@@ -270,9 +264,7 @@ def unmask_individual(
 def share_key(rnd: Round, dealer: int, holder: int, secret_of: int) -> bytes:
     """The directional share key dealer -> holder, from `secret_of`'s encryption secret."""
     other = holder if secret_of == dealer else dealer
-    dh = x25519_exchange(
-        x25519_from_bytes(rnd.state(secret_of).encryption_sk), rnd.bundles[other].encryption_key
-    )
+    dh = x25519_exchange(x25519_from_bytes(rnd.state(secret_of).encryption_sk), rnd.bundles[other].encryption_key)
     return keys.share_encryption_key(rnd.ctx, rnd.r, rnd.session, dealer, holder, dh)
 
 
@@ -307,29 +299,21 @@ def redeal(
             sv = element(seed_values[it.holder]) if seed_values else old.seed
             kv = element(key_values[it.holder]) if key_values else old.key
             sig = {
-                kind: signer.sign(
-                    keys.share_value_transcript(ctx, r, sess, kind, dealer, it.holder, v)
-                )
+                kind: signer.sign(keys.share_value_transcript(ctx, r, sess, kind, dealer, it.holder, v))
                 for kind, v in ((keys.SEED, sv), (keys.KEY, kv))
             }
             ct = aead_seal(k, it.nonce, sv + sig[keys.SEED] + kv + sig[keys.KEY], ad)
-        item_sig = ident.sign(
-            keys.share_item_transcript(ctx, r, sess, dealer, it.holder, it.key_digest, it.nonce, ct)
-        )
+        item_sig = ident.sign(keys.share_item_transcript(ctx, r, sess, dealer, it.holder, it.key_digest, it.nonce, ct))
         items.append(EncryptedShare(dealer, it.holder, it.key_digest, it.nonce, ct, item_sig))
     signature = ident.sign(keys.share_bundle_transcript(ctx, r, sess, dealer, sb.commitment, items))
     return ShareBundle(r, dealer, sess, sb.commitment, tuple(items), signature)
 
 
 def replace_bundle(bset: BundleSet, bundle: KeyBundle) -> BundleSet:
-    return BundleSet(
-        bset.round, tuple(bundle if b.member == bundle.member else b for b in bset.bundles)
-    )
+    return BundleSet(bset.round, tuple(bundle if b.member == bundle.member else b for b in bset.bundles))
 
 
-def signed_bundle(
-    key: Ed25519PrivateKey, ctx: SessionContext, r: int, m: int, enc: bytes, msk: bytes
-) -> KeyBundle:
+def signed_bundle(key: Ed25519PrivateKey, ctx: SessionContext, r: int, m: int, enc: bytes, msk: bytes) -> KeyBundle:
     """A key bundle of member m for round r, signed with `key` (whoever holds it)."""
     unsigned = KeyBundle(r, m, enc, msk, bytes(64))
     return dataclasses.replace(unsigned, signature=key.sign(keys.bundle_transcript(ctx, unsigned)))
@@ -344,9 +328,7 @@ def test_substituted_keys_are_refused_by_every_member():
     rnd = Round(fed)
     rnd.advertise()
     theirs = rnd.bundles[3]
-    evil = KeyBundle(
-        rnd.r, 3, rnd.bundles[1].encryption_key, rnd.bundles[2].masking_key, theirs.signature
-    )
+    evil = KeyBundle(rnd.r, 3, rnd.bundles[1].encryption_key, rnd.bundles[2].masking_key, theirs.signature)
     send_to_all(rnd, fed.participants, Rule.BAD_SIGNATURE, replace_bundle(rnd.bset, evil))
 
 
@@ -396,20 +378,14 @@ def test_low_order_key_signed_by_its_member_is_refused(which, point):
 
 
 # ============================================================================= 2. membership
-def sybil_roster(
-    fed: LocalFederation, ids: Iterable[int]
-) -> tuple[Roster, dict[int, Ed25519PrivateKey]]:
+def sybil_roster(fed: LocalFederation, ids: Iterable[int]) -> tuple[Roster, dict[int, Ed25519PrivateKey]]:
     """The federation's roster plus members the coordinator made up (and holds the keys of)."""
-    sybils = {
-        i: Ed25519PrivateKey.from_private_bytes(seeded_randomness(b"sybil%d" % i)(32)) for i in ids
-    }
+    sybils = {i: Ed25519PrivateKey.from_private_bytes(seeded_randomness(b"sybil%d" % i)(32)) for i in ids}
     extra = [Member(i, f"sybil-{i}", ed25519_public_bytes(k)) for i, k in sybils.items()]
     return Roster.of([*fed.roster.members, *extra]), sybils
 
 
-@pytest.mark.parametrize(
-    "coordinator_roster", ["the federation's", "its own, listing the fake member"]
-)
+@pytest.mark.parametrize("coordinator_roster", ["the federation's", "its own, listing the fake member"])
 def test_member_outside_the_roster_is_refused(coordinator_roster):
     """A bundle from member 99, signed with a key the coordinator made: injected by hand into
     the set, or accepted because the coordinator's own roster lists it. Members check their own."""
@@ -454,9 +430,7 @@ def test_sybils_unmask_a_member_who_trusts_the_coordinators_roster():
     honest, gullible = twin(fed.roster), twin(inflated)
     parts = {target: gullible}
     for i, k in sybils.items():
-        parts[i] = Participant(
-            i, k, inflated, fed.context, fed.params, randomness=seeded_randomness(b"%d" % i)
-        )
+        parts[i] = Participant(i, k, inflated, fed.context, fed.params, randomness=seeded_randomness(b"%d" % i))
     rnd = Round(
         fed,
         1,
@@ -480,14 +454,8 @@ def test_duplicate_bundle_is_refused(copy):
     rnd = Round(fed)
     rnd.advertise()
     b = rnd.bundles[2]
-    dup = (
-        b
-        if copy == "verbatim"
-        else dataclasses.replace(b, encryption_key=rnd.bundles[1].encryption_key)
-    )
-    send_to_all(
-        rnd, fed.participants, Rule.DUPLICATE_MEMBER, BundleSet(rnd.r, (*rnd.bset.bundles, dup))
-    )
+    dup = b if copy == "verbatim" else dataclasses.replace(b, encryption_key=rnd.bundles[1].encryption_key)
+    send_to_all(rnd, fed.participants, Rule.DUPLICATE_MEMBER, BundleSet(rnd.r, (*rnd.bset.bundles, dup)))
     coord = fed.coordinator(rnd.r)
     coord.add_bundle(b)
     refuse(Rule.DUPLICATE_MEMBER, coord.add_bundle, dup)
@@ -570,15 +538,10 @@ def padded_signatures(rnd: Round, v: dict, half: str) -> tuple[SurvivorSignature
     own = [v["sig"][m] for m in v[half]]
     others = v["b" if half == "a" else "a"]
     outsider = Ed25519PrivateKey.from_private_bytes(bytes(32))
-    statement = keys.survivors_transcript(
-        rnd.ctx, rnd.r, rnd.session, rnd.mreq.shared, v[f"view_{half}"]
-    )
+    statement = keys.survivors_transcript(rnd.ctx, rnd.r, rnd.session, rnd.mreq.shared, v[f"view_{half}"])
     return (
         *own,
-        *(
-            SurvivorSignature(rnd.r, m, rnd.session, own[i % len(own)].signature)
-            for i, m in enumerate(others)
-        ),
+        *(SurvivorSignature(rnd.r, m, rnd.session, own[i % len(own)].signature) for i, m in enumerate(others)),
         *[own[0]] * 5,
         *(SurvivorSignature(rnd.r, m, rnd.session, bytes([m]) * 64) for m in others),
         *(SurvivorSignature(rnd.r, m, rnd.session, outsider.sign(statement)) for m in others),
@@ -630,9 +593,7 @@ def test_split_views_with_colluding_members_still_hide_the_target():
     key_pool = {**keyz.get(target, {}), **loot_key}
     assert len(seed_pool) >= 6 > len(key_pool)
     assert unmask_individual(rnd, target, seed_pool, key_pool) is None
-    assert np.array_equal(
-        unmask_individual(rnd, target, seed_pool, {**key_pool, **oracle_key}), rnd.xs[target]
-    )
+    assert np.array_equal(unmask_individual(rnd, target, seed_pool, {**key_pool, **oracle_key}), rnd.xs[target])
 
 
 BAD_SURVIVOR_REQUESTS: dict[str, tuple[Callable[[tuple[int, ...]], tuple], Rule]] = {
@@ -659,9 +620,7 @@ def test_bad_survivor_request_is_refused(case):
     send_to_all(rnd, [1], rule, SurvivorRequest(rnd.r, rnd.session, shared, survivors))
 
 
-@pytest.mark.parametrize(
-    "case", ["survivors differ from signed", "dropped outside C1 - C2", "no signatures"]
-)
+@pytest.mark.parametrize("case", ["survivors differ from signed", "dropped outside C1 - C2", "no signatures"])
 def test_bad_unmask_request_is_refused(case):
     """Rule 6: the survivors are the ones signed, dropped members shared but did not survive,
     and enough members signed that same view."""
@@ -731,9 +690,7 @@ def rewritten(case: str, old: Round, new: Round) -> tuple[Message, Rule]:
     if case == "bundle set":
         return BundleSet(r, old.bset.bundles), Rule.WRONG_ROUND
     if case == "bundle set, bundles re-dated":
-        return BundleSet(
-            r, tuple(dataclasses.replace(b, round=r) for b in old.bset.bundles)
-        ), Rule.BAD_SIGNATURE
+        return BundleSet(r, tuple(dataclasses.replace(b, round=r) for b in old.bset.bundles)), Rule.BAD_SIGNATURE
     if case == "share delivery":
         return ShareDelivery(r, s1, old.deliveries[1].shares), Rule.WRONG_SESSION
     if case == "mask request":
@@ -741,14 +698,10 @@ def rewritten(case: str, old: Round, new: Round) -> tuple[Message, Rule]:
     if case == "survivor request":
         return SurvivorRequest(r, s1, old.sreq.shared, old.sreq.survivors), Rule.WRONG_SESSION
     if case == "unmask request":
-        return UnmaskRequest(
-            r, s1, old.ureq.survivors, old.ureq.dropped, old.ureq.signatures
-        ), Rule.WRONG_SESSION
+        return UnmaskRequest(r, s1, old.ureq.survivors, old.ureq.dropped, old.ureq.signatures), Rule.WRONG_SESSION
     # round 2's session and sets, with round 1's signatures re-dated to round 2
     sigs = tuple(dataclasses.replace(s, round=r, session=new.session) for s in old.ureq.signatures)
-    return UnmaskRequest(
-        r, new.session, new.ureq.survivors, new.ureq.dropped, sigs
-    ), Rule.INCONSISTENT_SURVIVORS
+    return UnmaskRequest(r, new.session, new.ureq.survivors, new.ureq.dropped, sigs), Rule.INCONSISTENT_SURVIVORS
 
 
 @pytest.mark.parametrize(
@@ -830,15 +783,11 @@ def test_wrong_stage_aborts_the_round_and_wipes_its_secrets(attack):
 # ========================================================================= 8. malicious members
 BAD_DEALINGS: dict[str, dict] = {
     "garbage ciphertexts": {"garble": True},
-    "share values not signed by the dealer": {
-        "value_signer": Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    },
+    "share values not signed by the dealer": {"value_signer": Ed25519PrivateKey.from_private_bytes(bytes(range(32)))},
     # signed, but no field elements (>= 2^521 - 1 in 66 bytes): rule 4, checked at once. Held,
     # they would be in every honest holder's unmask response, each then rejected: round lost.
     "share values outside the field": {
-        "seed_values": {
-            h: (shamir.PRIME + h).to_bytes(shamir.ELEMENT_BYTES, "little") for h in range(9)
-        }
+        "seed_values": {h: (shamir.PRIME + h).to_bytes(shamir.ELEMENT_BYTES, "little") for h in range(9)}
     },
 }
 
@@ -873,11 +822,7 @@ def test_false_complaint(key):
     k = share_key(rnd, dealer, holder, secret_of=holder) if key == "true key" else bytes(range(32))
 
     def complain(m: int, rc: ShareReceipt) -> ShareReceipt:
-        return (
-            dataclasses.replace(rc, complaints=(*rc.complaints, Complaint(dealer, k)))
-            if m == holder
-            else rc
-        )
+        return dataclasses.replace(rc, complaints=(*rc.complaints, Complaint(dealer, k))) if m == holder else rc
 
     rnd.receive(edit=complain)
     excluded = {holder} if key == "true key" else {holder, dealer}
@@ -890,16 +835,12 @@ def test_false_complaint(key):
 def _altered_value(resp: UnmaskResponse, held: dict[int, HeldShare]) -> UnmaskResponse:
     s = resp.seed_shares[0]
     forged = shamir.encode_share((shamir.decode_share(s.value) + 1) % shamir.PRIME)
-    return dataclasses.replace(
-        resp, seed_shares=(dataclasses.replace(s, value=forged), *resp.seed_shares[1:])
-    )
+    return dataclasses.replace(resp, seed_shares=(dataclasses.replace(s, value=forged), *resp.seed_shares[1:]))
 
 
 def _relabelled(resp: UnmaskResponse, held: dict[int, HeldShare]) -> UnmaskResponse:
     first, second, *rest = resp.seed_shares
-    return dataclasses.replace(
-        resp, seed_shares=(dataclasses.replace(second, dealer=first.dealer), *rest)
-    )
+    return dataclasses.replace(resp, seed_shares=(dataclasses.replace(second, dealer=first.dealer), *rest))
 
 
 def _key_share_of_a_survivor(resp: UnmaskResponse, held: dict[int, HeldShare]) -> UnmaskResponse:
@@ -975,9 +916,7 @@ def test_tampered_delivery_does_not_leak_shares_through_complaints():
     receipts = {}
     for h, dl in rnd.deliveries.items():
         items = tuple(
-            dataclasses.replace(it, ciphertext=bytes(b ^ 1 for b in it.ciphertext))
-            if it.dealer == target
-            else it
+            dataclasses.replace(it, ciphertext=bytes(b ^ 1 for b in it.ciphertext)) if it.dealer == target else it
             for it in dl.shares
         )
         receipts[h] = fed.participants[h].receive(dataclasses.replace(dl, shares=items))
@@ -986,11 +925,7 @@ def test_tampered_delivery_does_not_leak_shares_through_complaints():
     for h, rc in receipts.items():
         for c in rc.complaints:
             ad = keys.share_associated_data(rnd.ctx, rnd.r, rnd.session, target, h)
-            pt = (
-                aead_open(c.key, genuine[h].nonce, genuine[h].ciphertext, ad)
-                if c.dealer == target
-                else None
-            )
+            pt = aead_open(c.key, genuine[h].nonce, genuine[h].ciphertext, ad) if c.dealer == target else None
             if pt is not None:
                 loot = parse_share_plaintext(pt)
                 seeds[h], keyz[h] = shamir.decode_share(loot.seed), shamir.decode_share(loot.key)

@@ -16,12 +16,17 @@ def test_run_cases_reports_every_key_with_positive_values():
     assert row["threshold_fraction"] > 0.6  # the default 2/3 tolerates one dropout of five
     for key in TIMINGS:
         assert 0 < row[f"{key}_min"] <= row[key] <= row[f"{key}_max"]
-    for key in ("mask_elements_per_second", "keystream_elements_per_second",
-                "mask_fraction_of_keystream_bound", "coordinator_peak_bytes", "bytes_up",
-                "bytes_down", "server_mask_keys"):
+    for key in (
+        "mask_elements_per_second",
+        "keystream_elements_per_second",
+        "mask_fraction_of_keystream_bound",
+        "coordinator_peak_bytes",
+        "bytes_up",
+        "bytes_down",
+        "server_mask_keys",
+    ):
         assert row[key] > 0, key
-    assert set(row["client_stage_seconds"]) == {"advertise", "share", "receive", "mask", "sign",
-                                                "unmask"}
+    assert set(row["client_stage_seconds"]) == {"advertise", "share", "receive", "mask", "sign", "unmask"}
     assert row["bytes_up"] > 4 * 1001  # the masked vector alone is 4 (d + 1) bytes
     json.dumps(row)  # one JSON object per case
 
@@ -39,6 +44,4 @@ def test_sparse_graph_at_30_percent_records_the_lowered_threshold():
     tf, pattern, degree, note = bench.choose_threshold(bench.Case(100, 10, 0.3))
     assert degree == 14 and len(pattern) == 30 and 0 not in pattern
     assert tf == 0.5 and "0.5" in note
-    assert bench.parse_cases("10,1e6,0.1; 1000,100000,0") == [
-        bench.Case(10, 10**6, 0.1), bench.Case(1000, 10**5, 0.0)
-    ]
+    assert bench.parse_cases("10,1e6,0.1; 1000,100000,0") == [bench.Case(10, 10**6, 0.1), bench.Case(1000, 10**5, 0.0)]

@@ -71,15 +71,16 @@ def _round_by_hand(through_codec: bool = False) -> tuple[list[Message], np.ndarr
     for m, p in parts.items():
         sb = p.share(bset)
         if m == 2:  # a cheating dealer: garbles its share for member 1, signs the bundle anyway
-            def garble(s):  # the dealer re-signs its garbled item: it is its own
+
+            def garble(s, sb=sb, m=m):  # the dealer re-signs its garbled item: it is its own
                 ct = _flip(s.ciphertext, 5)
-                t = keys.share_item_transcript(fed.context, sb.round, sb.session, m, s.holder, s.key_digest, s.nonce, ct)
+                t = keys.share_item_transcript(
+                    fed.context, sb.round, sb.session, m, s.holder, s.key_digest, s.nonce, ct
+                )
                 return dataclasses.replace(s, ciphertext=ct, signature=fed.identities[m].sign(t))
 
             items = tuple(garble(s) if s.holder == 1 else s for s in sb.shares)
-            statement = keys.share_bundle_transcript(
-                fed.context, sb.round, sb.session, m, sb.commitment, items
-            )
+            statement = keys.share_bundle_transcript(fed.context, sb.round, sb.session, m, sb.commitment, items)
             sb = dataclasses.replace(sb, shares=items, signature=fed.identities[m].sign(statement))
         coord.add_shares(wire(sb))
     deliveries = coord.deliveries()
@@ -151,8 +152,19 @@ def _name(m: Message) -> str:
 
 
 EVERY_TYPE = (
-    AdvertiseRequest, KeyBundle, BundleSet, ShareBundle, ShareDelivery, ShareReceipt, MaskRequest,
-    MaskedInput, SurvivorRequest, SurvivorSignature, UnmaskRequest, UnmaskResponse, Refusal,
+    AdvertiseRequest,
+    KeyBundle,
+    BundleSet,
+    ShareBundle,
+    ShareDelivery,
+    ShareReceipt,
+    MaskRequest,
+    MaskedInput,
+    SurvivorRequest,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+    Refusal,
 )
 
 
@@ -170,7 +182,8 @@ def test_the_sample_covers_every_message_type_and_both_rings():
     got = {type(m) for m in all_messages()}
     assert got == set(EVERY_TYPE) == set(msgs._REGISTRY.values())
     assert {m.vector.dtype for m in all_messages() if isinstance(m, MaskedInput)} == {
-        np.dtype(np.uint32), np.dtype(np.uint64)
+        np.dtype(np.uint32),
+        np.dtype(np.uint64),
     }
     # the interesting optional parts are really populated
     sample = all_messages()
@@ -262,9 +275,7 @@ def test_non_bytes_input_is_an_encoding_error():
 
 
 def test_masked_vector_ring_width_and_length_are_checked():
-    mi = next(
-        m for m in all_messages() if isinstance(m, MaskedInput) and m.vector.dtype == np.uint32
-    )
+    mi = next(m for m in all_messages() if isinstance(m, MaskedInput) and m.vector.dtype == np.uint32)
     data = bytearray(mi.encode())
     bits_at = HEADER + 8 + 4 + msgs.SESSION_BYTES
     assert data[bits_at] == 32

@@ -241,8 +241,7 @@ def test_threads_give_the_same_bits_as_one_thread(dtype):
 
 def test_apply_masks_rejects_other_accumulators():
     (k,) = _keys("reject", 1)
-    for acc in (np.zeros(8, np.int64), np.zeros(8, np.float64), np.zeros(8, np.uint16),
-                np.zeros(16, np.uint32)[::2]):
+    for acc in (np.zeros(8, np.int64), np.zeros(8, np.float64), np.zeros(8, np.uint16), np.zeros(16, np.uint32)[::2]):
         with pytest.raises(TypeError):
             apply_masks(acc, plus=[k])
 
@@ -349,8 +348,7 @@ def test_quantization_is_unbiased_across_calls():
 @pytest.mark.parametrize("ring_bits,bits", [(32, 16), (64, 40)])
 def test_quantization_error_is_below_one_step(ring_bits, bits):
     d = 50000
-    params = ProtocolParams(vector_length=d, bits=bits, clip=0.75, ring_bits=ring_bits,
-                            max_members=3, max_weight=10)
+    params = ProtocolParams(vector_length=d, bits=bits, clip=0.75, ring_bits=ring_bits, max_members=3, max_weight=10)
     x = np.random.default_rng(1).uniform(-0.75, 0.75, d)
     out = quantize(x, 1, params, _rand(f"err{ring_bits}"))
     assert out.vector.dtype == params.dtype and out.vector.shape == (d + 1,)
@@ -394,8 +392,9 @@ def test_dequantize_recovers_signed_weighted_sums(ring_bits):
     bits = 16 if ring_bits == 32 else 30
     level = (1 << (bits - 1)) - 1
     d, n = 40, 6
-    params = ProtocolParams(vector_length=d, bits=bits, clip=float(level), ring_bits=ring_bits,
-                            max_members=n, max_weight=9)
+    params = ProtocolParams(
+        vector_length=d, bits=bits, clip=float(level), ring_bits=ring_bits, max_members=n, max_weight=9
+    )
     assert params.scale == 1.0  # integers quantize to themselves
     rng = np.random.default_rng(ring_bits)
     xs = [rng.integers(-level, level + 1, d).astype(np.float64) for _ in range(n)]
@@ -494,26 +493,54 @@ def test_for_federation_picks_the_smallest_ring_that_holds_the_sum():
     assert ProtocolParams.for_federation(7, members=5, clip=0.5).clip == 0.5
 
 
-@pytest.mark.parametrize("kw", [
-    {"vector_length": 0}, {"vector_length": -1},
-    {"ring_bits": 16}, {"ring_bits": 48}, {"ring_bits": 128},
-    {"bits": 1}, {"bits": 0}, {"bits": 31}, {"bits": 32}, {"bits": 63, "ring_bits": 64},
-    {"clip": 0.0}, {"clip": -1.0}, {"clip": float("nan")}, {"clip": float("inf")},
-    {"threshold_fraction": 0.49}, {"threshold_fraction": 1.0}, {"threshold_fraction": 1.5},
-    {"threshold_fraction": float("nan")}, {"threshold_fraction": 0.0},
-    {"neighbours": 1}, {"neighbours": 3}, {"neighbours": -2},
-    {"min_cohort": 1}, {"min_cohort": 0}, {"min_cohort": 5, "max_members": 4},
-    {"max_weight": 0}, {"max_weight": 2**31},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"vector_length": 0},
+        {"vector_length": -1},
+        {"ring_bits": 16},
+        {"ring_bits": 48},
+        {"ring_bits": 128},
+        {"bits": 1},
+        {"bits": 0},
+        {"bits": 31},
+        {"bits": 32},
+        {"bits": 63, "ring_bits": 64},
+        {"clip": 0.0},
+        {"clip": -1.0},
+        {"clip": float("nan")},
+        {"clip": float("inf")},
+        {"threshold_fraction": 0.49},
+        {"threshold_fraction": 1.0},
+        {"threshold_fraction": 1.5},
+        {"threshold_fraction": float("nan")},
+        {"threshold_fraction": 0.0},
+        {"neighbours": 1},
+        {"neighbours": 3},
+        {"neighbours": -2},
+        {"min_cohort": 1},
+        {"min_cohort": 0},
+        {"min_cohort": 5, "max_members": 4},
+        {"max_weight": 0},
+        {"max_weight": 2**31},
+    ],
+)
 def test_invalid_parameters_are_refused(kw):
     assert _params_rule(**kw) is Rule.PARAMETERS
 
 
 def test_valid_parameter_edges_are_accepted():
-    for kw in ({"bits": 2}, {"bits": 30, "max_weight": 1, "max_members": 3},
-               {"bits": 62, "ring_bits": 64, "max_weight": 1, "max_members": 3},
-               {"threshold_fraction": 0.5}, {"threshold_fraction": 0.999},
-               {"neighbours": 2}, {"neighbours": 0}, {"min_cohort": 2}, {"clip": 1e-9}):
+    for kw in (
+        {"bits": 2},
+        {"bits": 30, "max_weight": 1, "max_members": 3},
+        {"bits": 62, "ring_bits": 64, "max_weight": 1, "max_members": 3},
+        {"threshold_fraction": 0.5},
+        {"threshold_fraction": 0.999},
+        {"neighbours": 2},
+        {"neighbours": 0},
+        {"min_cohort": 2},
+        {"clip": 1e-9},
+    ):
         ProtocolParams(**{"vector_length": 1, **kw})
 
 

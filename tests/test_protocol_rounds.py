@@ -46,8 +46,9 @@ def test_full_round_is_bit_exact_with_weights():
 
 
 def test_64_bit_ring_round():
-    params = ProtocolParams(vector_length=17, bits=30, clip=float((1 << 29) - 1), ring_bits=64,
-                            max_members=5, max_weight=1000)
+    params = ProtocolParams(
+        vector_length=17, bits=30, clip=float((1 << 29) - 1), ring_bits=64, max_members=5, max_weight=1000
+    )
     fed = make_federation(5, params, seed=3)
     rng = np.random.default_rng(3)
     xs = {i: rng.integers(-(1 << 29) + 1, 1 << 29, 17).astype(np.float64) for i in fed.participants}
@@ -80,18 +81,21 @@ def test_property_exact_sum_or_clean_abort(case):
     released a seed share of a dropped member nor a key share of a survivor."""
     n, frac, neighbours, drop, seed = case
     d = 11
-    params = exact_params(d, threshold_fraction=frac, neighbours=neighbours, max_members=max(n, 3),
-                          min_cohort=2, max_weight=10)
+    params = exact_params(
+        d, threshold_fraction=frac, neighbours=neighbours, max_members=max(n, 3), min_cohort=2, max_weight=10
+    )
     fed = make_federation(n, params, seed=seed)
     xs = integer_inputs(fed.participants, d, seed)
     released: dict[str, list] = {"seed": [], "key": []}
     originals = {m: p.unmask for m, p in fed.participants.items()}
     for m, p in fed.participants.items():
+
         def spy(req, _orig=originals[m]):
             resp = _orig(req)
             released["seed"] += [(s.dealer, req) for s in resp.seed_shares]
             released["key"] += [(s.dealer, req) for s in resp.key_shares]
             return resp
+
         p.unmask = spy  # type: ignore[method-assign]
     coord = fed.coordinator(1)
     out = run_round(coord, fed.participants, xs, drop=drop)
@@ -103,7 +107,9 @@ def test_property_exact_sum_or_clean_abort(case):
     if out.error is None:
         res = out.result
         gone = set().union(*drop.values())
-        assert set(res.survivors) == set(coord.shared) - drop["mask"] - drop["receive"] - drop["share"] - drop["advertise"]
+        assert (
+            set(res.survivors) == set(coord.shared) - drop["mask"] - drop["receive"] - drop["share"] - drop["advertise"]
+        )
         assert not set(res.survivors) & gone - drop["sign"] - drop["unmask"]
         assert np.array_equal(res.total, ring_sum(xs, {}, res.survivors, params))
     else:
@@ -161,10 +167,10 @@ def test_consecutive_rounds_and_pipelined_overlap():
     parts = fed.participants
     xs = integer_inputs(parts, 9, 5)
     c1, c2 = fed.coordinator(1), fed.coordinator(2)
-    for m, p in parts.items():
+    for p in parts.values():
         c1.add_bundle(p.advertise(c1.advertise_request()))
     b1 = c1.bundle_set()
-    for m, p in parts.items():
+    for p in parts.values():
         c1.add_shares(p.share(b1))
     d1 = c1.deliveries()
     for m, p in parts.items():
@@ -174,7 +180,7 @@ def test_consecutive_rounds_and_pipelined_overlap():
         c1.add_masked(p.mask(m1, xs[m]))
         c2.add_bundle(p.advertise(c2.advertise_request()))  # piggybacked on the same trip
     s1, b2 = c1.survivor_request(), c2.bundle_set()
-    for m, p in parts.items():
+    for p in parts.values():
         c1.add_signature(p.sign_survivors(s1))
         c2.add_shares(p.share(b2))
     u1, d2 = c1.unmask_request(), c2.deliveries()
@@ -207,8 +213,9 @@ def test_participant_state_survives_save_and_load():
     class Reloading(dict):
         def __getitem__(self, m):
             p = dict.__getitem__(self, m)
-            fresh = Participant(m, fed.identities[m], fed.roster, fed.context, params,
-                                randomness=p._random, state=p.save())
+            fresh = Participant(
+                m, fed.identities[m], fed.roster, fed.context, params, randomness=p._random, state=p.save()
+            )
             dict.__setitem__(self, m, fresh)
             return fresh
 

@@ -20,9 +20,29 @@ SOURCES = sorted(PACKAGE.glob("*.py"))
 TOOLING: dict[str, str] = {}  # none: benchmarks live in fedloom/bench, outside the sans-IO package
 CORE = [p for p in SOURCES if p.name not in TOOLING]
 FORBIDDEN = {
-    "flwr", "torch", "socket", "ssl", "asyncio", "http", "urllib", "requests", "grpc", "time",
-    "datetime", "random", "threading", "_thread", "multiprocessing", "subprocess", "selectors",
-    "socketserver", "urllib3", "httpx", "aiohttp", "tensorflow", "jax",
+    "flwr",
+    "torch",
+    "socket",
+    "ssl",
+    "asyncio",
+    "http",
+    "urllib",
+    "requests",
+    "grpc",
+    "time",
+    "datetime",
+    "random",
+    "threading",
+    "_thread",
+    "multiprocessing",
+    "subprocess",
+    "selectors",
+    "socketserver",
+    "urllib3",
+    "httpx",
+    "aiohttp",
+    "tensorflow",
+    "jax",
 }
 ALLOWED_DOTTED = {"concurrent.futures"}  # threads only through an executor (mask expansion)
 PRODUCTION_RANDOMNESS = (os.urandom, secrets.token_bytes)
@@ -62,12 +82,16 @@ def _violations(tree: ast.Module) -> list[str]:
             numpy_names |= {a.asname or a.name for a in node.names if a.name == "numpy"}
     for node in ast.walk(tree):
         if (
-            isinstance(node, ast.Attribute) and node.attr == "random"
-            and isinstance(node.value, ast.Name) and node.value.id in numpy_names | {"np"}
+            isinstance(node, ast.Attribute)
+            and node.attr == "random"
+            and isinstance(node.value, ast.Name)
+            and node.value.id in numpy_names | {"np"}
         ):
             bad.append(f"line {node.lineno}: uses {node.value.id}.random")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
-            "__import__", "open", "exec", "eval", "input"
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("__import__", "open", "exec", "eval", "input")
         ):
             bad.append(f"line {node.lineno}: calls {node.func.id}()")
         if isinstance(node, ast.Name) and node.id == "importlib":
@@ -99,25 +123,28 @@ def test_protocol_depends_on_nothing_else_in_the_project():
             assert not {m.split(".")[0] for m in mods} & upper, (path.name, mods)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import socket", "socket"),
-    ("import urllib.request", "urllib.request"),
-    ("from http import client", "http"),
-    ("import time as t", "time"),
-    ("from datetime import datetime", "datetime"),
-    ("import random", "random"),
-    ("import threading", "threading"),
-    ("import flwr.common", "flwr.common"),
-    ("import torch", "torch"),
-    ("import grpc", "grpc"),
-    ("import numpy as np\nx = np.random.default_rng()", "np.random"),
-    ("import numpy as npy\nx = npy.random.rand(3)", "npy.random"),
-    ("import numpy\nx = numpy.random.rand(3)", "numpy.random"),
-    ("from numpy import random", "numpy.random"),
-    ("from numpy.random import default_rng", "numpy.random"),
-    ("import concurrent.interpreters", "concurrent.interpreters"),
-    ("m = __import__('socket')", "__import__"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import socket", "socket"),
+        ("import urllib.request", "urllib.request"),
+        ("from http import client", "http"),
+        ("import time as t", "time"),
+        ("from datetime import datetime", "datetime"),
+        ("import random", "random"),
+        ("import threading", "threading"),
+        ("import flwr.common", "flwr.common"),
+        ("import torch", "torch"),
+        ("import grpc", "grpc"),
+        ("import numpy as np\nx = np.random.default_rng()", "np.random"),
+        ("import numpy as npy\nx = npy.random.rand(3)", "npy.random"),
+        ("import numpy\nx = numpy.random.rand(3)", "numpy.random"),
+        ("from numpy import random", "numpy.random"),
+        ("from numpy.random import default_rng", "numpy.random"),
+        ("import concurrent.interpreters", "concurrent.interpreters"),
+        ("m = __import__('socket')", "__import__"),
+    ],
+)
 def test_the_checker_catches_io(source, expected):
     """The checker itself must flag each of these (or it would pass on anything)."""
     found = _violations(ast.parse(source))

@@ -65,10 +65,28 @@ PRIVATE = {
 }
 PUBLIC = {
     "ca": {"ca.crt"},
-    "coordinator": {"ca.crt", "server.crt", "ledger.pub", "roster.json", "plan.json", "federation.json",
-                    *(f"nodes/{m}.pub" for m in MEMBERS)},
-    **{m: {"ca.crt", "member.json", "roster.json", "plan.json", "policy.toml", "ledger.pub", "federation.json",
-           "node.pub"} for m in MEMBERS},
+    "coordinator": {
+        "ca.crt",
+        "server.crt",
+        "ledger.pub",
+        "roster.json",
+        "plan.json",
+        "federation.json",
+        *(f"nodes/{m}.pub" for m in MEMBERS),
+    },
+    **{
+        m: {
+            "ca.crt",
+            "member.json",
+            "roster.json",
+            "plan.json",
+            "policy.toml",
+            "ledger.pub",
+            "federation.json",
+            "node.pub",
+        }
+        for m in MEMBERS
+    },
 }
 
 runner = CliRunner()
@@ -87,8 +105,18 @@ def write_federation(directory: Path, text: str = FEDERATION) -> Path:
 
 def snapshot_app(dest: Path) -> Path:
     """A frozen copy of the app: the working tree may change while a test runs (and so would its hash)."""
-    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".hypothesis", ".pytest_cache", ".ruff_cache",
-                                    "runs", "kits", "*.egg-info", "build")
+    ignore = shutil.ignore_patterns(
+        ".venv",
+        ".git",
+        "__pycache__",
+        ".hypothesis",
+        ".pytest_cache",
+        ".ruff_cache",
+        "runs",
+        "kits",
+        "*.egg-info",
+        "build",
+    )
     shutil.copytree(ROOT, dest, ignore=ignore)
     return dest
 
@@ -120,13 +148,17 @@ def test_layout_and_file_modes(kits_dir):
 
 
 def test_member_kits_hold_no_foreign_private_material(kits_dir):
-    private = {f"{kit}/{name}": (kits_dir / kit / name).read_bytes() for kit, names in PRIVATE.items()
-               for name in names}
+    private = {
+        f"{kit}/{name}": (kits_dir / kit / name).read_bytes() for kit, names in PRIVATE.items() for name in names
+    }
     # the raw secret bytes too, not only their PEM text
     raw = {}
     for where, data in private.items():
-        key = (load_ssh_private_key(data, None) if data.startswith(b"-----BEGIN OPENSSH")
-               else load_pem_private_key(data, None))
+        key = (
+            load_ssh_private_key(data, None)
+            if data.startswith(b"-----BEGIN OPENSSH")
+            else load_pem_private_key(data, None)
+        )
         if isinstance(key, ec.EllipticCurvePrivateKey):
             raw[where] = key.private_numbers().private_value.to_bytes((key.curve.key_size + 7) // 8, "big")
         else:
@@ -139,7 +171,8 @@ def test_member_kits_hold_no_foreign_private_material(kits_dir):
             for where, secret in private.items():
                 if where not in own:
                     assert secret not in data and raw[where] not in data and raw[where].hex().encode() not in data, (
-                        f"{kit}/{name} holds {where}")
+                        f"{kit}/{name} holds {where}"
+                    )
 
 
 def test_certificates_chain_to_the_ca(kits_dir):
@@ -190,8 +223,9 @@ def test_node_keys_are_what_flower_accepts(kits_dir, tmp_path):
         assert (kits_dir / "coordinator" / "nodes" / f"{m}.pub").read_text() == line
         # Flower's own loaders: `flwr supernode register <pub>` and `flower-supernode --auth-supernode-private-key`
         assert try_load_public_key(d / "node.pub") == public_key_to_bytes(key.public_key())
-        pair = _try_setup_client_authentication(argparse.Namespace(auth_supernode_private_key=str(d / "node.key"),
-                                                                   auth_supernode_public_key=None))
+        pair = _try_setup_client_authentication(
+            argparse.Namespace(auth_supernode_private_key=str(d / "node.key"), auth_supernode_public_key=None)
+        )
         assert pair is not None and pair[1] == key.public_key()
         if shutil.which("ssh-keygen"):  # OpenSSH itself reads it like a key from `ssh-keygen -t ecdsa -b 384`
             copy = tmp_path / f"{m}.key"
@@ -249,8 +283,10 @@ def _tls_server(cert: Path, key: Path) -> tuple[socket.socket, threading.Thread]
 
 def _handshake(port: int, ca: Path, name: str) -> bytes:
     ctx = ssl.create_default_context(cafile=str(ca))  # with a cafile: only that CA, not the system store
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=name) as conn:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=name) as conn,
+    ):
         return conn.recv(5)
 
 
@@ -289,8 +325,9 @@ def test_force_makes_new_keys(tmp_path):
     assert provision_cli(str(fed), "--out", str(out), "--app", str(ROOT)).exit_code == 0
     before = {kit: files_of(out / kit) for kit in PRIVATE}
     # drop a member: its node key must no longer be registrable at the coordinator
-    write_federation(tmp_path, FEDERATION.replace('[[members]]\nname = "vietnam"\n', "")
-                     .replace("min_cohort = 3", "min_cohort = 2"))
+    write_federation(
+        tmp_path, FEDERATION.replace('[[members]]\nname = "vietnam"\n', "").replace("min_cohort = 3", "min_cohort = 2")
+    )
     result = provision_cli(str(fed), "--out", str(out), "--app", str(ROOT), "--force")
     assert result.exit_code == 0, result.output
     for kit, names in PRIVATE.items():
@@ -312,14 +349,16 @@ BASE_FED = FEDERATION.split("[plan]")[0]
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
-        (lambda t: t + '\n[extra]\nx = 1\n', "unknown key 'extra' in [top level]"),
-        (lambda t: t.replace('name = "tapestry-test"', 'name = "tapestry-test"\nport = 1'),
-         "unknown key 'port' in [federation]"),
+        (lambda t: t + "\n[extra]\nx = 1\n", "unknown key 'extra' in [top level]"),
+        (
+            lambda t: t.replace('name = "tapestry-test"', 'name = "tapestry-test"\nport = 1'),
+            "unknown key 'port' in [federation]",
+        ),
         (lambda t: t.replace('country = "PE"', 'country = "PE"\nemail = "x@y"'), "unknown key 'email' in [members[1]]"),
         (lambda t: t + "[plan]\nroundz = 3\n", "unknown key 'roundz' in [plan]"),
         (lambda t: t + "[plan.training]\nepoch = 3\n", "unknown key 'epoch' in [plan.training]"),
         (lambda t: t + "[plan]\nparticipants = 3\n", "[plan] must not set 'participants'"),
-        (lambda t: t + "[plan]\napp_hash = \"00\"\n", "[plan] must not set 'app_hash'"),
+        (lambda t: t + '[plan]\napp_hash = "00"\n', "[plan] must not set 'app_hash'"),
         (lambda t: t + "[policy]\nmin_cohort = 5\n", "policy.min_cohort = 5 but the federation has 3 members"),
         (lambda t: t + "[policy]\nmin_cohrt = 5\n", "unknown key 'min_cohrt'"),
         (lambda t: t.replace('name = "peru"', 'name = "morocco"'), "duplicate member name 'morocco'"),
@@ -329,18 +368,22 @@ BASE_FED = FEDERATION.split("[plan]")[0]
         (lambda t: t.replace('name = "peru"', 'name = "coordinator"'), "'coordinator' is reserved"),
         (lambda t: t.replace('country = "PE"', 'country = "Peru"'), "members[1].country must be"),
         (lambda t: t.replace("coord.example.org:9092", "coord.example.org"), "federation.address must be host:port"),
-        (lambda t: t.replace("coord.example.org:9092", "https://coord.example.org:9092"),
-         "federation.address must be host:port"),
+        (
+            lambda t: t.replace("coord.example.org:9092", "https://coord.example.org:9092"),
+            "federation.address must be host:port",
+        ),
         (lambda t: t.replace("coord.example.org:9092", "coord.example.org:0"), "port must be in 1..65535"),
         (lambda t: t.replace("coord.example.org:9092", "coord.example.org:99999"), "port must be in 1..65535"),
         (lambda t: t.replace("coord.example.org:9092", "bad_host!:9092"), "federation.address must be host:port"),
         (lambda t: t.replace("coord.example.org:9092", "[coord]:9092"), "federation.address must be host:port"),
-        (lambda t: t.replace("coord.example.org:9092", "other.example.org:9092"),
-         "federation.sans must include 'other.example.org'"),
+        (
+            lambda t: t.replace("coord.example.org:9092", "other.example.org:9092"),
+            "federation.sans must include 'other.example.org'",
+        ),
         (lambda t: t.replace('"10.0.0.7"', '"*.example.org"'), "invalid certificate name '*.example.org'"),
         (lambda t: t.replace('address = "coord.example.org:9092"\n', ""), "federation.address is missing"),
         (lambda t: t.replace('name = "tapestry-test"', "name = tapestry-test"), "invalid TOML"),
-        (lambda t: "[[members]]\nname = \"a\"\n", "missing [federation]"),
+        (lambda t: '[[members]]\nname = "a"\n', "missing [federation]"),
     ],
 )
 def test_bad_federation_files_are_one_line_errors(tmp_path, edit, needle):
@@ -368,8 +411,13 @@ def test_one_line_error_from_the_installed_command(tmp_path):
     """The same as a user sees it: a real process, its stderr one line, exit code 2."""
     fed = write_federation(tmp_path, BASE_FED.replace('name = "peru"', 'name = "morocco"'))
     exe = Path(sys.executable).parent / "fedloom"
-    proc = subprocess.run([str(exe), "provision", str(fed), "--out", str(tmp_path / "kits")], capture_output=True,
-                          text=True, timeout=60, env=dict(os.environ, COLUMNS="40"))
+    proc = subprocess.run(
+        [str(exe), "provision", str(fed), "--out", str(tmp_path / "kits")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, COLUMNS="40"),
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "duplicate member name 'morocco'" in proc.stderr
 
@@ -409,8 +457,12 @@ def test_app_hash_equals_what_flwr_run_submits(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fed = write_federation(tmp_path, BASE_FED.replace("coord.example.org:9092", f"127.0.0.1:{port}")
-                           .replace('"coord.example.org", "10.0.0.7", "::1"', '"127.0.0.1"'))
+    fed = write_federation(
+        tmp_path,
+        BASE_FED.replace("coord.example.org:9092", f"127.0.0.1:{port}").replace(
+            '"coord.example.org", "10.0.0.7", "::1"', '"127.0.0.1"'
+        ),
+    )
     out = tmp_path / "kits"
     result = provision_cli(str(fed), "--out", str(out), "--app", str(app_dir))
     assert result.exit_code == 0, result.output
@@ -419,34 +471,63 @@ def test_app_hash_equals_what_flwr_run_submits(tmp_path):
 
     k, home = out / "coordinator", tmp_path / "flwr-home"
     home.mkdir()
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "fed"\n\n[superlink.fed]\naddress = "127.0.0.1:{port}"\n'
-                                      f'root-certificates = "{k / "ca.crt"}"\n')
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fed"\n\n[superlink.fed]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{k / "ca.crt"}"\n'
+    )
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    )
     procs: list[subprocess.Popen] = []
 
     def start(cmd: list[str], log: str) -> None:
-        procs.append(subprocess.Popen(cmd, env=env, stdout=(tmp_path / log).open("wb"), stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=(tmp_path / log).open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
 
     def flwr(*args: str) -> dict:
-        proc = subprocess.run([str(bin_dir / "flwr"), *args, "--format", "json"], env=env, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [str(bin_dir / "flwr"), *args, "--format", "json"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return json.loads(proc.stdout)
 
     try:
-        start([str(bin_dir / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
-               "--ssl-ca-certfile", str(k / "ca.crt"), "--ssl-certfile", str(k / "server.crt"),
-               "--ssl-keyfile", str(k / "server.key"), "--enable-supernode-auth", "--database",
-               str(tmp_path / "superlink.db"), "--disable-runtime-dependency-installation"], "superlink.log")
+        start(
+            [
+                str(bin_dir / "flower-superlink"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ssl-ca-certfile",
+                str(k / "ca.crt"),
+                "--ssl-certfile",
+                str(k / "server.crt"),
+                "--ssl-keyfile",
+                str(k / "server.key"),
+                "--enable-supernode-auth",
+                "--database",
+                str(tmp_path / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            "superlink.log",
+        )
         deadline = time.time() + 60
         while True:  # up when a TLS handshake with the consortium CA succeeds
             try:
                 ctx = ssl.create_default_context(cafile=str(out / "morocco" / "ca.crt"))
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
-                        ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
+                ):
                     break
             except OSError:
                 assert time.time() < deadline and procs[0].poll() is None, (tmp_path / "superlink.log").read_text()
@@ -456,9 +537,20 @@ def test_app_hash_equals_what_flwr_run_submits(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             node_port = s.getsockname()[1]
-        start([str(bin_dir / "flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--root-certificates",
-               str(out / "peru" / "ca.crt"), "--auth-supernode-private-key", str(out / "peru" / "node.key"),
-               "--port", str(node_port)], "supernode.log")
+        start(
+            [
+                str(bin_dir / "flower-supernode"),
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--root-certificates",
+                str(out / "peru" / "ca.crt"),
+                "--auth-supernode-private-key",
+                str(out / "peru" / "node.key"),
+                "--port",
+                str(node_port),
+            ],
+            "supernode.log",
+        )
 
         run = flwr("run", str(app_dir), "fed", "--run-config", 'scenario="default"')
         assert run["success"] and plan["app_hash"].startswith(run["fab-hash"])

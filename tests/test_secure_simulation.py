@@ -56,8 +56,12 @@ def test_participants_whose_policy_forbids_the_run_refuse_and_the_rest_continue(
     summary = run_scenario(load_scenario(ROOT / "simulations" / "policy.toml"), tmp_path, LogObserver())
     by_round = rows(tmp_path)
     refusals = {(r["member"], r["round"], r["rule"]) for r in summary["refusals"]}
-    assert {(2, 1, "policy.task-not-allowed"), (2, 2, "policy.task-not-allowed"), (3, 2, "policy.max-rounds"),
-            (3, 3, "policy.max-rounds")} <= refusals
+    assert {
+        (2, 1, "policy.task-not-allowed"),
+        (2, 2, "policy.task-not-allowed"),
+        (3, 2, "policy.max-rounds"),
+        (3, 3, "policy.max-rounds"),
+    } <= refusals
     assert (3, 1, "policy.max-rounds") not in refusals
     assert set(by_round[1]["aggregated"]) == {1, 3, 4, 5, 6}
     assert set(by_round[2]["aggregated"]) == set(by_round[3]["aggregated"]) == {1, 4, 5, 6}

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-SUMMARY_KEYS = {"rounds_completed", "participants", "secure_aggregation", "final", "centralized_baseline", "wall_seconds"}
+SUMMARY_KEYS = {
+    "rounds_completed",
+    "participants",
+    "secure_aggregation",
+    "final",
+    "centralized_baseline",
+    "wall_seconds",
+}
 METRIC_KEYS = {"round", "wall_seconds", "train_loss", "eval_loss", "eval_accuracy", "participants_replied"}
 
 

@@ -309,9 +309,7 @@ def _write(path: Path, **arrays: np.ndarray) -> Path:
         ({"x": np.zeros((0, 1, 8, 8), np.float32), "y": np.zeros(0, np.int64)}, "no examples"),
     ],
 )
-def test_load_local_rejects_bad_files(
-    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
-) -> None:
+def test_load_local_rejects_bad_files(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
     path = _write(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match=message):
         get_task("digits").load_local(path)

@@ -72,8 +72,7 @@ def _load_extractor():
 def test_extractor_parses_declaration_html(tmp_path: Path) -> None:
     mod = _load_extractor()
     articles = "".join(
-        f'<article data-number="{i}"><h2>Article {i}</h2>'
-        f"<ol><li><p>Text\n  {i}&amp;more</p></li></ol></article>"
+        f'<article data-number="{i}"><h2>Article {i}</h2><ol><li><p>Text\n  {i}&amp;more</p></li></ol></article>'
         for i in range(1, 31)
     )
     html = (

@@ -88,14 +88,16 @@ FULL_SIZES = ((10, 10**6), (100, 10**6), (100, 10**7), (1000, 10**5))
 DROPOUTS = (0.0, 0.1, 0.3)
 FULL_CASES = tuple(Case(n, d, p) for n, d in FULL_SIZES for p in DROPOUTS)
 QUICK_CASES = (
-    Case(10, 10**6, 0.0), Case(10, 10**6, 0.1),
-    Case(100, 10**6, 0.0), Case(100, 10**6, 0.1),
+    Case(10, 10**6, 0.0),
+    Case(10, 10**6, 0.1),
+    Case(100, 10**6, 0.0),
+    Case(100, 10**6, 0.1),
     Case(100, 10**7, 0.1),
 )
 
 
 def parse_cases(text: str) -> list[Case]:
-    """"n,d,dropout;n,d,dropout" (d may be written 1e6)."""
+    """ "n,d,dropout;n,d,dropout" (d may be written 1e6)."""
     out = []
     for part in text.split(";"):
         part = part.strip()
@@ -213,9 +215,13 @@ def choose_threshold(case: Case) -> tuple[float, list[int], int, str]:
             continue
         pattern = dropout_pattern(n, k, t, count, f"{case.n}-{case.d}-{case.dropout}")
         if pattern is not None:
-            note = "" if tf == DEFAULT_THRESHOLD else (
-                f"threshold_fraction 2/3 (t={_params(case, DEFAULT_THRESHOLD).shamir_threshold(k)} "
-                f"of {k} neighbours) cannot survive {count} dropouts; using 0.5 (t={t})"
+            note = (
+                ""
+                if tf == DEFAULT_THRESHOLD
+                else (
+                    f"threshold_fraction 2/3 (t={_params(case, DEFAULT_THRESHOLD).shamir_threshold(k)} "
+                    f"of {k} neighbours) cannot survive {count} dropouts; using 0.5 (t={t})"
+                )
             )
             return tf, pattern, k, note
     raise ValueError(f"{case.name}: no threshold_fraction in [0.5, 2/3] survives the dropouts")
@@ -241,7 +247,8 @@ class _SharedVerification:
 
     def __enter__(self) -> _SharedVerification:
         self._orig = (
-            roster_mod.verify_signature, verify_mod.x25519_key_is_usable,
+            roster_mod.verify_signature,
+            verify_mod.x25519_key_is_usable,
             participant_mod.verify_bundles,
         )
         orig_sig, orig_probe, orig_set = self._orig
@@ -279,8 +286,7 @@ class _SharedVerification:
 
     def __exit__(self, *exc: object) -> None:
         assert self._orig is not None
-        (roster_mod.verify_signature, verify_mod.x25519_key_is_usable,
-         participant_mod.verify_bundles) = self._orig
+        (roster_mod.verify_signature, verify_mod.x25519_key_is_usable, participant_mod.verify_bundles) = self._orig
         self._sigs.clear()
         self._probes.clear()
         self._sets.clear()
@@ -325,8 +331,15 @@ class _Meter:
 
 # ---------------------------------------------------------------------------- one round
 def _run_round(
-    case: Case, params: ProtocolParams, pattern: list[int], x: np.ndarray, *, workers: int,
-    seed: int, memory: bool, count_bytes: bool,
+    case: Case,
+    params: ProtocolParams,
+    pattern: list[int],
+    x: np.ndarray,
+    *,
+    workers: int,
+    seed: int,
+    memory: bool,
+    count_bytes: bool,
 ) -> dict[str, Any]:
     fed = make_federation(case.n, params, seed=seed, federation_id=f"bench-{case.name}")
     parts = fed.participants
@@ -463,18 +476,20 @@ def _stats(prefix: str, values: list[float]) -> dict[str, float]:
 
 
 def run_case(
-    case: Case, repeats: int = 3, *, workers: int = 1, memory: bool = True,
+    case: Case,
+    repeats: int = 3,
+    *,
+    workers: int = 1,
+    memory: bool = True,
 ) -> dict[str, Any]:
     """One case: an untimed warm-up round (memory, bytes), then `repeats` timed rounds."""
     tf, pattern, degree, note = choose_threshold(case)
     params = _params(case, tf)
     x = np.random.default_rng(case.d).uniform(-0.5, 0.5, case.d).astype(np.float32)
     with _SHARED:
-        warm = _run_round(case, params, pattern, x, workers=workers, seed=1_000_000,
-                          memory=memory, count_bytes=True)
+        warm = _run_round(case, params, pattern, x, workers=workers, seed=1_000_000, memory=memory, count_bytes=True)
         runs = [
-            _run_round(case, params, pattern, x, workers=workers, seed=r, memory=False,
-                       count_bytes=False)
+            _run_round(case, params, pattern, x, workers=workers, seed=r, memory=False, count_bytes=False)
             for r in range(repeats)
         ]
     micro = mask_microbench()
@@ -482,24 +497,27 @@ def run_case(
     client = [sum(r["client"].values()) for r in runs]
     server = [sum(r["server"].values()) for r in runs]
     row: dict[str, Any] = {
-        "case": case.name, "n": case.n, "d": case.d, "dropout": case.dropout,
-        "dropped": case.dropped_count, "survivors": warm["survivors"], "degree": degree,
+        "case": case.name,
+        "n": case.n,
+        "d": case.d,
+        "dropout": case.dropout,
+        "dropped": case.dropped_count,
+        "survivors": warm["survivors"],
+        "degree": degree,
         "threshold_fraction": round(tf, 6),
         "shamir_threshold": params.shamir_threshold(degree),
-        "ring_bits": params.ring_bits, "workers": workers, "repeats": repeats,
+        "ring_bits": params.ring_bits,
+        "workers": workers,
+        "repeats": repeats,
     }
     if note:
         row["threshold_note"] = note
     row |= _stats("client_seconds", client)
     row |= _stats("client_mask_seconds", [r["client"]["mask"] for r in runs])
-    row["client_stage_seconds"] = {
-        s: statistics.median(r["client"][s] for r in runs) for s in runs[0]["client"]
-    }
+    row["client_stage_seconds"] = {s: statistics.median(r["client"][s] for r in runs) for s in runs[0]["client"]}
     row |= _stats("server_seconds", server)
     row |= _stats("server_unmask_seconds", [r["server"]["finish"] for r in runs])
-    row["server_stage_seconds"] = {
-        s: statistics.median(r["server"][s] for r in runs) for s in runs[0]["server"]
-    }
+    row["server_stage_seconds"] = {s: statistics.median(r["server"][s] for r in runs) for s in runs[0]["server"]}
     row["server_mask_keys"] = warm["server_mask_keys"]
     row["server_unmask_elements_per_second"] = (
         warm["server_mask_keys"] * params.masked_length / row["server_unmask_seconds"]
@@ -508,9 +526,7 @@ def run_case(
     row |= micro
     row["keystream_elements_per_second"] = local["keystream_elements_per_second"]
     row["add_elements_per_second"] = local["add_elements_per_second"]
-    row["mask_fraction_of_keystream_bound"] = (
-        micro["mask_elements_per_second"] / local["keystream_elements_per_second"]
-    )
+    row["mask_fraction_of_keystream_bound"] = micro["mask_elements_per_second"] / local["keystream_elements_per_second"]
     if memory:
         row["coordinator_peak_bytes"] = warm["coordinator_peak_bytes"]
         row["coordinator_peak_over_4d"] = warm["coordinator_peak_bytes"] / (4 * case.d)
@@ -520,8 +536,12 @@ def run_case(
 
 
 def run_cases(
-    cases: Iterable[Case | Sequence[float]], repeats: int = 3, *, workers: int = 1,
-    memory: bool = True, progress: Callable[[dict[str, Any]], None] | None = None,
+    cases: Iterable[Case | Sequence[float]],
+    repeats: int = 3,
+    *,
+    workers: int = 1,
+    memory: bool = True,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every case; one dict per case (see the module docstring for what each key means)."""
     bounds = machine_bounds()
@@ -540,8 +560,19 @@ def _table(rows: list[dict[str, Any]]):
     from rich.table import Table
 
     t = Table(title="fedloom secure aggregation, one round (median of repeats; min-max below)")
-    for col in ("case", "n", "d", "dropout", "degree", "client s", "client mask s", "server s",
-                "unmask s", "peak MB", "mask G elem/s"):
+    for col in (
+        "case",
+        "n",
+        "d",
+        "dropout",
+        "degree",
+        "client s",
+        "client mask s",
+        "server s",
+        "unmask s",
+        "peak MB",
+        "mask G elem/s",
+    ):
         t.add_column(col, justify="left" if col == "case" else "right")
 
     def span(r: dict[str, Any], k: str) -> str:
@@ -551,8 +582,14 @@ def _table(rows: list[dict[str, Any]]):
         deg = str(r["degree"]) + ("" if r["threshold_fraction"] > 0.6 else " (t=0.5)")
         peak = r.get("coordinator_peak_bytes")
         t.add_row(
-            r["case"], str(r["n"]), f"{r['d']:.0e}", f"{r['dropout']:.0%}", deg,
-            span(r, "client_seconds"), span(r, "client_mask_seconds"), span(r, "server_seconds"),
+            r["case"],
+            str(r["n"]),
+            f"{r['d']:.0e}",
+            f"{r['dropout']:.0%}",
+            deg,
+            span(r, "client_seconds"),
+            span(r, "client_mask_seconds"),
+            span(r, "server_seconds"),
             span(r, "server_unmask_seconds"),
             "-" if peak is None else f"{peak / 1e6:.1f}",
             f"{r['mask_elements_per_second'] / 1e9:.2f}",
@@ -568,21 +605,17 @@ def _bound_lines(bounds: dict[str, float], workers: int) -> list[str]:
         f"bound: AES-128-CTR keystream into a preallocated 256 KiB buffer: "
         f"{bounds['keystream_bytes_per_second'] / 1e9:.2f} GB/s = "
         f"{bounds['keystream_elements_per_second'] / 1e9:.2f} G uint32/s",
-        f"bound: in-place uint32 add from memory (10^7): "
-        f"{bounds['add_elements_per_second'] / 1e9:.2f} G elem/s",
+        f"bound: in-place uint32 add from memory (10^7): {bounds['add_elements_per_second'] / 1e9:.2f} G elem/s",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="fedloom bench protocol", description=(__doc__ or "").split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="fedloom bench protocol", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 smaller cases (about 2-3 minutes)")
     ap.add_argument("--cases", help='"n,d,dropout;..." (overrides --quick)')
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per case (default 3)")
     ap.add_argument("--workers", type=int, default=1, help="coordinator threads for unmasking")
-    ap.add_argument("--json", metavar="PATH",
-                    help="write one JSON object per case per line ('-': stdout)")
+    ap.add_argument("--json", metavar="PATH", help="write one JSON object per case per line ('-': stdout)")
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     a = ap.parse_args(argv)
     if a.repeats < 1 or a.workers < 1:
@@ -610,8 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             sink.flush()
 
     try:
-        rows = run_cases(cases, a.repeats, workers=a.workers, memory=not a.no_memory,
-                         progress=progress)
+        rows = run_cases(cases, a.repeats, workers=a.workers, memory=not a.no_memory, progress=progress)
     finally:
         if sink and sink is not sys.stdout:
             sink.close()
