@@ -157,6 +157,7 @@ def _ledger_entry(plan: Plan, res: RoundResult, model: np.ndarray, row: dict[str
         "refusals": res.refusals,
         "skipped": res.skipped,
         "model_hash": model_hash(model),
+        "contribution": res.contribution,
         "metrics": {k: v for k, v in (("train_loss", res.train_loss),) if v is not None},
     }
 
@@ -176,6 +177,7 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
         "refusals": res.refusals,
         "exactness": res.exactness,
         "clipped_coordinates": res.clipped,
+        "contribution": res.contribution,
     }
 
 

@@ -42,3 +42,4 @@ class RoundResult:
     skipped: str | None = None  # why no aggregate was produced
     exactness: float | None = None  # max |secure - plaintext| (verification mode)
     clipped: int = 0  # coordinates clipped by participants' quantizers
+    contribution: dict | None = None  # floor, cap, scores, public weights and exclusions (if governed)

@@ -51,6 +51,7 @@ from protocol.messages import (
 from protocol.params import ProtocolParams
 from protocol.roster import Roster
 
+from .contribution import assign
 from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
 from .transport import exchange
@@ -100,6 +101,7 @@ class _Session:
     dropped_log: list[dict] = field(default_factory=list)
     refusals: list[dict] = field(default_factory=list)
     mask_request: ProtocolMessage | None = None  # C1, fixed when share receipts are in
+    contribution: dict | None = None  # the contribution policy's decision for this round
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -133,6 +135,8 @@ class SecureRounds:
         self._fit: dict[int, tuple[int, float]] = {}
         self._evals: list[tuple[float, float, int]] = []
         self._orphan_refusals: list[dict] = []
+        self.declared: dict[int, int] = {}  # member -> declared training examples (public)
+        self.scores: dict[int, float] = {}  # member -> latest probe loss of its local model (public)
         self.restart = restart  # protocol rounds stay fresh across coordinator restarts
         self._attempts: dict[int, int] = {}
         self.ledger = ledger
@@ -204,6 +208,8 @@ class SecureRounds:
             r = content[rec.REFUSAL]
             self._refusal(int(r["round"]), int(r["member"]), str(r["rule"]), str(r["detail"]))
         claimed = int(content["who"]["member"]) if "who" in content else None
+        if claimed is not None and "examples" in content["who"]:
+            self.declared[claimed] = int(content["who"]["examples"])
         if self.ledger is not None and "who" in content:
             self.ledger.observe(node, dict(content["who"]))
         for raw in rec.read_protocol(content):
@@ -211,6 +217,8 @@ class SecureRounds:
         if rec.FIT in content and claimed is not None:
             f = content[rec.FIT]
             self._fit[claimed] = (int(f[rec.NUM_EXAMPLES]), float(f["train-loss"]), int(f.get("clipped", 0)))
+            if "probe-loss" in f:
+                self.scores[claimed] = float(f["probe-loss"])
 
     def _sessions(self) -> list[_Session]:
         return [s for s in (self.current, self.next) if s is not None]
@@ -290,8 +298,33 @@ class SecureRounds:
                 payload.setdefault(node, []).append(enc)
 
     def _close_mask_request(self, s: _Session | None) -> None:
-        if s is not None:
+        """Fix C1 (and, under a contribution policy, the public weights and floor exclusions)."""
+        if s is None:
+            return
+        if not self.plan.contribution.enabled:
             s.mask_request = self._close(s, s.proto.mask_request)
+            return
+        c = self.plan.contribution
+        a = assign(
+            sorted(s.proto.ready()),
+            self.declared,
+            self.scores,
+            floor=c.floor,
+            cap=c.cap,
+            weighting=c.weighting,
+            max_weight=self.params.max_weight,
+        )
+        s.contribution = {
+            "floor": c.floor,
+            "cap": c.cap,
+            "scores": dict(a.scores),
+            "weights": dict(a.weights),
+            "shares": {m: round(v, 6) for m, v in a.shares.items()},
+            "excluded": dict(a.excluded),
+        }
+        if a.skipped:
+            s.contribution["skipped"] = a.skipped
+        s.mask_request = self._close(s, lambda: s.proto.mask_request(exclude=a.excluded, weights=a.weights))
 
     def _setup(self, round_: int) -> _Session:
         """Key advertisement, sharing and delivery for `round_` as three trips of their own."""
@@ -396,8 +429,11 @@ class SecureRounds:
         res = RoundResult(s.round, None, asked=list(s.proto.shared) or list(s.proto.cohort))
         res.incoming_eval = incoming_eval
         res.stage_seconds = dict(s.seconds)
-        res.dropped = s.dropped_log
+        res.dropped = list(s.dropped_log)
+        noted = {d["member"] for d in res.dropped}
+        res.dropped += [{"member": m, "stage": stage} for m, stage in s.proto.dropouts().items() if m not in noted]
         res.refusals = s.refusals + self._orphan_refusals
+        res.contribution = s.contribution
         res.faults = [{"member": m, "rule": r} for m, r in sorted(s.proto.faults.items())]
         losses = [(fit[m][0], fit[m][1]) for m in fit]
         if losses:

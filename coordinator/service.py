@@ -172,9 +172,13 @@ def _record(svc: Service) -> None:
     """Who is running where (for operators, and for tests that simulate a crash)."""
     import os
 
-    info = {"pid": os.getpid(), "superlink_pid": svc.superlink.pid if svc.superlink else None,
-            "gateway_pid": svc.gateway.pid if svc.gateway else None, "superlink_port": svc.superlink_port,
-            "bind": svc.bind}
+    info = {
+        "pid": os.getpid(),
+        "superlink_pid": svc.superlink.pid if svc.superlink else None,
+        "gateway_pid": svc.gateway.pid if svc.gateway else None,
+        "superlink_port": svc.superlink_port,
+        "bind": svc.bind,
+    }
     (svc.state / "service.json").write_text(json.dumps(info) + "\n")
 
 
@@ -222,8 +226,12 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
                 if "completed" in status or "success" in status:
                     return 0
                 tail = svc.flwr("log", str(svc.run_id), CONNECTION, "--show", check=False)
-                log.error("run %s ended as %s; its log ends with:\n%s", svc.run_id, status,
-                          "\n".join((tail.stdout + tail.stderr).splitlines()[-25:]))
+                log.error(
+                    "run %s ended as %s; its log ends with:\n%s",
+                    svc.run_id,
+                    status,
+                    "\n".join((tail.stdout + tail.stderr).splitlines()[-25:]),
+                )
                 return 1
             for name, proc in (("SuperLink", svc.superlink), ("gateway", svc.gateway)):
                 if proc is not None and proc.poll() is not None:

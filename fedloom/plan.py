@@ -65,6 +65,19 @@ class SecureSpec:
 
 
 @dataclass(frozen=True)
+class ContributionSpec:
+    """Governed contributions (see coordinator/contribution.py): public weights, a quality floor
+    on a public probe set, an anti-capture cap."""
+
+    enabled: bool = False
+    floor: float = 0.0  # highest probe loss (the task's own loss) still aggregated; 0 = no floor
+    cap: float = 1.0  # largest share of the sum any member may carry; 1 = no cap
+    weighting: str = "examples"  # "examples" (declared counts) or "equal"
+    probe: str = "test"  # the public probe set's name
+    probe_hash: str = ""  # its SHA-256, filled in when the plan is made; members check it
+
+
+@dataclass(frozen=True)
 class Plan:
     federation: str = "fedloom-simulation"
     participants: int = 10
@@ -75,6 +88,7 @@ class Plan:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     secure: SecureSpec = field(default_factory=SecureSpec)
+    contribution: ContributionSpec = field(default_factory=ContributionSpec)
     app_hash: str = ""  # SHA-256 of the Flower app bundle (FAB) members agreed to run; "" in simulations
 
     # ------------------------------------------------------------------ identity
@@ -140,6 +154,19 @@ class Plan:
                 f"secure aggregation needs at least secure.min_cohort = {sec.min_cohort} participants "
                 f"(got {self.participants})",
             )
+
+        c = self.contribution
+        if c.enabled:
+            need(
+                self.secure.enabled,
+                "contribution needs secure aggregation enabled (public weights are a protocol feature)",
+            )
+            need(
+                c.weighting in ("examples", "equal"),
+                f"contribution.weighting must be examples or equal (got {c.weighting!r})",
+            )
+            need(0 < c.cap <= 1, f"contribution.cap must be in (0, 1] (got {c.cap})")
+            need(c.floor >= 0, "contribution.floor must be >= 0 (0 = no floor)")
 
     def train_seed(self, round_: int, member: int) -> int:
         """Shuffling seed of one member in one round: reproducible runs, resumable ones too."""

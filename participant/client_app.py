@@ -143,7 +143,8 @@ def _sync_ledger(view: NodeView, msg: Message) -> None:
 
 
 def _who(view: NodeView) -> ConfigRecord:
-    who: dict = {"member": view.member}
+    """Who replies, and what it declares publicly (its number of training examples)."""
+    who: dict = {"member": view.member, "examples": len(view.data.train)}
     if view.ledger_head is not None:
         who["ledger-head"] = view.ledger_head
     return ConfigRecord(who)
@@ -180,6 +181,8 @@ def train(msg: Message, context: Context) -> Message:
     def train_once() -> tuple[np.ndarray, int]:
         result = trainer.train(vector, view.round, view.member)
         fit.update(examples=result.num_examples, loss=result.train_loss)
+        if view.plan.contribution.enabled:  # score the local model on the plan's public probe set
+            fit["probe"] = trainer.probe_loss()
         _maybe_record_for_verification(msg, view, result.update, result.num_examples)
         return result.update, result.num_examples
 
@@ -191,8 +194,14 @@ def train(msg: Message, context: Context) -> Message:
         replies, info = _answer_protocol(msg, context, view, train_once)
         out[rec.PROTOCOL] = rec.protocol_record(replies)
         clipped = int(info.get("clipped", 0))
+        if not fit and view.plan.contribution.enabled:
+            # left out of this round (e.g. by the quality floor): train anyway, upload nothing, and
+            # report the new probe score so this member can qualify again
+            train_once()
     if fit:
         out[rec.FIT] = rec.fit_metrics(fit["examples"], fit["loss"], clipped)
+        if "probe" in fit:
+            out[rec.FIT]["probe-loss"] = float(fit["probe"])
     return Message(out, reply_to=msg)
 
 

@@ -38,6 +38,7 @@ def protocol_params(plan: Plan, vector_length: int, members: int) -> ProtocolPar
         threshold_fraction=s.threshold,
         neighbours=s.neighbours,
         min_cohort=s.min_cohort,
+        max_share=plan.contribution.cap if plan.contribution.enabled else 1.0,
     )
 
 
@@ -99,6 +100,8 @@ def answer(
             if isinstance(msg, MaskRequest):
                 update, examples = train()
                 weight = min(int(examples), participant.params.max_weight)
+                if msg.weights:  # a contribution policy's public weight (the protocol checks the table)
+                    weight = dict(zip(msg.shared, msg.weights, strict=False)).get(participant.member, weight)
                 info.update(weight=weight, examples=int(examples))
                 reply = participant.mask(msg, update, weight)
                 info["clipped"] = participant.last_clipped

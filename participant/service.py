@@ -120,8 +120,9 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
         # exits 305), or it restarted: a member's node keeps trying, as a service should.
         why = "this node's key is not registered (yet)" if proc.returncode == 305 else f"exit code {proc.returncode}"
         backoff = 2.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
-        log.warning("the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff,
-                    state / "supernode.log")
+        log.warning(
+            "the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff, state / "supernode.log"
+        )
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -10,6 +10,7 @@ import torch
 
 import tasks
 from fedloom.plan import Plan
+from tasks.probe import dataset_hash, probe_set
 
 from .local_data import LocalData
 
@@ -19,6 +20,11 @@ class LocalResult:
     update: np.ndarray  # float32: local model - global model
     num_examples: int
     train_loss: float
+
+
+@lru_cache(maxsize=4)
+def _probe(task: str, name: str, seed: int) -> tasks.Dataset:
+    return probe_set(task, name, seed)
 
 
 @lru_cache(maxsize=4)
@@ -43,6 +49,14 @@ class LocalTrainer:
     def evaluate(self, vector: np.ndarray) -> tasks.EvalResult:
         self.load(vector)
         return self.task.evaluate(self.model, self.data.test, self.device)
+
+    def probe_loss(self) -> float:
+        """The current (local) model's loss on the plan's public probe set, checked by hash."""
+        c = self.plan.contribution
+        probe = _probe(self.plan.task.name, c.probe, self.plan.task.seed)
+        if c.probe_hash and dataset_hash(probe) != c.probe_hash:
+            raise ValueError(f"probe set {c.probe!r} does not match the hash in the plan")
+        return float(self.task.evaluate(self.model, probe, self.device).loss)
 
     def train(self, vector: np.ndarray, round_: int, member: int) -> LocalResult:
         self.load(vector)

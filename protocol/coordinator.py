@@ -20,6 +20,7 @@ excluded from C1 before anyone masks, so the round goes on without them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -112,12 +113,14 @@ class CoordinatorRound:
         self.params = params
         self.workers = workers
         self.stage = Stage.BUNDLES
+        self.aborted_at = Stage.BUNDLES  # the stage an abort interrupted
         self.faults: dict[int, str] = {}
         self.abort_reason: ProtocolError | None = None
         self._c = _Collected()
         self.session = b""
         self.neighbours: dict[int, frozenset[int]] = {}
         self.shared: tuple[int, ...] = ()
+        self.weights: tuple[int, ...] = ()  # public weights, aligned with `shared` (empty: private)
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
         self._acc: np.ndarray | None = None
@@ -149,10 +152,43 @@ class CoordinatorRound:
 
     def abort(self, err: ProtocolError) -> ProtocolError:
         """Give up on the round: nothing more is released, the accumulator is dropped."""
+        if self.stage is not Stage.ABORTED:
+            self.aborted_at = self.stage
         self.stage = Stage.ABORTED
         self.abort_reason = err
         self._acc = None
         return err
+
+    def dropouts(self) -> dict[int, str]:
+        """Members that went silent, by the stage they did not answer (as far as this round got)."""
+        c = self._c
+        stages = [
+            ("share", set(c.bundles), set(c.share_bundles)),
+            ("receive", set(c.share_bundles), c.receipts),
+            ("mask", set(self.shared), c.masked),
+            ("sign", set(self.survivors), set(c.signatures)),
+            ("unmask", set(c.signatures), c.responded),
+        ]
+        # a stage's collection is over once the round moved past it, or an abort closed it
+        aborted = self.stage is Stage.ABORTED
+        at = self.aborted_at if aborted else self.stage
+
+        def over(stage: Stage) -> bool:
+            return at >= stage if aborted else at > stage
+
+        reached = {
+            "share": over(Stage.SHARES),
+            "receive": over(Stage.RECEIPTS),
+            "mask": over(Stage.MASKED),
+            "sign": over(Stage.SIGNATURES),
+            "unmask": over(Stage.UNMASK),
+        }
+        out: dict[int, str] = {}
+        for stage, asked, answered in stages:
+            if reached[stage]:
+                for m in sorted(asked - answered - c.convicted - set(self.faults)):
+                    out.setdefault(m, stage)
+        return out
 
     # ------------------------------------------------------------------ stage 0/1
     def advertise_request(self) -> AdvertiseRequest:
@@ -245,16 +281,26 @@ class CoordinatorRound:
             return [(dealer, Rule.BAD_SHARE.value)]
         return [(holder, "false complaint about a valid share")]
 
-    def mask_request(self) -> MaskRequest:
-        """Close receipts: C1 = dealers who confirmed receipt and were not convicted."""
+    def ready(self) -> set[int]:
+        """Members that would make up C1 now: receipts in, not convicted."""
+        return self._c.receipts - self._c.convicted
+
+    def mask_request(self, exclude: Iterable[int] = (), weights: Mapping[int, int] | None = None) -> MaskRequest:
+        """Close receipts: C1 = dealers who confirmed receipt, were not convicted and are not
+        excluded (e.g. by a contribution policy); with public `weights`, each gets its weight."""
         self._expect(Stage.RECEIPTS, "closing receipt collection")
-        self.shared = tuple(sorted(self._c.receipts - self._c.convicted))
+        self.shared = tuple(sorted(self._c.receipts - self._c.convicted - set(exclude)))
         need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
         if len(self.shared) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.shared)} members ready to mask, {need} needed"))
+        if weights is not None:
+            missing = [m for m in self.shared if m not in weights]
+            if missing or any(not 1 <= weights[m] <= self.params.max_weight for m in self.shared):
+                raise self.abort(ProtocolError(Rule.WEIGHTS, f"no valid public weight for members {missing}"))
+            self.weights = tuple(int(weights[m]) for m in self.shared)
         self._acc = np.zeros(self.params.masked_length, dtype=self.params.dtype)
         self.stage = Stage.MASKED
-        return MaskRequest(self.round, self.session, self.shared)
+        return MaskRequest(self.round, self.session, self.shared, self.weights)
 
     # ------------------------------------------------------------------ stage 3 replies
     def add_masked(self, mi: MaskedInput) -> None:
@@ -274,6 +320,12 @@ class CoordinatorRound:
         need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
         if len(self.survivors) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.survivors)} masked inputs, {need} needed"))
+        if self.weights:  # members would refuse to sign a sum one of them dominates: stop here
+            table = dict(zip(self.shared, self.weights, strict=True))
+            total = sum(table[m] for m in self.survivors)
+            top = max(self.survivors, key=lambda m: table[m])
+            if table[top] > self.params.max_share * total:
+                raise self.abort(ProtocolError(Rule.WEIGHT_CAPTURE, f"member {top} would dominate the sum", (top,)))
         self.stage = Stage.SIGNATURES
         return SurvivorRequest(self.round, self.session, self.shared, self.survivors)
 
@@ -281,7 +333,9 @@ class CoordinatorRound:
     def add_signature(self, sig: SurvivorSignature) -> None:
         self._expect(Stage.SIGNATURES, "a survivor signature")
         self._check_sender(sig.member, sig.round, sig.session, set(self.survivors), self._c.signatures)
-        statement = keys.survivors_transcript(self.context, self.round, self.session, self.shared, self.survivors)
+        statement = keys.survivors_transcript(
+            self.context, self.round, self.session, self.shared, self.survivors, self.weights
+        )
         if not self.roster.verify(sig.member, sig.signature, statement):
             raise self._reject(sig.member, ProtocolError(Rule.BAD_SIGNATURE, "survivor signature invalid"))
         self._c.signatures[sig.member] = sig

@@ -42,6 +42,8 @@ class Rule(StrEnum):
     INPUT_LENGTH = "input.length"
     INPUT_NONFINITE = "input.nonfinite"
     INPUT_WEIGHT = "input.weight"
+    WEIGHTS = "weights.invalid"
+    WEIGHT_CAPTURE = "weights.capture"
     PARAMETERS = "parameters.invalid"
 
 

@@ -85,8 +85,11 @@ def survivors_transcript(
     session: bytes,
     shared: tuple[int, ...],
     survivors: tuple[int, ...],
+    weights: tuple[int, ...] = (),
 ) -> bytes:
-    return transcript("survivors", ctx, round_, session, shared, survivors)
+    """What members sign before anything is released: who shared, who survived, and the public
+    weights (so a coordinator cannot show different members different weight tables)."""
+    return transcript("survivors", ctx, round_, session, shared, survivors, weights)
 
 
 def share_encryption_key(

@@ -40,8 +40,10 @@ def run_round(
     inputs: Mapping[int, np.ndarray],
     weights: Mapping[int, int] | None = None,
     drop: Mapping[str, set[int]] | None = None,
+    public_weights: bool = False,
 ) -> RoundOutcome:
-    """Run one round; members in drop[stage] never answer that stage (nor any later one)."""
+    """Run one round; members in drop[stage] never answer that stage (nor any later one).
+    With `public_weights`, the weights travel in the MaskRequest (a contribution policy's way)."""
     drop = drop or {}
     gone: set[int] = set()
     refusals: dict[int, ProtocolError] = {}
@@ -73,7 +75,7 @@ def run_round(
             reply = ask(m, lambda m=m: participants[m].receive(deliveries[m]))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_receipt(reply))
-        mreq = coordinator.mask_request()
+        mreq = coordinator.mask_request(weights=dict(weights or {}) if public_weights else None)
         for m in alive("mask", mreq.shared):
             w = (weights or {}).get(m, 1)
             reply = ask(m, lambda m=m, w=w: participants[m].mask(mreq, inputs[m], w))

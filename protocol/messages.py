@@ -263,19 +263,21 @@ class ShareReceipt(Message):
 
 @dataclass(frozen=True)
 class MaskRequest(Message):
-    """Stage 3 request: the final set of dealers (C1) every member masks with."""
+    """Stage 3 request: the final set of dealers (C1) every member masks with, and (when the plan
+    uses public weights) the weight assigned to each of them, aligned with `shared`."""
 
     TYPE: ClassVar[int] = 7
     round: int
     session: bytes
     shared: tuple[int, ...]
+    weights: tuple[int, ...] = ()  # empty: each member's weight stays private, inside its masked vector
 
     def _write(self, w: Writer) -> None:
-        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared)
+        w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared).ints(self.weights)
 
     @classmethod
     def _read(cls, r: Reader) -> MaskRequest:
-        return cls(r.u64(), r.fixed(SESSION_BYTES), _members(r))
+        return cls(r.u64(), r.fixed(SESSION_BYTES), _members(r), _members(r))
 
 
 @dataclass(frozen=True)

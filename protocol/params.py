@@ -29,6 +29,7 @@ class ProtocolParams:
     threshold_fraction: float = 2 / 3  # Shamir and consistency thresholds, as a share of the cohort
     neighbours: int = 0  # graph degree; 0 = auto (full graph up to 32, else 2*ceil(log2 n))
     min_cohort: int = 3  # fewer members than this and nobody unmasks anything
+    max_share: float = 1.0  # public weights: no survivor may carry more than this share of the sum
     max_members: int = 100  # the largest cohort the ring is checked for (the roster size)
     _checked: bool = field(default=False, repr=False, compare=False)
 
@@ -94,6 +95,8 @@ class ProtocolParams:
             raise bad("threshold_fraction must be in [0.5, 1)")
         if self.neighbours < 0 or self.neighbours % 2:
             raise bad("neighbours must be 0 (auto) or a positive even number")
+        if not 0 < self.max_share <= 1:
+            raise bad("max_share must be in (0, 1]")
         if self.min_cohort < 2:
             raise bad("min_cohort must be at least 2: a 'sum' of one member is that member's input")
         if self.max_members < self.min_cohort:

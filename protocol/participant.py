@@ -124,6 +124,7 @@ class RoundState:
     held: dict[int, HeldShare] = field(default_factory=dict)
     released_seed: tuple[int, ...] = ()
     released_key: tuple[int, ...] = ()
+    weights: tuple[int, ...] = ()  # public weights of C1 (aligned with `shared`), if the plan uses them
 
     def wipe(self) -> None:
         """Drop every secret of the round (after unmasking, or on abort)."""
@@ -141,7 +142,7 @@ class RoundState:
         w.u32(len(self.held))
         for m, h in sorted(self.held.items()):
             w.u32(m).var(h.seed).var(h.seed_sig).var(h.key).var(h.key_sig)
-        w.ints(self.released_seed).ints(self.released_key)
+        w.ints(self.released_seed).ints(self.released_key).ints(self.weights)
 
     @classmethod
     def read(cls, r: Reader) -> RoundState:
@@ -151,7 +152,7 @@ class RoundState:
         st.peers = {r.u32(): (r.fixed(32), r.fixed(32)) for _ in range(r.count())}
         st.neighbours, st.shared, st.survivors = r.ints(), r.ints(), r.ints()
         st.held = {r.u32(): HeldShare(r.var(), r.var(), r.var(), r.var()) for _ in range(r.count())}
-        st.released_seed, st.released_key = r.ints(), r.ints()
+        st.released_seed, st.released_key, st.weights = r.ints(), r.ints(), r.ints()
         return st
 
 
@@ -392,6 +393,11 @@ class Participant:
             raise ProtocolError(Rule.NOT_A_PARTICIPANT, "the coordinator says this member did not share")
         if len(shared) < self.min_cohort:
             raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{len(shared)} members shared, {self.min_cohort} required")
+        if req.weights:
+            table = self._weight_table(req)
+            if table[self.member] != weight:
+                raise ProtocolError(Rule.INPUT_WEIGHT, f"assigned weight {table[self.member]}, given {weight}")
+            st.weights = tuple(table[m] for m in shared)
         quantized = quantize(x, weight, self.params, self._random)  # input rules checked here
         st.shared = shared
         live = set(shared)
@@ -410,6 +416,28 @@ class Participant:
         self.last_clipped = quantized.clipped
         return MaskedInput(st.round, self.member, st.session, vector)
 
+    def _weight_table(self, req: MaskRequest) -> dict[int, int]:
+        """Public weights: one per member of C1, each in 1..max_weight. (Exclusion is by leaving
+        C1, never by a zero weight: a zero would shrink the real cohort behind members' backs.)"""
+        if len(req.weights) != len(req.shared):
+            raise ProtocolError(Rule.WEIGHTS, "the weight table does not match the shared set")
+        table = dict(zip(req.shared, req.weights, strict=True))
+        if any(not 1 <= w <= self.params.max_weight for w in table.values()):
+            raise ProtocolError(Rule.WEIGHTS, f"public weights must be in 1..{self.params.max_weight}")
+        return table
+
+    def _check_capture(self, st: RoundState, survivors: tuple[int, ...]) -> None:
+        """Anti-capture: with public weights, no survivor may dominate the sum (a sum where one
+        weight dwarfs the others is that member's update)."""
+        table = dict(zip(st.shared, st.weights, strict=True))
+        total = sum(table[m] for m in survivors)
+        top = max(survivors, key=lambda m: table[m])
+        if table[top] > self.params.max_share * total:
+            raise ProtocolError(
+                Rule.WEIGHT_CAPTURE,
+                f"member {top} would carry {table[top] / total:.0%} of the sum (plan cap {self.params.max_share:.0%})",
+            )
+
     # ------------------------------------------------------------------ stage 4
     def sign_survivors(self, req: SurvivorRequest) -> SurvivorSignature:
         return self._run(req, self._sign_survivors)
@@ -425,7 +453,10 @@ class Participant:
             raise ProtocolError(Rule.NOT_A_PARTICIPANT, "this member is not listed as a survivor")
         self._check_survivor_count(st, survivors)
         st.survivors = survivors
-        sig = self._identity.sign(keys.survivors_transcript(self.context, st.round, st.session, st.shared, survivors))
+        if st.weights:
+            self._check_capture(st, survivors)
+        statement = keys.survivors_transcript(self.context, st.round, st.session, st.shared, survivors, st.weights)
+        sig = self._identity.sign(statement)
         return SurvivorSignature(st.round, self.member, st.session, sig)
 
     def _check_survivor_count(self, st: RoundState, survivors: tuple[int, ...]) -> None:
@@ -460,7 +491,7 @@ class Participant:
         dropped = _sorted_unique(req.dropped, "the dropped set")
         if not set(dropped) <= set(st.shared) - set(st.survivors):
             raise ProtocolError(Rule.SET_NOT_SUBSET, "dropped members must have shared and not survived")
-        statement = keys.survivors_transcript(ctx, st.round, st.session, st.shared, st.survivors)
+        statement = keys.survivors_transcript(ctx, st.round, st.session, st.shared, st.survivors, st.weights)
         survivors = set(st.survivors)
         signers = {
             s.member

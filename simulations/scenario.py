@@ -108,7 +108,7 @@ def parse_scenario(raw: bytes, source: str = "<string>") -> Scenario:
     if not isinstance(name, str) or not isinstance(description, str):
         raise UserError(f"{source}: name and description must be strings")
     faults, policies, adversary = data.pop("faults", []), data.pop("policies", []), data.pop("adversary", None)
-    plan = Plan.from_dict(data)
+    plan = with_probe_hash(Plan.from_dict(data))
     return Scenario(
         name=name,
         plan=plan,
@@ -205,6 +205,22 @@ def _adversary(entry: dict | None, plan: Plan) -> dict | None:
     if not plan.secure.enabled:
         raise UserError("an adversary scenario needs secure aggregation enabled")
     return {"kind": kind, "round": rnd, "target": target}
+
+
+def with_probe_hash(plan: Plan) -> Plan:
+    """Name the contribution policy's public probe set by hash in the plan (members check it)."""
+    c = plan.contribution
+    if not c.enabled or c.probe_hash:
+        return plan
+    from dataclasses import replace
+
+    from tasks.probe import dataset_hash, probe_set
+
+    try:
+        digest = dataset_hash(probe_set(plan.task.name, c.probe, plan.task.seed))
+    except ValueError as exc:
+        raise UserError(f"contribution.probe: {exc}") from exc
+    return replace(plan, contribution=replace(c, probe_hash=digest))
 
 
 def default_out_dir() -> str:

@@ -235,3 +235,121 @@ def test_float_inputs_are_within_one_step_of_the_true_mean():
     clipped = {i: np.clip(x.astype(np.float64), -0.5, 0.5) for i, x in xs.items()}
     true_mean = sum(clipped[i] * weights[i] for i in xs) / sum(weights.values())
     assert np.max(np.abs(s / w - true_mean)) < params.step
+
+
+@pytest.mark.parametrize(
+    ("drop", "completes", "expected"),
+    [
+        ({"sign": {3}, "unmask": {6}}, True, {3: "sign", 6: "unmask"}),
+        ({"mask": {2}, "unmask": {5}, "receive": {7}}, False, {7: "receive", 2: "mask", 5: "unmask"}),
+        ({"share": {1, 2, 3, 4}}, False, {1: "share", 2: "share", 3: "share", 4: "share"}),
+        ({}, True, {}),
+    ],
+)
+def test_coordinator_reports_who_went_silent_at_which_stage(drop, completes, expected):
+    params = exact_params(4, max_members=8)
+    fed = make_federation(8, params)
+    coord = fed.coordinator(1)
+    out = run_round(coord, fed.participants, integer_inputs(fed.participants, 4, 0), drop=drop)
+    assert (out.error is None) is completes
+    assert coord.dropouts() == expected
+
+
+# ------------------------------------------------------------------ public weights (contribution policy)
+def _setup_to_mask(fed, round_: int = 1):
+    coord = fed.coordinator(round_)
+    for p in fed.participants.values():
+        coord.add_bundle(p.advertise(coord.advertise_request()))
+    bset = coord.bundle_set()
+    for p in fed.participants.values():
+        coord.add_shares(p.share(bset))
+    for m, dl in coord.deliveries().items():
+        coord.add_receipt(fed.participants[m].receive(dl))
+    return coord
+
+
+def test_public_weights_give_the_exact_weighted_sum():
+    params = exact_params(9, max_members=6, max_weight=50, max_share=0.5)
+    fed = make_federation(6, params)
+    xs = integer_inputs(fed.participants, 9, 2)
+    weights = {m: 3 + m for m in fed.participants}
+    out = run_round(fed.coordinator(1), fed.participants, xs, weights, public_weights=True)
+    assert out.error is None
+    assert np.array_equal(out.result.total, ring_sum(xs, weights, fed.participants, params))
+
+
+def test_a_member_masks_only_with_the_weight_the_table_gives_it():
+    params = exact_params(4, max_members=5, max_weight=50)
+    fed = make_federation(5, params)
+    coord = _setup_to_mask(fed)
+    mreq = coord.mask_request(weights={m: 10 for m in range(1, 6)})
+    with pytest.raises(ProtocolError) as e:
+        fed.participants[1].mask(mreq, np.zeros(4), 11)
+    assert e.value.rule is Rule.INPUT_WEIGHT
+
+
+def test_zero_or_missing_public_weights_are_refused():
+    from dataclasses import replace
+
+    params = exact_params(4, max_members=5, max_weight=50)
+    fed = make_federation(5, params)
+    coord = _setup_to_mask(fed)
+    mreq = coord.mask_request(weights={m: 10 for m in range(1, 6)})
+    zero = replace(mreq, weights=(0, 10, 10, 10, 10))
+    with pytest.raises(ProtocolError) as e:
+        fed.participants[2].mask(zero, np.zeros(4), 10)
+    assert e.value.rule is Rule.WEIGHTS
+    short = replace(mreq, weights=(10, 10))
+    with pytest.raises(ProtocolError) as e:
+        fed.participants[3].mask(short, np.zeros(4), 10)
+    assert e.value.rule is Rule.WEIGHTS
+
+
+def test_members_refuse_to_sign_a_sum_one_weight_dominates():
+    """A coordinator giving its target a huge weight and everyone else a tiny one would turn the
+    'sum' into the target's update: members check the anti-capture cap before signing."""
+    params = exact_params(4, max_members=6, max_weight=1000, max_share=0.4)
+    fed = make_federation(6, params)
+    coord = _setup_to_mask(fed)
+    weights = {m: 1 for m in fed.participants} | {1: 1000}
+    # an honest coordinator stops itself...
+    mreq = coord.mask_request(weights=weights)
+    for m in mreq.shared:
+        coord.add_masked(fed.participants[m].mask(mreq, np.zeros(4), weights[m]))
+    with pytest.raises(ProtocolError) as e:
+        coord.survivor_request()
+    assert e.value.rule is Rule.WEIGHT_CAPTURE
+    # ...and a malicious one that goes on anyway gets no signature
+    from protocol.messages import SurvivorRequest
+
+    sreq = SurvivorRequest(mreq.round, mreq.session, mreq.shared, mreq.shared)
+    for m in (2, 3, 4):
+        with pytest.raises(ProtocolError) as e:
+            fed.participants[m].sign_survivors(sreq)
+        assert e.value.rule is Rule.WEIGHT_CAPTURE
+
+
+def test_different_weight_tables_for_different_members_cannot_be_unmasked():
+    """The signed survivor statement covers the weight table: split tables never gather enough
+    matching signatures, so nobody releases a share."""
+    from dataclasses import replace
+
+    from protocol.messages import UnmaskRequest
+
+    params = exact_params(4, max_members=6, max_weight=50, max_share=0.6)
+    fed = make_federation(6, params)
+    coord = _setup_to_mask(fed)
+    honest = coord.mask_request(weights={m: 10 for m in fed.participants})
+    other = replace(honest, weights=(20, 10, 10, 10, 10, 10))
+    masked = {}
+    for m in honest.shared:
+        req, w = (other, 20 if m == 1 else 10) if m in (1, 2, 3) else (honest, 10)
+        masked[m] = fed.participants[m].mask(req, np.zeros(4), w)
+        coord.add_masked(masked[m])
+    sreq = coord.survivor_request()
+    sigs = [fed.participants[m].sign_survivors(sreq) for m in sreq.survivors]
+    ureq = UnmaskRequest(sreq.round, sreq.session, sreq.survivors, (), tuple(sigs))
+    for m in sreq.survivors:
+        with pytest.raises(ProtocolError) as e:
+            fed.participants[m].unmask(ureq)
+        assert e.value.rule is Rule.INCONSISTENT_SURVIVORS

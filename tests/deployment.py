@@ -1,0 +1,218 @@
+"""Helpers for deployment tests: a provisioned federation whose coordinator and participant
+nodes run as real processes (`fedloom coordinator start`, `fedloom participant start`) on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tasks
+from fedloom.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+FEDLOOM = [sys.executable, "-m", "fedloom.cli"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", RAY_USAGE_STATS_ENABLED="0")
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e['PATH']}"
+    e.update(extra)
+    return e
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+    return pids
+
+
+def kill_group(pid: int | None, sig: int = signal.SIGKILL) -> None:
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+
+@dataclass
+class Federation:
+    root: Path
+    members: list[str]
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def kits(self) -> Path:
+        return self.root / "kits"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def provision(self, plan_toml: str, policy_toml: str = "") -> None:
+        members = "".join(f'[[members]]\nname = "{m}"\n' for m in self.members)
+        text = (
+            f'[federation]\nname = "test-federation"\naddress = "{self.address}"\nsans = ["127.0.0.1"]\n'
+            f"{members}[plan]\n{plan_toml}\n" + (f"[policy]\n{policy_toml}\n" if policy_toml else "")
+        )
+        (self.root / "federation.toml").write_text(text)
+        cmd = [*FEDLOOM, "provision", str(self.root / "federation.toml"), "--out", str(self.kits), "--app", str(ROOT)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        tasks.export_partitions("digits", self.root / "data", len(self.members), "iid")
+
+    def start_coordinator(self, state: str, node_wait: float = 300) -> subprocess.Popen:
+        cmd = [
+            *FEDLOOM,
+            "coordinator",
+            "start",
+            "--kit",
+            str(self.kits / "coordinator"),
+            "--state-dir",
+            str(self.root / state),
+            "--app",
+            str(ROOT),
+            "--bind",
+            self.address,
+            "--node-wait",
+            str(node_wait),
+        ]
+        log = (self.root / f"{state}.out").open("ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+        self.procs[f"coordinator:{state}"] = proc
+        return proc
+
+    def start_participant(self, member: str, state: str, **extra_env: str) -> subprocess.Popen:
+        i = self.members.index(member)
+        cmd = [
+            *FEDLOOM,
+            "participant",
+            "start",
+            "--kit",
+            str(self.kits / member),
+            "--data",
+            str(self.root / "data" / f"participant-{i}.npz"),
+            "--device",
+            "cpu",
+            "--state-dir",
+            str(self.root / state),
+        ]
+        log = (self.root / f"{state.replace('/', '-')}.out").open("ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(**extra_env), start_new_session=True)
+        self.procs[f"participant:{state}"] = proc
+        return proc
+
+    def wait_for(self, path: Path, timeout: float, predicate=lambda p: True) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if path.exists() and predicate(path):
+                return
+            for name, proc in self.procs.items():
+                if name.startswith("coordinator") and proc.poll() not in (None, 0):
+                    raise AssertionError(f"{name} exited with {proc.returncode}: {self.tail(name)}")
+            time.sleep(1)
+        raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
+
+    def checkpoint_round(self, state: str) -> int:
+        p = self.root / state / "checkpoint.json"
+        return json.loads(p.read_text())["round"] if p.exists() else 0
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        state = name.split(":", 1)[1].replace("/", "-")
+        f = self.root / f"{state}.out"
+        return "\n".join(f.read_text(errors="replace").splitlines()[-lines:]) if f.exists() else ""
+
+    def crash_coordinator(self, state: str) -> None:
+        """SIGKILL the service, its SuperLink and gateway, and the ServerApp: a machine crash."""
+        info = json.loads((self.root / state / "service.json").read_text())
+        for pid in (info["superlink_pid"], info["gateway_pid"], info["pid"]):
+            kill_group(pid)
+        for pid in processes_mentioning(f":{info['superlink_port']}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.procs[f"coordinator:{state}"].wait(30)
+
+    def crash_participant(self, state: str) -> None:
+        info = json.loads((self.root / state / "service.json").read_text())
+        kill_group(info["supernode_pid"])
+        kill_group(self.procs[f"participant:{state}"].pid)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            kill_group(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 30
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(1, deadline - time.time()))
+            kill_group(proc.pid)
+        for pid in processes_mentioning(str(self.root)):  # anything left that belongs to this test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+ROGUE_PYPROJECT = """[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+[project]
+name = "rogue"
+version = "1.0.0"
+[tool.flwr.app]
+publisher = "mallory"
+[tool.flwr.app.components]
+serverapp = "rogue_app:server"
+clientapp = "rogue_app:client"
+[tool.flwr.app.config]
+marker = "{marker}"
+"""
+
+ROGUE_APP = '''"""An app nobody agreed to run: if its ClientApp ever executes, it leaves a marker file."""
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.train()
+def train(msg, context):
+    Path(str(context.run_config["marker"])).write_text("rogue code ran here")
+    return Message(RecordDict({"x": ConfigRecord({"ok": 1})}), reply_to=msg)
+
+
+@server.main()
+def main(grid, context):
+    deadline = time.time() + 60
+    while not list(grid.get_node_ids()) and time.time() < deadline:
+        time.sleep(1)
+    msgs = [Message(RecordDict({"x": ConfigRecord({"a": 1})}), dst_node_id=n, message_type="train")
+            for n in grid.get_node_ids()]
+    list(grid.send_and_receive(msgs, timeout=60))
+'''
+
+
+def rogue_app(where: Path, marker: Path) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "pyproject.toml").write_text(ROGUE_PYPROJECT.format(marker=marker))
+    (where / "rogue_app.py").write_text(ROGUE_APP)
+    return where
+
+
+def flwr_connection(home: Path, name: str, address: str, ca: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{ca}"\n'
+    )
+    return env(FLWR_HOME=str(home))

@@ -1,0 +1,238 @@
+"""Real deployment on loopback: provisioned kits, the coordinator service (SuperLink behind the
+fleet-only TLS gateway) and participant nodes as real processes.
+
+- Four members, two secure rounds; one member is killed during round 2 and the round completes;
+  the secure aggregate equals the plaintext mean of the members' true updates within one
+  quantization step; the ledger verifies, and fails after any edit.
+- A node whose key is not registered is refused; a rogue app submitted to the public address is
+  refused, and one submitted through the coordinator's own loopback control connection (as from a
+  compromised coordinator host) never executes on a participant (the app guard refuses it).
+- A coordinator killed mid-run and started again resumes at the next round and ends with exactly
+  the model of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deployment import FEDLOOM, Federation, env, flwr_connection, kill_group, rogue_app
+from safetensors.numpy import load_file
+
+from coordinator.driver import initial_model
+from fedloom.kits import load_member_kit
+from fedloom.processes import free_port
+from participant.secure import protocol_params
+
+SECURE_PLAN = """rounds = 2
+[plan.task]
+name = "digits"
+partition = "iid"
+[plan.training]
+epochs = 1
+"""
+
+
+def rows(path: Path) -> dict[int, dict]:
+    return {r["round"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def secure_run(tmp_path_factory):
+    fed = Federation(tmp_path_factory.mktemp("deploy"), ["amara", "bo", "chen", "dara"])
+    fed.provision(SECURE_PLAN)
+    marker = fed.root / "ROGUE-CODE-RAN"
+    attempts: dict[str, object] = {}
+    try:
+        coordinator = fed.start_coordinator("state")
+        fed.wait_for(fed.root / "state" / "service.json", 120)
+        for m in fed.members:
+            fed.start_participant(m, f"nodes/{m}", FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
+            (fed.root / "verify" / m).mkdir(parents=True, exist_ok=True)
+        attempts["unregistered"] = unregistered_node(fed)
+        attempts["rogue_public"] = rogue_run(fed, marker, via="public")
+        attempts["rogue_loopback"] = rogue_run(fed, marker, via="loopback")
+        fed.wait_for(fed.root / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
+        fed.crash_participant("nodes/dara")  # killed while round 2 is under way
+        assert coordinator.wait(900) == 0, fed.tail("coordinator:state")
+        yield fed, marker, attempts
+    finally:
+        fed.stop_all()
+
+
+def unregistered_node(fed: Federation) -> int:
+    """A SuperNode with a key the coordinator never registered: Flower refuses it (exit 305)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path = fed.root / "intruder.key"
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
+    cmd = [
+        "flower-supernode",
+        "--superlink",
+        fed.address,
+        "--root-certificates",
+        str(fed.kits / "ca" / "ca.crt"),
+        "--auth-supernode-private-key",
+        str(path),
+        "--port",
+        str(free_port()),
+        "--max-retries",
+        "3",
+        "--node-config",
+        'data-path="/nonexistent"',
+    ]
+    # its own session and a log file: the SuperNode's child (flower-superexec) must not hold our pipes
+    with (fed.root / "intruder.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+        try:
+            return proc.wait(180)
+        finally:
+            kill_group(proc.pid)
+
+
+def rogue_run(fed: Federation, marker: Path, via: str) -> int:
+    app = rogue_app(fed.root / "rogue", marker)
+    if via == "public":  # what anyone on the network can reach
+        conn = flwr_connection(fed.root / "mallory-home", "target", fed.address, fed.kits / "ca" / "ca.crt")
+    else:  # the coordinator's own loopback control connection, as from a compromised coordinator host
+        conn = env(FLWR_HOME=str(fed.root / "state" / "flwr-home"))
+    proc = subprocess.run(
+        ["flwr", "run", str(app), "target" if via == "public" else "fedloom"],
+        capture_output=True,
+        text=True,
+        env=conn,
+        timeout=180,
+    )
+    return proc.returncode
+
+
+def test_two_secure_rounds_complete_with_a_member_killed_mid_round(secure_run):
+    fed, _, _ = secure_run
+    summary = json.loads((fed.root / "state" / "outputs" / "summary.json").read_text())
+    assert summary["secure_aggregation"] is True and summary["rounds_completed"] == 2
+    by_round = rows(fed.root / "state" / "outputs" / "metrics.jsonl")
+    assert set(by_round[1]["aggregated"]) == {1, 2, 3, 4}
+    assert by_round[2]["skipped"] is None and {1, 2, 3} <= set(by_round[2]["aggregated"])
+    if 4 not in by_round[2]["aggregated"]:  # killed before its masked input got out
+        assert {"member": 4, "stage": "mask"} in by_round[2]["dropped"]
+
+
+def test_secure_aggregate_equals_the_plaintext_mean(secure_run):
+    """Verification hook: members leave their true updates in FEDLOOM_VERIFY_DIR (their own choice)."""
+    fed, _, _ = secure_run
+    kit = load_member_kit(fed.kits / "amara")
+    plan = kit.plan
+    models = [initial_model(plan)]
+    ckpts = sorted((fed.root / "state" / "checkpoints").glob("round-*.safetensors"))
+    models += [load_file(p)["model"] for p in ckpts]
+    params = protocol_params(plan, models[0].size, len(kit.roster))
+    by_round = rows(fed.root / "state" / "outputs" / "metrics.jsonl")
+    names = {m.id: m.name for m in kit.roster}
+    for r in (1, 2):
+        total, weight = 0.0, 0
+        for member in by_round[r]["aggregated"]:
+            with np.load(fed.root / "verify" / names[member] / f"r{r}-m{member}.npz") as f:
+                w = min(int(f["examples"]), params.max_weight)
+                total = total + np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
+                weight += w
+        secure_mean = models[r].astype(np.float64) - models[r - 1].astype(np.float64)
+        assert np.max(np.abs(secure_mean - total / weight)) <= params.step + 1e-6
+
+
+def test_ledger_verifies_and_any_edit_breaks_it(secure_run, tmp_path):
+    fed, _, _ = secure_run
+    ledger = fed.root / "state" / "ledger.jsonl"
+    ok = subprocess.run(
+        [*FEDLOOM, "ledger", "verify", str(ledger), "--kit", str(fed.kits / "amara")],
+        capture_output=True,
+        text=True,
+        env=env(),
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    data = ledger.read_bytes()
+    for pos in (10, len(data) // 2, len(data) - 20):  # a sample here; every byte in tests/test_ledger.py
+        edited = tmp_path / f"edited-{pos}.jsonl"
+        edited.write_bytes(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1 :])
+        bad = subprocess.run(
+            [*FEDLOOM, "ledger", "verify", str(edited), "--kit", str(fed.kits / "amara")],
+            capture_output=True,
+            text=True,
+            env=env(),
+        )
+        assert bad.returncode == 1, bad.stdout
+    for m in ("amara", "bo", "chen"):  # each member's own copy of what it saw
+        copy = fed.root / "nodes" / m / "ledger.jsonl"
+        assert (
+            subprocess.run(
+                [*FEDLOOM, "ledger", "verify", str(copy), "--kit", str(fed.kits / m)], capture_output=True, env=env()
+            ).returncode
+            == 0
+        )
+
+
+def test_unregistered_node_is_refused(secure_run):
+    _, _, attempts = secure_run
+    assert attempts["unregistered"] == 305  # Flower's "node not registered": TLS worked, node auth said no
+
+
+def test_rogue_app_never_runs_on_a_participant(secure_run):
+    fed, marker, attempts = secure_run
+    assert attempts["rogue_public"] != 0  # the gateway serves the Fleet API only
+    assert "refused POST /v1/control" in (fed.root / "state" / "logs" / "gateway.log").read_text()
+    assert not marker.exists()
+    logs = "".join((fed.root / "nodes" / m / "supernode.log").read_text(errors="replace") for m in fed.members)
+    assert "refusing app bundle" in logs  # the loopback submission reached the nodes; the guard said no
+
+
+PLAIN_PLAN = """rounds = 3
+[plan.task]
+name = "digits"
+partition = "iid"
+[plan.training]
+epochs = 1
+[plan.secure]
+enabled = false
+"""
+
+
+def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_path):
+    fed = Federation(tmp_path, ["ines", "jon", "kai"])
+    fed.provision(PLAIN_PLAN, policy_toml="require_secure_aggregation = false")
+    try:
+        # reference: an uninterrupted run
+        ref = fed.start_coordinator("ref")
+        for m in fed.members:
+            fed.start_participant(m, f"ref-nodes/{m}")
+        assert ref.wait(900) == 0, fed.tail("coordinator:ref")
+        for m in fed.members:
+            fed.crash_participant(f"ref-nodes/{m}")
+        # the same plan, with the coordinator killed once round 1 is checkpointed
+        first = fed.start_coordinator("crash")
+        for m in fed.members:
+            fed.start_participant(m, f"nodes/{m}")
+        fed.wait_for(tmp_path / "crash" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("crash") >= 1)
+        fed.crash_coordinator("crash")
+        assert first.returncode != 0
+        time.sleep(2)
+        second = fed.start_coordinator("crash")
+        assert second.wait(900) == 0, fed.tail("coordinator:crash")
+    finally:
+        fed.stop_all()
+    resumed = load_file(tmp_path / "crash" / "outputs" / "model.safetensors")["vector"]
+    reference = load_file(tmp_path / "ref" / "outputs" / "model.safetensors")["vector"]
+    assert np.array_equal(resumed, reference)
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "crash" / "ledger.jsonl").read_text().splitlines()]
+    assert kinds.count("resume") == 1 and kinds.count("round") == 3
+    metric_rounds = [
+        r["round"] for r in map(json.loads, (tmp_path / "crash" / "outputs" / "metrics.jsonl").read_text().splitlines())
+    ]
+    assert metric_rounds == [0, 1, 2, 3]
