@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from .guard import KIT_ENV
 from .local_data import from_path
 
 log = logging.getLogger("fedloom.participant")
+NOT_REGISTERED = 305  # Flower's exit code for a node whose key the SuperLink does not know
 GUARD_SCRIPT = """#!/bin/sh
 # fedloom's app guard, installed as the `flwr-clientapp` this member's SuperNode launches.
 exec "{python}" -m participant.guard "$@"
@@ -35,6 +37,18 @@ def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise UserError(f"{what} not found: {path} (is this a kit made by `fedloom provision`?)")
     return path
+
+
+def _flower_exit_code(log_file: Path) -> int | None:
+    """Flower prints its exit code ("Exit Code: 305") and exits 1: read the code from the log."""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, log_file.stat().st_size - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    codes = re.findall(r"Exit Code: (\d+)", tail)
+    return int(codes[-1]) if codes else None
 
 
 def install_guard(bin_dir: Path) -> Path:
@@ -118,7 +132,8 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
             break
         # The coordinator may not be up yet, or not have registered this node's key yet (Flower
         # exits 305), or it restarted: a member's node keeps trying, as a service should.
-        why = "this node's key is not registered (yet)" if proc.returncode == 305 else f"exit code {proc.returncode}"
+        unregistered = _flower_exit_code(state / "supernode.log") == NOT_REGISTERED
+        why = "this node's key is not registered (yet)" if unregistered else f"exit code {proc.returncode}"
         backoff = 2.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
         log.warning(
             "the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff, state / "supernode.log"
