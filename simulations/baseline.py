@@ -1,7 +1,8 @@
 """The centralized baseline: the same model trained on the pooled training data, same budget.
 
-Budget = the same number of passes over the data: every participant does `epochs` local epochs
-per round, so the pooled data is seen rounds x epochs times. It shows what federation costs.
+Budget = the same local work: every participant does `epochs` local epochs (or `steps` local steps)
+per round, so the centralized model gets rounds x epochs passes over the pooled data (or
+rounds x steps steps). It shows what federation costs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def centralized_baseline(plan: Plan, device: str = "cpu", threads: int = 2) -> d
     t = plan.training
     cfg = tasks.TrainConfig(
         epochs=plan.rounds * t.epochs,
+        steps=plan.rounds * t.steps,
+        optimizer=t.optimizer,
         batch_size=t.batch_size,
         lr=t.lr,
         momentum=t.momentum,

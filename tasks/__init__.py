@@ -1,10 +1,11 @@
 """Federated learning tasks (data, model, local training) shared by coordinator and participants.
 
-Look a task up by name with :func:`get_task` ("digits", "mnist5k") or plug in your own with
+Look a task up by name with :func:`get_task` ("digits", "mnist5k", "charlm") or plug in your own with
 ``"package.module:object"``. Importing this package is cheap: datasets load only when asked.
 """
 
-from tasks.base import Dataset, EvalResult, Task, TrainConfig, TrainResult
+from tasks.base import Dataset, EvalResult, Task, TokenDataset, TrainConfig, TrainResult
+from tasks.charlm import CharLMTask
 from tasks.classification import ClassificationTask
 from tasks.digits import DigitsTask
 from tasks.mnist5k import Mnist5kTask
@@ -18,17 +19,23 @@ from tasks.participants import (
     load_test,
     participant_file,
     partition_indices,
+    resolve_groups,
 )
 from tasks.registry import UnknownTaskError, get_task, register_task, task_names
+from tasks.synthetic import Synthetic1e5, Synthetic1e6
 
 __all__ = [
     "TEST_FILE",
+    "CharLMTask",
     "ClassificationTask",
     "Dataset",
     "DigitsTask",
     "EvalResult",
     "Mnist5kTask",
+    "Synthetic1e5",
+    "Synthetic1e6",
     "Task",
+    "TokenDataset",
     "TrainConfig",
     "TrainResult",
     "UnknownTaskError",
@@ -43,6 +50,7 @@ __all__ = [
     "participant_file",
     "partition_indices",
     "register_task",
+    "resolve_groups",
     "task_names",
     "vector_to_model",
 ]

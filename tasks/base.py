@@ -8,6 +8,7 @@ wire is a flat parameter vector (see :mod:`tasks.params`), so the types here sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,39 +22,72 @@ class Dataset:
     """Features and integer labels, kept as numpy so they are cheap to slice, save and ship.
 
     ``x`` is coerced to float32 and ``y`` to int64 on construction, so every consumer can rely on
-    those dtypes without re-checking.
+    those dtypes without re-checking (:class:`TokenDataset` keeps integer ``x`` instead).
     """
 
     x: np.ndarray
     y: np.ndarray
 
     def __post_init__(self) -> None:
-        x = np.asarray(self.x, dtype=np.float32)
+        x = self._coerce_x(self.x)
         y = np.asarray(self.y)
         if y.ndim != 1:
             raise ValueError(f"labels y must be 1-D, got shape {y.shape}")
         if y.size and not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
         if x.ndim < 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"x and y disagree on the number of examples: x {x.shape}, y {y.shape}"
-            )
+            raise ValueError(f"x and y disagree on the number of examples: x {x.shape}, y {y.shape}")
         # Frozen dataclass: the coerced arrays replace the originals exactly once, here.
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y.astype(np.int64, copy=False))
+
+    @staticmethod
+    def _coerce_x(x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def subset(self, idx: np.ndarray) -> Dataset:
-        """The examples at ``idx`` (a copy, so the subset never aliases a cached pool)."""
+        """The examples at ``idx`` (a copy, so the subset never aliases a cached pool).
+
+        The subset has the same type as ``self``, so a :class:`TokenDataset` stays one.
+        """
         idx = np.asarray(idx, dtype=np.int64)
-        return Dataset(self.x[idx], self.y[idx])
+        return type(self)(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True)
+class TokenDataset(Dataset):
+    """A :class:`Dataset` whose ``x`` holds integer token ids (e.g. byte windows) instead of features.
+
+    ``x`` keeps its integer dtype (it is never coerced to float32); ``y`` is still an int64 label per
+    example, which partitioners use as the group (e.g. the language of a text window).
+    """
+
+    @staticmethod
+    def _coerce_x(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if not x.size:
+            return x.astype(np.int64)
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"token ids x must be integers, got dtype {x.dtype}")
+        return x
+
+
+OPTIMIZERS = ("sgd", "adamw")
+ADAMW_BETAS = (0.9, 0.95)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local training hyper-parameters; ``seed`` fixes the batch order so runs reproduce."""
+    """Local training hyper-parameters; ``seed`` fixes the batch order so runs reproduce.
+
+    ``steps == 0`` trains for ``epochs`` passes over the data; ``steps > 0`` ignores ``epochs`` and
+    takes exactly that many minibatch steps (see :func:`minibatches`). ``optimizer`` is ``"sgd"``
+    (with ``momentum``) or ``"adamw"`` (betas :data:`ADAMW_BETAS`, decoupled ``weight_decay``;
+    ``momentum`` unused). Tasks that predate these fields honour only the defaults.
+    """
 
     epochs: int = 1
     batch_size: int = 32
@@ -61,8 +95,14 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    steps: int = 0
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0 = use epochs), got {self.steps}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -73,6 +113,37 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names, over ``params`` (tensors or param-group dicts)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=ADAMW_BETAS, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def minibatches(n: int, cfg: TrainConfig) -> Iterator[torch.Tensor]:
+    """Index batches (CPU int64 tensors) for one local training run, deterministic in ``cfg.seed``.
+
+    Epoch mode (``cfg.steps == 0``): ``cfg.epochs`` shuffled passes, the last batch of a pass may be
+    short. Step mode: exactly ``cfg.steps`` batches of ``min(batch_size, n)`` indices cut from a
+    stream of back-to-back shuffled passes, so every example is seen equally often (within one).
+    """
+    if n < 1:
+        raise ValueError("cannot draw minibatches from an empty dataset")
+    generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: same order anywhere
+    if cfg.steps == 0:
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=generator)
+            yield from order.split(cfg.batch_size)
+        return
+    size = min(cfg.batch_size, n)
+    buffer = torch.empty(0, dtype=torch.int64)
+    for _ in range(cfg.steps):
+        while buffer.numel() < size:
+            buffer = torch.cat([buffer, torch.randperm(n, generator=generator)])
+        yield buffer[:size]
+        buffer = buffer[size:]
 
 
 @dataclass(frozen=True)
@@ -102,6 +173,13 @@ class Task(ABC):
 
     name: ClassVar[str]
 
+    def label_index(self, label: str) -> int:
+        """The integer label that ``label`` names (e.g. a language code), for label-group partitions.
+
+        Tasks without named labels raise ValueError; give their groups as integers instead.
+        """
+        raise ValueError(f"task {self.name!r} has no named labels (got {label!r}); give label groups as integers")
+
     @abstractmethod
     def load(self, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Return (training pool, held-out test split), deterministic in ``seed``.
@@ -122,9 +200,7 @@ class Task(ABC):
         """A fresh model; its initial weights depend only on the torch RNG state."""
 
     @abstractmethod
-    def train(
-        self, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device
-    ) -> TrainResult:
+    def train(self, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device) -> TrainResult:
         """Train ``model`` in place on ``data``."""
 
     @abstractmethod

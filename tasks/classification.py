@@ -38,18 +38,14 @@ class ClassificationTask(Task):
     def load_local(self, path: str | Path) -> Dataset:
         return load_npz(path, self.input_shape, self.num_classes)
 
-    def train(
-        self, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device
-    ) -> TrainResult:
+    def train(self, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device) -> TrainResult:
         n = len(data)
         if n == 0:
             raise ValueError("cannot train on an empty dataset")
         model.to(device)
         model.train()
         x, y = _to_tensor(data.x, device), _to_tensor(data.y, device)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: same order anywhere
         steps = 0
         epoch_loss = 0.0

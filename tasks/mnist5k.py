@@ -39,8 +39,7 @@ def data_file() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"task 'mnist5k': the installed '{PACKAGE}' has no {'/'.join(DATA_FILE)}; "
-        f"install {PACKAGE}==0.25.0"
+        f"task 'mnist5k': the installed '{PACKAGE}' has no {'/'.join(DATA_FILE)}; install {PACKAGE}==0.25.0"
     )
 
 

@@ -51,27 +51,20 @@ def _read_xy(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with archive:
         missing = {"x", "y"} - set(archive.files)
         if missing:
-            raise ValueError(
-                f"{path}: missing array(s) {sorted(missing)}; found {sorted(archive.files)}"
-            )
+            raise ValueError(f"{path}: missing array(s) {sorted(missing)}; found {sorted(archive.files)}")
         try:
             return archive["x"], archive["y"]
         except unreadable as exc:
             raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
-def _check_arrays(
-    path: Path, x: np.ndarray, y: np.ndarray, input_shape: tuple[int, ...], num_classes: int
-) -> None:
+def _check_arrays(path: Path, x: np.ndarray, y: np.ndarray, input_shape: tuple[int, ...], num_classes: int) -> None:
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(
-            f"{path}: x must be floating point (scaled like the task's data, e.g. to [0, 1]), "
-            f"got dtype {x.dtype}"
+            f"{path}: x must be floating point (scaled like the task's data, e.g. to [0, 1]), got dtype {x.dtype}"
         )
     if x.ndim < 1 or tuple(x.shape[1:]) != tuple(input_shape):
-        raise ValueError(
-            f"{path}: x must have shape (N, {', '.join(map(str, input_shape))}), got {x.shape}"
-        )
+        raise ValueError(f"{path}: x must have shape (N, {', '.join(map(str, input_shape))}), got {x.shape}")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{path}: y must be a 1-D integer array, got {y.dtype} {y.shape}")
     if x.shape[0] != y.shape[0]:
@@ -81,6 +74,4 @@ def _check_arrays(
     if not np.isfinite(x).all():
         raise ValueError(f"{path}: x contains NaN or infinite values")
     if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(
-            f"{path}: labels must lie in [0, {num_classes - 1}], got range [{y.min()}, {y.max()}]"
-        )
+        raise ValueError(f"{path}: labels must lie in [0, {num_classes - 1}], got range [{y.min()}, {y.max()}]")

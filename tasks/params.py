@@ -45,9 +45,7 @@ def vector_to_model(model: torch.nn.Module, vec: np.ndarray) -> None:
         raise ValueError(f"parameter vector must be 1-D, got shape {vec.shape}")
     expected = num_parameters(model)
     if vec.shape[0] != expected:
-        raise ValueError(
-            f"parameter vector has {vec.shape[0]} entries, but the model needs {expected}"
-        )
+        raise ValueError(f"parameter vector has {vec.shape[0]} entries, but the model needs {expected}")
     flat = torch.from_numpy(np.array(vec, dtype=np.float32))  # a private, writable copy
     offset = 0
     with torch.no_grad():

@@ -7,6 +7,7 @@ slices are written out as ``participant-<i>.npz`` files that nodes read with ``T
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from tasks.partition import partition
 from tasks.registry import get_task, is_registered
 
 TEST_FILE = "test.npz"
+
+Groups = Sequence[Sequence[int | str]]
+"""Label groups for scheme "groups": one sequence per participant of integer labels or label names."""
 
 
 def participant_file(out_dir: str | Path, partition_id: int) -> Path:
@@ -40,15 +44,49 @@ def _cached_splits(spec: str, seed: int) -> tuple[Dataset, Dataset]:
 
 @lru_cache(maxsize=16)
 def _cached_parts(
-    spec: str, seed: int, num_partitions: int, scheme: str, alpha: float, shards: int
+    spec: str,
+    seed: int,
+    num_partitions: int,
+    scheme: str,
+    alpha: float,
+    shards: int,
+    groups: tuple[tuple[int, ...], ...] | None = None,
 ) -> tuple[np.ndarray, ...]:
     labels = _cached_splits(spec, seed)[0].y
     parts = partition(
-        labels, num_partitions, scheme, alpha=alpha, shards_per_partition=shards, seed=seed
+        labels, num_partitions, scheme, alpha=alpha, shards_per_partition=shards, seed=seed, groups=groups
     )
     for part in parts:
         part.setflags(write=False)
     return tuple(parts)
+
+
+def resolve_groups(task: Task | str, groups: Groups | None) -> tuple[tuple[int, ...], ...] | None:
+    """``groups`` as a hashable tuple of tuples of integer labels; names go through ``task.label_index``.
+
+    E.g. for "charlm", ``[["arb", "tzm", "zgh"], ["kri", "tem", "men"]]`` becomes
+    ``((0, 1, 2), (3, 4, 5))``. Integers pass through unchanged; None stays None.
+    """
+    if groups is None:
+        return None
+    if isinstance(groups, (str, bytes)):
+        raise ValueError(f"groups must be a sequence of label sequences, got the string {groups!r}")
+    resolved = []
+    instance: Task | None = None
+    for i, group in enumerate(groups):
+        if isinstance(group, (str, bytes)):
+            raise ValueError(f"group {i} must be a sequence of labels, got the string {group!r}")
+        labels = []
+        for label in group:
+            if isinstance(label, str):
+                instance = instance or get_task(task)
+                labels.append(int(instance.label_index(label)))
+            elif isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+                labels.append(int(label))
+            else:
+                raise ValueError(f"group {i}: a label must be an integer or a name, got {label!r}")
+        resolved.append(tuple(labels))
+    return tuple(resolved)
 
 
 def _cache_key(task: Task | str) -> str | None:
@@ -86,15 +124,23 @@ def partition_indices(
     alpha: float = 0.3,
     shards: int = 2,
     seed: int = 0,
+    groups: Groups | None = None,
 ) -> list[np.ndarray]:
-    """Index arrays into the training pool, one per participant (``seed`` drives both)."""
+    """Index arrays into the training pool, one per participant (``seed`` drives both).
+
+    Scheme ``"groups"`` gives participant ``i`` every example whose label is in ``groups[i]``;
+    labels may be integers or names the task knows (see :func:`resolve_groups`).
+    """
+    resolved = resolve_groups(task, groups)
     key = _cache_key(task)
     if key is None:
         labels = load_pool(task, seed).y
         return partition(
-            labels, num_partitions, scheme, alpha=alpha, shards_per_partition=shards, seed=seed
+            labels, num_partitions, scheme, alpha=alpha, shards_per_partition=shards, seed=seed, groups=resolved
         )
-    return list(_cached_parts(key, seed, num_partitions, scheme, float(alpha), shards))
+    if scheme != "groups":
+        resolved = None  # ignored by the other schemes; keep one cache entry per split
+    return list(_cached_parts(key, seed, num_partitions, scheme, float(alpha), shards, resolved))
 
 
 def load_partition(
@@ -105,11 +151,12 @@ def load_partition(
     alpha: float = 0.3,
     shards: int = 2,
     seed: int = 0,
+    groups: Groups | None = None,
 ) -> Dataset:
     """Participant ``partition_id``'s (0-based) share of the training pool, as a fresh copy."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
-    parts = partition_indices(task, num_partitions, scheme, alpha, shards, seed)
+    parts = partition_indices(task, num_partitions, scheme, alpha, shards, seed, groups)
     return load_pool(task, seed).subset(parts[partition_id])
 
 
@@ -122,13 +169,14 @@ def export_partitions(
     alpha: float = 0.3,
     shards: int = 2,
     seed: int = 0,
+    groups: Groups | None = None,
 ) -> list[Path]:
     """Write ``participant-<i>.npz`` for every participant plus ``test.npz`` into ``out_dir``.
 
     Returns the participant files in id order; the test split is at ``out_dir / TEST_FILE``.
     """
     pool, test = load_splits(task, seed)
-    parts = partition_indices(task, num_partitions, scheme, alpha, shards, seed)
+    parts = partition_indices(task, num_partitions, scheme, alpha, shards, seed, groups)
     paths = [save_npz(participant_file(out_dir, i), pool.subset(p)) for i, p in enumerate(parts)]
     save_npz(Path(out_dir) / TEST_FILE, test)
     return paths

@@ -3,14 +3,18 @@
 Every partitioner is deterministic in ``seed`` (a numpy Generator drives the shuffling; this is
 simulation data layout, not security) and returns one sorted index array per participant. The
 arrays are pairwise disjoint and together cover every index: ``label_shards`` keeps each shard
-inside one label instead of dropping a remainder, so it covers the input too.
+inside one label instead of dropping a remainder, so it covers the input too. The exception is
+``by_groups`` (scheme ``"groups"``), which assigns whole labels to participants and leaves out the
+labels no group names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-SCHEMES = ("iid", "dirichlet", "shards")
+SCHEMES = ("iid", "dirichlet", "shards", "groups")
 DIRICHLET_MAX_TRIES = 100
 
 
@@ -18,9 +22,7 @@ def _check_count(num_samples: int, num_partitions: int) -> None:
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
     if num_partitions > num_samples:
-        raise ValueError(
-            f"cannot split {num_samples} samples into {num_partitions} non-empty partitions"
-        )
+        raise ValueError(f"cannot split {num_samples} samples into {num_partitions} non-empty partitions")
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
@@ -39,9 +41,7 @@ def iid(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(perm, num_partitions)]
 
 
-def dirichlet(
-    labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_size: int = 10
-) -> list[np.ndarray]:
+def dirichlet(labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_size: int = 10) -> list[np.ndarray]:
     """Per-class Dirichlet(alpha) split (Hsu et al., 2019): small alpha, strong label skew.
 
     For each class the class's (shuffled) samples are divided according to proportions drawn
@@ -92,9 +92,7 @@ def _shards_per_class(counts: np.ndarray, total: int) -> np.ndarray:
     return alloc
 
 
-def label_shards(
-    labels: np.ndarray, num_partitions: int, shards_per_partition: int, seed: int
-) -> list[np.ndarray]:
+def label_shards(labels: np.ndarray, num_partitions: int, shards_per_partition: int, seed: int) -> list[np.ndarray]:
     """Pathological non-IID split (McMahan et al., 2017): sort by label, cut shards, deal them.
 
     Unlike the original recipe (equal contiguous shards over the label-sorted order, remainder
@@ -125,6 +123,34 @@ def label_shards(
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in deal]
 
 
+def by_groups(labels: np.ndarray, groups: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Partition ``i`` = every index whose label is in ``groups[i]`` (e.g. a member's languages).
+
+    Deterministic without a seed. Labels that no group names are left out. Raises ValueError if
+    there is no group, a group names no label or selects no sample, or a label is in two groups.
+    """
+    labels = _as_labels(labels)
+    if len(groups) < 1:
+        raise ValueError("groups must name at least one group of labels")
+    owner: dict[int, int] = {}
+    for i, group in enumerate(groups):
+        if isinstance(group, (str, bytes)) or not len(group):
+            raise ValueError(f"group {i} is empty or not a sequence of labels: {group!r}")
+        for label in group:
+            if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+                raise ValueError(f"group {i}: labels must be integers, got {label!r}")
+            if int(label) in owner and owner[int(label)] != i:
+                raise ValueError(f"label {int(label)} is in both group {owner[int(label)]} and group {i}")
+            owner[int(label)] = i
+    parts = []
+    for i, group in enumerate(groups):
+        part = np.flatnonzero(np.isin(labels, np.asarray(group, dtype=np.int64)))
+        if part.size == 0:
+            raise ValueError(f"group {i} (labels {sorted({int(g) for g in group})}) selects no samples")
+        parts.append(part)
+    return parts
+
+
 def partition(
     labels: np.ndarray,
     num_partitions: int,
@@ -134,9 +160,20 @@ def partition(
     shards_per_partition: int = 2,
     seed: int = 0,
     min_size: int = 10,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> list[np.ndarray]:
-    """Dispatch to :func:`iid`, :func:`dirichlet` or :func:`label_shards` by ``scheme`` name."""
+    """Dispatch to :func:`iid`, :func:`dirichlet`, :func:`label_shards` or :func:`by_groups` by ``scheme``.
+
+    Scheme ``"groups"`` needs ``groups`` (one sequence of integer labels per partition, so
+    ``len(groups) == num_partitions``); the other schemes ignore it.
+    """
     labels = _as_labels(labels)
+    if scheme == "groups":
+        if groups is None:
+            raise ValueError("partition scheme 'groups' needs groups= (one list of labels per partition)")
+        if len(groups) != num_partitions:
+            raise ValueError(f"scheme 'groups' got {len(groups)} groups for {num_partitions} partitions")
+        return by_groups(labels, groups)
     if scheme == "iid":
         return iid(labels.size, num_partitions, seed)
     if scheme == "dirichlet":

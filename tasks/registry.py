@@ -53,9 +53,7 @@ def get_task(spec: str | Task) -> Task:
     if ":" in spec:
         return _from_import_path(spec)
     known = ", ".join(task_names()) or "(none)"
-    raise UnknownTaskError(
-        f"unknown task {spec!r}; known tasks: {known} (or use 'package.module:object')"
-    )
+    raise UnknownTaskError(f"unknown task {spec!r}; known tasks: {known} (or use 'package.module:object')")
 
 
 def is_registered(task: Task) -> bool:
@@ -74,16 +72,12 @@ def _from_import_path(spec: str) -> Task:
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UnknownTaskError(
-            f"task spec {spec!r}: cannot import module {module_name!r} ({exc})"
-        ) from exc
+        raise UnknownTaskError(f"task spec {spec!r}: cannot import module {module_name!r} ({exc})") from exc
     for attr in attr_path.split("."):
         try:
             obj = getattr(obj, attr)
         except AttributeError:
-            raise UnknownTaskError(
-                f"task spec {spec!r}: {module_name!r} has no attribute {attr_path!r}"
-            ) from None
+            raise UnknownTaskError(f"task spec {spec!r}: {module_name!r} has no attribute {attr_path!r}") from None
     if isinstance(obj, Task):
         return obj
     if inspect.isclass(obj) and not issubclass(obj, Task):

@@ -11,14 +11,10 @@ import numpy as np
 from tasks.base import Dataset
 
 
-def holdout_split(
-    x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
-) -> tuple[Dataset, Dataset]:
+def holdout_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Stratified (train pool, test) split, deterministic in ``seed``."""
     from sklearn.model_selection import train_test_split  # heavy import; only when loading data
 
     idx = np.arange(len(y))
-    train_idx, test_idx = train_test_split(
-        idx, test_size=test_fraction, stratify=y, random_state=seed
-    )
+    train_idx, test_idx = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
     return Dataset(x[train_idx], y[train_idx]), Dataset(x[test_idx], y[test_idx])
