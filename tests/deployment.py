@@ -49,6 +49,8 @@ class Federation:
     members: list[str]
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the coordinator's public address (a namespace's address in netns tests)
+    namespaces: dict[str, str] = field(default_factory=dict)  # "coordinator" / member -> netns name
 
     @property
     def kits(self) -> Path:
@@ -56,12 +58,16 @@ class Federation:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    def _in(self, who: str, cmd: list[str]) -> list[str]:
+        ns = self.namespaces.get(who)
+        return ["ip", "netns", "exec", ns, *cmd] if ns else cmd
 
     def provision(self, plan_toml: str, policy_toml: str = "") -> None:
         members = "".join(f'[[members]]\nname = "{m}"\n' for m in self.members)
         text = (
-            f'[federation]\nname = "test-federation"\naddress = "{self.address}"\nsans = ["127.0.0.1"]\n'
+            f'[federation]\nname = "test-federation"\naddress = "{self.address}"\nsans = ["{self.host}"]\n'
             f"{members}[plan]\n{plan_toml}\n" + (f"[policy]\n{policy_toml}\n" if policy_toml else "")
         )
         (self.root / "federation.toml").write_text(text)
@@ -87,7 +93,9 @@ class Federation:
             str(node_wait),
         ]
         log = (self.root / f"{state}.out").open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+        proc = subprocess.Popen(
+            self._in("coordinator", cmd), stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True
+        )
         self.procs[f"coordinator:{state}"] = proc
         return proc
 
@@ -216,3 +224,51 @@ def flwr_connection(home: Path, name: str, address: str, ca: Path) -> dict[str, 
         f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{ca}"\n'
     )
     return env(FLWR_HOME=str(home))
+
+
+class Network:
+    """Hosts as network namespaces, joined by a bridge in a "switch" namespace of their own:
+    both ends of every connection stay inside namespaces this test made; nothing touches the
+    host's interfaces. Deleted (with everything running in them) on close."""
+
+    def __init__(self, prefix: str, hosts: list[str], subnet: str = "10.77.0") -> None:
+        self.prefix, self.subnet = prefix, subnet
+        self.switch = f"{prefix}-sw"
+        self.hosts = {h: f"{prefix}-{i}" for i, h in enumerate(hosts)}
+        self.address = {h: f"{subnet}.{i + 1}" for i, h in enumerate(hosts)}
+
+    def _ip(self, *args: str, ns: str | None = None) -> None:
+        cmd = ["ip", "netns", "exec", ns, "ip", *args] if ns else ["ip", *args]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+    def __enter__(self) -> Network:
+        for ns in (self.switch, *self.hosts.values()):
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
+            self._ip("link", "set", "lo", "up", ns=ns)  # servers and Flower's own loopback APIs need lo
+        self._ip("link", "add", "br0", "type", "bridge", ns=self.switch)
+        self._ip("link", "set", "br0", "up", ns=self.switch)
+        for i, (host, ns) in enumerate(self.hosts.items()):
+            a, b = f"{self.prefix[:6]}h{i}", f"{self.prefix[:6]}s{i}"
+            self._ip("link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", self.switch)
+            self._ip("link", "set", b, "master", "br0", ns=self.switch)
+            self._ip("link", "set", b, "up", ns=self.switch)
+            self._ip("addr", "add", f"{self.address[host]}/24", "dev", a, ns=ns)
+            self._ip("link", "set", a, "up", ns=ns)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in (*self.hosts.values(), self.switch):
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def namespaces_available() -> bool:
+    if os.geteuid() != 0 or (not Path("/usr/sbin/ip").exists() and not Path("/sbin/ip").exists()):
+        return False
+    probe = f"fl-probe-{os.getpid()}"
+    ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return ok
