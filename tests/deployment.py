@@ -61,7 +61,11 @@ class Federation:
         return f"{self.host}:{self.port}"
 
     def _in(self, who: str, cmd: list[str]) -> list[str]:
+        """The command, inside `who`'s network namespace if it has one. A non-loopback federation
+        address without a namespace is refused: its traffic would leave this machine."""
         ns = self.namespaces.get(who)
+        if ns is None and not self.host.startswith("127."):
+            raise AssertionError(f"{who} has no network namespace but the federation address is {self.host}")
         return ["ip", "netns", "exec", ns, *cmd] if ns else cmd
 
     def provision(self, plan_toml: str, policy_toml: str = "") -> None:
@@ -115,7 +119,9 @@ class Federation:
             str(self.root / state),
         ]
         log = (self.root / f"{state.replace('/', '-')}.out").open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(**extra_env), start_new_session=True)
+        proc = subprocess.Popen(
+            self._in(member, cmd), stdout=log, stderr=subprocess.STDOUT, env=env(**extra_env), start_new_session=True
+        )
         self.procs[f"participant:{state}"] = proc
         return proc
 

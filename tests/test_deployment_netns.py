@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 
 import pytest
 from deployment import Federation, Network, namespaces_available
@@ -20,6 +22,13 @@ epochs = 1
 """
 
 
+def assert_in_namespace(pid: int, ns: str) -> None:
+    """The process really runs in its host's namespace (its traffic cannot reach the real uplink)."""
+    time.sleep(0.5)
+    out = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True).stdout.split()
+    assert ns in out, (pid, ns, out)
+
+
 def test_secure_rounds_across_network_namespaces(tmp_path):
     members = ["north", "south", "east"]
     with Network(f"fl{os.getpid() % 10000}", ["coordinator", *members]) as net:
@@ -28,7 +37,9 @@ def test_secure_rounds_across_network_namespaces(tmp_path):
         try:
             coordinator = fed.start_coordinator("state")
             for m in members:
-                fed.start_participant(m, f"nodes/{m}")
+                proc = fed.start_participant(m, f"nodes/{m}")
+                assert_in_namespace(proc.pid, net.hosts[m])
+            assert_in_namespace(coordinator.pid, net.hosts["coordinator"])
             assert coordinator.wait(900) == 0, fed.tail("coordinator:state")
         finally:
             fed.stop_all()
