@@ -39,16 +39,20 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _flower_exit_code(log_file: Path) -> int | None:
-    """Flower prints its exit code ("Exit Code: 305") and exits 1: read the code from the log."""
+def _flower_failure(log_file: Path) -> tuple[int | None, str]:
+    """Flower prints its exit code ("Exit Code: 305") and the reason, then exits 1: read both."""
     try:
         with log_file.open("rb") as f:
             f.seek(max(0, log_file.stat().st_size - 4096))
             tail = f.read().decode(errors="replace")
     except OSError:
-        return None
+        return None, ""
     codes = re.findall(r"Exit Code: (\d+)", tail)
-    return int(codes[-1]) if codes else None
+    if not codes:
+        return None, ""
+    after = tail[tail.rindex(f"Exit Code: {codes[-1]}") :].splitlines()[1:5]
+    reason = next((line.strip() for line in after if "SSL" in line or "activate" in line), "")
+    return int(codes[-1]), reason
 
 
 def install_guard(bin_dir: Path) -> Path:
@@ -132,8 +136,13 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
             break
         # The coordinator may not be up yet, or not have registered this node's key yet (Flower
         # exits 305), or it restarted: a member's node keeps trying, as a service should.
-        unregistered = _flower_exit_code(state / "supernode.log") == NOT_REGISTERED
-        why = "this node's key is not registered (yet)" if unregistered else f"exit code {proc.returncode}"
+        code, reason = _flower_failure(state / "supernode.log")
+        if "CERTIFICATE_VERIFY_FAILED" in reason:
+            why = "the coordinator's TLS certificate is not signed by this kit's CA: " + reason
+        elif code == NOT_REGISTERED:
+            why = "this node's key is not registered with the coordinator (yet)"
+        else:
+            why = f"Flower exit code {code}" if code else f"exit code {proc.returncode}"
         backoff = 2.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
         log.warning(
             "the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff, state / "supernode.log"
