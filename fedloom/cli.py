@@ -57,6 +57,9 @@ class RichObserver:
     def finished(self, summary: dict[str, Any]) -> None:
         self.progress.stop()
 
+    def note(self, text: str) -> None:
+        console.print(Text(text, style="dim"))
+
 
 def print_error(message: object) -> None:
     """One literal line on stderr (no markup, no wrapping: '[task]' must stay '[task]')."""
@@ -117,11 +120,9 @@ def simulate(
         sc = load_scenario(scenario)
         plan = sc.plan.with_overrides(rounds=rounds, participants=participants)
         _check_data_fits(plan)
+        sc = sc.with_plan(plan)
     except UserError as exc:
         _fail(exc)
-    from dataclasses import replace
-
-    sc = replace(sc, plan=plan)
     out_dir = (out or Path(default_out_dir())).resolve()
     from simulations.runner import run_scenario
 
@@ -144,6 +145,11 @@ def simulate(
     if not summary["secure_aggregation"]:
         line += " · [bold red]secure aggregation was OFF[/]"
     console.print(line)
+    if summary.get("report"):
+        for name, check in summary["report"]["checks"].items():
+            mark = "[bold green]PASS[/]" if check["pass"] else "[bold red]FAIL[/]"
+            console.print(Text.from_markup(f"{mark} {name}: ") + Text(check["summary"]), soft_wrap=True)
+        console.print(f"report: {summary['report']['report']} · plot: {summary['report']['plot']}", soft_wrap=True)
     console.print(f"outputs: {out_dir}")
 
 
@@ -222,14 +228,104 @@ def participant_start(
     raise typer.Exit(code)
 
 
+@participant_app.command("sovereign")
+def participant_sovereign(
+    kit: Annotated[Path, typer.Option(help="This member's kit (its plan names the task).")],
+    data: Annotated[Path, typer.Option(help="This member's data, as for `participant start`.")],
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps on this member's own data.")] = 100,
+    lr: Annotated[float, typer.Option(help="Learning rate (default: the plan's training.lr).")] = 0.0,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="The node's state directory (default: KIT/state); models/ is in it.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Fine-tune the last shared base this node kept on this member's own data: its sovereign model.
+
+    Reads STATE/models/base.safetensors, writes STATE/models/sovereign.safetensors and its card
+    (the base's lineage, the settings); nothing leaves this machine."""
+    import tasks
+    from fedloom.kits import load_member_kit
+    from participant.device import resolve_device
+    from participant.local_data import from_path
+    from participant.sovereign import SovereignSpec, build_from_directory
+
+    try:
+        if steps < 1:
+            raise UserError(f"--steps must be at least 1 (got {steps})")
+        member = load_member_kit(kit)
+        models = (state_dir or kit / "state") / "models"
+        if not (models / "base.safetensors").exists():
+            raise UserError(f"no shared base in {models}: this node has not finished a training round yet")
+        plan = member.plan
+        local = from_path(plan.task.name, str(data))
+        dev = resolve_device(device)
+        task = tasks.get_task(plan.task.name)
+        spec = SovereignSpec.from_plan(plan, steps, lr)
+        with console.status(f"fine-tuning the shared base for {steps} steps on {len(local.train)} examples"):
+            vector, card = build_from_directory(models, task, local.train, spec, dev)
+    except (UserError, ValueError) as exc:
+        _fail(exc)
+    model = task.build_model()
+    tasks.vector_to_model(model, vector)
+    ev = task.evaluate(model, local.test, dev)
+    console.print(
+        f"sovereign model of {member.member.name}: {models / 'sovereign.safetensors'} · held-out loss "
+        f"{ev.loss:.4f} · from base {card['derived_from'][:16]} (lineage of {len(card['lineage'])} bases)",
+        soft_wrap=True,
+    )
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: tables on the terminal, JSON on request.")
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command("protocol", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench_app.command("protocol", context_settings=_PASSTHROUGH)
 def bench_protocol(ctx: typer.Context) -> None:
-    """Client and server seconds per round at (n, d, dropout); see --help of the module for options."""
+    """Client and server seconds per round at (n, d, dropout) in-process, coordinator memory (--help)."""
     from fedloom.bench.protocol import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+@bench_app.command("primitives", context_settings=_PASSTHROUGH)
+def bench_primitives(ctx: typer.Context) -> None:
+    """Mask path, quantization, X25519, Ed25519, Shamir, each beside this machine's bound (--help: options)."""
+    from fedloom.bench.primitives import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+@bench_app.command("communication", context_settings=_PASSTHROUGH)
+def bench_communication(ctx: typer.Context) -> None:
+    """Bytes a participant uploads and downloads per round, and the expansion over plaintext (--help)."""
+    from fedloom.bench.communication import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+@bench_app.command("rounds", context_settings=_PASSTHROUGH)
+def bench_rounds(ctx: typer.Context) -> None:
+    """Secure vs plain round wall time in the Simulation Engine, same scenario both ways (--help)."""
+    from fedloom.bench.rounds import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+@bench_app.command("flower", context_settings=_PASSTHROUGH)
+def bench_flower(ctx: typer.Context) -> None:
+    """fedloom vs Flower 1.41's own SecAgg+ per round, same (n, d, dropout), same run (--help)."""
+    from fedloom.bench.flower import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+@bench_app.command("all", context_settings=_PASSTHROUGH)
+def bench_all(ctx: typer.Context) -> None:
+    """Every section (--quick: a few minutes) and the issue's targets checked (--help)."""
+    from fedloom.bench.suite import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 

@@ -46,6 +46,9 @@ class TrainingSpec:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # each member keeps its inner optimizer's state (e.g. AdamW moments) from one round to the next,
+    # on its own node, as DiLoCo does; false = a fresh optimizer every round
+    keep_optimizer_state: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ Where things come from:
 - simulation (node_config has `partition-id`): the throwaway kits the simulation provisioned
   (their directory travels in the message config, which only a simulated node honours) and
   this partition of the scenario's dataset.
+
+What a member keeps (the N+1 outcome, participant/models.py): after every training trip the shared
+base it received and its local model, each as safetensors + a model card with the lineage of bases;
+in deployment under `<state-dir>/models/`, in a simulation where the harness asks (`sim-models`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -19,12 +24,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 import tasks
 from fedloom import records as rec
-from fedloom.kits import MemberKit, load_member_kit
+from fedloom.kits import ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
 from fedloom.plan import Plan
 from protocol.errors import ProtocolError, Rule
 from protocol.local import garble_share_bundle
@@ -32,6 +38,7 @@ from protocol.messages import ShareBundle, decode
 
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
+from .models import ModelKeeper
 from .policy import Policy, PolicyRefusal
 from .secure import answer, load_participant, protocol_params, save_participant
 from .trainer import LocalTrainer
@@ -54,6 +61,18 @@ def _kit(path: str) -> MemberKit:
     return load_member_kit(path)
 
 
+@lru_cache(maxsize=16)
+def _sim_kit_dir(kits: str, member: int) -> Path:
+    """A simulated member's kit directory: named after the member (e.g. kits/morocco), found via
+    the throwaway federation's roster; `member-<id>` when there is no roster."""
+    roster_file = Path(kits) / ROSTER_FILE
+    if roster_file.exists():
+        roster = roster_from_json(roster_file.read_text())
+        if member in roster:
+            return Path(kits) / roster.get(member).name
+    return Path(kits) / f"member-{member}"
+
+
 @dataclass
 class NodeView:
     """Everything this node knows when a message arrives."""
@@ -69,6 +88,11 @@ class NodeView:
     state_dir: Path | None = None  # deployment: where this member keeps protocol state and its ledger copy
     kit_dir: Path | None = None
     ledger_head: int | None = None  # entries in this member's own copy of the ledger
+    models_dir: Path | None = None  # where this member keeps its N+1 models (None: nowhere)
+
+    @property
+    def member_name(self) -> str:
+        return self.kit.member.name if self.kit else f"member-{self.member}"
 
 
 def view_of(msg: Message, context: Context) -> NodeView:
@@ -91,17 +115,18 @@ def view_of(msg: Message, context: Context) -> NodeView:
             str(nc.get("device", "auto")),
             state,
             Path(str(nc["kit"])),
+            models_dir=state / "models" if state else None,
         )
     pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
     kits = str(cfg.get("sim-kits", ""))
-    kit = _kit(str(Path(kits) / f"member-{pid + 1}")) if kits else None
-    policy = (
-        Policy.load(Path(kits) / f"member-{pid + 1}" / POLICY_FILE)
-        if kits
-        else Policy(require_secure_aggregation=False)
-    )
+    kit_dir = _sim_kit_dir(kits, pid + 1) if kits else None
+    kit = _kit(str(kit_dir)) if kit_dir else None
+    policy = Policy.load(kit_dir / POLICY_FILE) if kit_dir else Policy(require_secure_aggregation=False)
     device = str(context.run_config.get("device", "auto"))
-    return NodeView(plan, int(cfg["round"]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
+    view = NodeView(plan, int(cfg["round"]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
+    models = str(cfg.get("sim-models", ""))  # honoured by simulated nodes only (like sim-verify)
+    view.models_dir = Path(models) / view.member_name if models else None
+    return view
 
 
 _trainers: dict[tuple[str, int], LocalTrainer] = {}
@@ -179,7 +204,10 @@ def train(msg: Message, context: Context) -> Message:
     fit: dict = {}
 
     def train_once() -> tuple[np.ndarray, int]:
-        result = trainer.train(vector, view.round, view.member)
+        inner = _load_inner_state(context, view.plan)
+        result = trainer.train(vector, view.round, view.member, inner)
+        _save_inner_state(context, view.plan, inner)
+        _keep_models(view, trainer, vector)
         fit.update(examples=result.num_examples, loss=result.train_loss)
         if view.plan.contribution.enabled:  # score the local model on the plan's public probe set
             fit["probe"] = trainer.probe_loss()
@@ -203,6 +231,58 @@ def train(msg: Message, context: Context) -> Message:
         if "probe" in fit:
             out[rec.FIT]["probe-loss"] = float(fit["probe"])
     return Message(out, reply_to=msg)
+
+
+INNER_STATE_KEY = "fedloom.inner-optimizer"
+
+
+def _load_inner_state(context: Context, plan: Plan) -> dict | None:
+    """The inner optimizer's state this member kept from its previous round (plan
+    `training.keep_optimizer_state`), in `context.state`, which never leaves the member's node.
+    An empty dict (first round, or another plan) starts a fresh optimizer; None: not kept."""
+    if not plan.training.keep_optimizer_state:
+        return None
+    if INNER_STATE_KEY not in context.state:
+        return {}
+    stored = context.state[INNER_STATE_KEY]
+    if str(stored["plan-hash"]) != plan.hash:
+        return {}
+    return torch.load(io.BytesIO(stored["state"]), map_location="cpu", weights_only=True)
+
+
+def _save_inner_state(context: Context, plan: Plan, state: dict | None) -> None:
+    if state is None or not state:
+        return
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    context.state[INNER_STATE_KEY] = ConfigRecord({"plan-hash": plan.hash, "state": buf.getvalue()})
+
+
+def _keep_models(view: NodeView, trainer: LocalTrainer, base: np.ndarray) -> None:
+    """N+1: keep the shared base received this round and the local model trained from it."""
+    if view.models_dir is None:
+        return
+    try:
+        keeper = ModelKeeper(view.models_dir, view.plan.task.name, view.plan.hash, view.member_name, trainer.model)
+        lineage = keeper.keep_base(base, view.round - 1)
+        t = view.plan.training
+        training = {"steps": t.steps, "epochs": t.epochs, "optimizer": t.optimizer, "lr": t.lr}
+        local = tasks.model_to_vector(trainer.model)  # the trainer's model is the local one right after training
+        keeper.keep_local(local, view.round, lineage, training | {"examples": len(view.data.train)})
+    except OSError as exc:  # the member's disk, not the round: train on, say so loudly
+        log.error("member %d could not keep its models in %s: %s", view.member, view.models_dir, exc)
+
+
+def _keep_final_base(view: NodeView, trainer: LocalTrainer, base: np.ndarray) -> None:
+    """The evaluate trip carries the final shared base (after the last round): keep it too."""
+    if view.models_dir is None:
+        return
+    try:
+        ModelKeeper(view.models_dir, view.plan.task.name, view.plan.hash, view.member_name, trainer.model).keep_base(
+            base, view.round
+        )
+    except OSError as exc:
+        log.error("member %d could not keep the final base in %s: %s", view.member, view.models_dir, exc)
 
 
 @app.query("secagg")
@@ -273,5 +353,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         _sync_ledger(view, msg)
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
-    _, _, ev = _eval(view, msg)
+    trainer, vector, ev = _eval(view, msg)
+    _keep_final_base(view, trainer, vector)
     return Message(RecordDict({rec.EVAL: ev, "who": _who(view)}), reply_to=msg)

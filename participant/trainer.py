@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,6 +33,11 @@ def _task(name: str) -> tasks.Task:
     return tasks.get_task(name)
 
 
+def supports_optimizer_state(task: tasks.Task) -> bool:
+    """Whether the task's `train` can carry its optimizer's state across calls (charlm can)."""
+    return "optimizer_state" in inspect.signature(task.train).parameters
+
+
 class LocalTrainer:
     """Holds the model on the participant's device between rounds (one per process)."""
 
@@ -58,7 +64,9 @@ class LocalTrainer:
             raise ValueError(f"probe set {c.probe!r} does not match the hash in the plan")
         return float(self.task.evaluate(self.model, probe, self.device).loss)
 
-    def train(self, vector: np.ndarray, round_: int, member: int) -> LocalResult:
+    def train(self, vector: np.ndarray, round_: int, member: int, optimizer_state: dict | None = None) -> LocalResult:
+        """Train from `vector`; `optimizer_state` (a dict, updated in place) carries the inner
+        optimizer's state across rounds when the plan keeps it and the task supports it."""
         self.load(vector)
         t = self.plan.training
         cfg = tasks.TrainConfig(
@@ -71,6 +79,9 @@ class LocalTrainer:
             weight_decay=t.weight_decay,
             seed=self.plan.train_seed(round_, member),
         )
-        result = self.task.train(self.model, self.data.train, cfg, self.device)
+        if optimizer_state is not None and supports_optimizer_state(self.task):
+            result = self.task.train(self.model, self.data.train, cfg, self.device, optimizer_state=optimizer_state)
+        else:
+            result = self.task.train(self.model, self.data.train, cfg, self.device)
         update = tasks.model_to_vector(self.model) - vector.astype(np.float32, copy=False)
         return LocalResult(update.astype(np.float32, copy=False), result.num_examples, result.loss)

@@ -36,22 +36,26 @@ class Workspace:
     verify: Path
     roster: Roster
     exactness: dict[int, float] = field(default_factory=dict)
+    models: Path | None = None  # where simulated members keep their N+1 models (<out>/members)
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def prepare(scenario: Scenario) -> Workspace:
+def prepare(scenario: Scenario, out_dir: Path | None = None) -> Workspace:
+    """Throwaway kits (named as the scenario's [[members]]); with `out_dir` and a scenario that
+    keeps models, members write theirs under <out_dir>/members/<name>/."""
     root = Path(tempfile.mkdtemp(prefix="fedloom-sim-"))
     kits, verify = root / "kits", root / "verify"
     verify.mkdir()
     plan = scenario.plan
-    roster = provision_members(plan, kits)
+    roster = provision_members(plan, kits, scenario.member_names(), scenario.member_countries())
     default_policy = Policy(require_secure_aggregation=plan.secure.enabled, min_cohort=plan.secure.min_cohort)
     for m in roster:
         policy = scenario.policies.get(m.id, default_policy)
         (kits / m.name / POLICY_FILE).write_text(policy.to_toml())
-    return Workspace(root, kits, verify, roster)
+    models = Path(out_dir) / "members" if out_dir is not None and scenario.keep_models else None
+    return Workspace(root, kits, verify, roster, models=models)
 
 
 @dataclass
@@ -79,6 +83,9 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
             f.unlink()
 
     extra = {"sim-kits": str(ws.kits)}
+    if ws.models is not None:
+        ws.models.mkdir(parents=True, exist_ok=True)
+        extra["sim-models"] = str(ws.models)
     if truth:
         extra["sim-verify"] = str(ws.verify)
     if adversary is not None:

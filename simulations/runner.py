@@ -49,7 +49,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    workspace = prepare(scenario)
+    workspace = prepare(scenario, out_dir)
     settings = RunSettings(
         plan=scenario.plan,
         out_dir=out_dir,
@@ -74,4 +74,15 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     summary_path = out_dir / SUMMARY
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
-    return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    if scenario.report.enabled:
+        from coordinator.outputs import write_json
+
+        from .tapestry import build_report
+
+        note = getattr(observer, "note", None)
+        if note:
+            note("report: training the member-alone and centralized baselines and the sovereign builds")
+        summary["report"] = build_report(scenario, out_dir, summary, note)
+        write_json(summary_path, summary)
+    return summary

@@ -4,10 +4,14 @@ A scenario is a TOML file. Top-level keys and the [task], [training], [strategy]
 tables make the plan (see fedloom.plan); the rest is the scenario's own:
 
     name = "..."; description = "..."
-    [simulation]  verify = true, cpus_per_participant = 1, node_wait = 120
+    [simulation]  verify = true, cpus_per_participant = 1, node_wait = 120, keep_models = false
     [[faults]]    rounds = [2], stage = "mask", members = [3]   (or fraction = 0.2)
     [[policies]]  members = [4], max_rounds = 1, min_cohort = 5, ...   (a member's own policy)
     [adversary]   kind = "overlap", round = 2, target = 1   (a misbehaving coordinator)
+    [[members]]   name = "morocco", country = "MA"   (optional, one per participant, in order;
+                  names the kits, the report's rows and the model folders; default member-1..n)
+    [report]      sovereign_steps = 150, ...   (the per-language consortium report, see
+                  simulations/tapestry.py; tasks with bits per character only)
 
 Unknown keys are errors, so a typo never silently falls back to a default.
 """
@@ -34,6 +38,19 @@ class SimulationSpec:
     verify: bool = True  # compute the plaintext aggregate out of band; record the difference
     cpus_per_participant: int = 1
     node_wait: float = 120.0  # seconds to wait for the virtual participants to come up
+    keep_models: bool = False  # members keep their N+1 models under <out>/members/<name>/ ([report] implies it)
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The consortium report (simulations/tapestry.py): what to train besides the federation."""
+
+    enabled: bool = False  # true when the scenario has a [report] table
+    alone: bool = True  # each member trained alone on its own data, same local budget
+    centralized: bool = True  # one model on the members' pooled text, same budget
+    sovereign_steps: int = 100  # each member's sovereign build: fine-tuning steps on its own data
+    sovereign_lr: float = 0.0  # 0 = the plan's training.lr
+    workers: int = 0  # processes for the baselines and sovereign builds; 0 = one per CPU
 
 
 @dataclass(frozen=True)
@@ -69,10 +86,31 @@ class Scenario:
     policies: dict = field(default_factory=dict)  # member id -> participant.policy.Policy
     adversary: dict | None = None  # {"kind", "round", "target"}
     source: str = "built-in"
+    members: tuple = ()  # fedloom.provision.MemberSpec per participant (name, country); () = default names
+    report: ReportSpec = field(default_factory=ReportSpec)
 
     @property
     def verify(self) -> bool:
         return self.simulation.verify and self.plan.secure.enabled
+
+    @property
+    def keep_models(self) -> bool:
+        return self.simulation.keep_models or self.report.enabled
+
+    def member_names(self) -> list[str]:
+        from fedloom.kits import member_names
+
+        return [m.name for m in self.members] if self.members else member_names(self.plan.participants)
+
+    def member_countries(self) -> list[str]:
+        return [m.country for m in self.members] if self.members else [""] * self.plan.participants
+
+    def with_plan(self, plan: Plan) -> Scenario:
+        """The scenario with another plan (e.g. --rounds/--participants overrides), checked again."""
+        from dataclasses import replace
+
+        _check_members(self.members, plan)
+        return replace(self, plan=plan)
 
 
 def builtin_names() -> list[str]:
@@ -108,7 +146,18 @@ def parse_scenario(raw: bytes, source: str = "<string>") -> Scenario:
     if not isinstance(name, str) or not isinstance(description, str):
         raise UserError(f"{source}: name and description must be strings")
     faults, policies, adversary = data.pop("faults", []), data.pop("policies", []), data.pop("adversary", None)
+    members = _member_specs(data.pop("members", None))
+    report = _report(data.pop("report", None))
+    if members and "participants" not in data:
+        data["participants"] = len(members)  # named members say how many there are
+    elif members and data["participants"] != len(members):
+        raise UserError(
+            f"the scenario names {len(members)} [[members]] but has {data['participants']!r} participants; "
+            "give one [[members]] table per participant"
+        )
     plan = with_probe_hash(Plan.from_dict(data))
+    _check_members(members, plan)
+    _check_report(report, plan)
     return Scenario(
         name=name,
         plan=plan,
@@ -118,7 +167,55 @@ def parse_scenario(raw: bytes, source: str = "<string>") -> Scenario:
         faults=_faults(faults, plan),
         policies=_policies(policies, plan),
         adversary=_adversary(adversary, plan),
+        members=members,
+        report=report,
     )
+
+
+def _member_specs(entries: Any) -> tuple:
+    """[[members]] as fedloom.provision.MemberSpec (the federation file's rules: unique names that
+    can name a kit directory, ISO 3166 country codes)."""
+    if entries is None:
+        return ()
+    from fedloom.provision import _members
+
+    return _members(entries)
+
+
+def _check_members(members: tuple, plan: Plan) -> None:
+    if members and len(members) != plan.participants:
+        raise UserError(
+            f"the scenario names {len(members)} [[members]] but has {plan.participants} participants; "
+            "give one [[members]] table per participant"
+        )
+
+
+def _report(entry: Any) -> ReportSpec:
+    if entry is None:
+        return ReportSpec()
+    if not isinstance(entry, dict):
+        raise UserError("[report] must be a table")
+    spec = _build(ReportSpec, {"enabled": True, **entry}, "report")
+    if spec.sovereign_steps < 0:
+        raise UserError(f"report.sovereign_steps must be >= 0 (got {spec.sovereign_steps})")
+    if spec.sovereign_lr < 0 or spec.workers < 0:
+        raise UserError("report.sovereign_lr and report.workers must be >= 0")
+    return spec
+
+
+def _check_report(report: ReportSpec, plan: Plan) -> None:
+    if not report.enabled:
+        return
+    import tasks
+
+    try:
+        task = tasks.get_task(plan.task.name)
+    except tasks.UnknownTaskError as exc:
+        raise UserError(str(exc)) from exc
+    if not callable(getattr(task, "bits_per_char", None)):
+        raise UserError(f"[report] needs a task that reports bits per character (charlm); {plan.task.name} does not")
+    if plan.task.partition != "groups":
+        raise UserError('[report] compares members by their languages: it needs task.partition = "groups"')
 
 
 def _members(entry: dict, plan: Plan, where: str, seed_salt: int) -> tuple[int, ...]:

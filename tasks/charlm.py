@@ -27,6 +27,7 @@ scored; each window is scored from its own bytes only (at most ``context`` bytes
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -348,12 +349,24 @@ class CharLMTask(Task):
     def build_model(self) -> torch.nn.Module:
         return ByteTransformer(self.context, self.d_model, self.heads, self.layers, self.mlp_ratio)
 
-    def train(self, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device) -> TrainResult:
+    def train(
+        self,
+        model: torch.nn.Module,
+        data: Dataset,
+        cfg: TrainConfig,
+        device: torch.device,
+        optimizer_state: dict | None = None,
+    ) -> TrainResult:
         """Next-byte cross-entropy over every position of each window (PAD targets ignored).
 
         ``cfg.steps > 0``: exactly that many minibatches, loss = mean of the last ~10 % of steps;
         else ``cfg.epochs`` passes, loss = mean over the last pass. Gradients are clipped to norm
         ``grad_clip``.
+
+        ``optimizer_state``: a dict that carries the inner optimizer's state from one call to the
+        next (DiLoCo keeps each worker's AdamW moments across rounds instead of restarting them
+        every round). A non-empty dict is loaded before training; the dict is then replaced, in
+        place, by the optimizer's state after training. ``None``: a fresh optimizer, as before.
         """
         n = len(data)
         if n == 0:
@@ -362,6 +375,10 @@ class CharLMTask(Task):
         model.train()
         x = _tokens(data, device)
         optimizer = make_optimizer(_param_groups(model, cfg.weight_decay), cfg)
+        if optimizer_state:
+            optimizer.load_state_dict(optimizer_state)
+            for group in optimizer.param_groups:  # the plan's hyper-parameters win over stored ones
+                group["lr"] = cfg.lr
         losses: list[torch.Tensor] = []  # stay on device: no sync per step
         sizes: list[int] = []
         for batch in minibatches(n, cfg):
@@ -375,6 +392,9 @@ class CharLMTask(Task):
             optimizer.step()
             losses.append(loss.detach())
             sizes.append(batch.numel())
+        if optimizer_state is not None:
+            optimizer_state.clear()
+            optimizer_state.update(copy.deepcopy(optimizer.state_dict()))
         steps = len(losses)
         tail = max(1, math.ceil(steps / 10)) if cfg.steps else math.ceil(n / cfg.batch_size)
         weights = torch.tensor(sizes[-tail:], dtype=torch.float32, device=device)
@@ -394,6 +414,28 @@ class CharLMTask(Task):
             accuracy=float(stats["correct"].sum() / scored),
             num_examples=scored,
         )
+
+    def probe(self, name: str, seed: int = 0) -> Dataset:
+        """A public probe set for the contribution policy, named in the plan (and hashed there).
+
+        ``"test"``: the whole held-out split. A language code, or codes joined by ``+`` (e.g.
+        ``"fra"``): the held-out windows of those languages. The texts are public (the UDHR), so a
+        language no member holds makes a fair probe: every member can score its local model on it
+        and nobody's own data is in it.
+        """
+        from tasks.participants import load_test  # cached per registered task
+
+        test = load_test(self, seed)
+        if name == "test":
+            return test
+        codes = [c for c in name.split("+") if c]
+        unknown = [c for c in codes if c not in LANGUAGES]
+        if not codes or unknown:
+            raise ValueError(
+                f"charlm has no probe set {name!r}: use 'test' or language codes joined by '+' ({', '.join(LANGUAGES)})"
+            )
+        labels = [language_index(c) for c in codes]
+        return test.subset(np.flatnonzero(np.isin(test.y, labels)))
 
     def bits_per_char(self, model: torch.nn.Module, data: Dataset, device: torch.device) -> dict[str, float]:
         """Per-language bits per character; see :func:`bits_per_char`."""
