@@ -127,8 +127,8 @@ def _timed_best(fn: Callable[[], object], repeats: int) -> list[float]:
     return ts
 
 
-def machine_bounds(elements: int = 10**7, repeats: int = 5) -> dict[str, float]:
-    """Keystream and add rates on this machine (medians of `repeats`), single thread."""
+def keystream_rates(elements: int = 10**7, repeats: int = 5) -> list[float]:
+    """AES-128-CTR keystream into a preallocated 256 KiB buffer: uint32 elements/s, one per repeat."""
     key = hashlib_key(b"bounds")
     enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
     zeros = bytes(CHUNK_BYTES)
@@ -140,17 +140,24 @@ def machine_bounds(elements: int = 10**7, repeats: int = 5) -> dict[str, float]:
             enc.update_into(zeros, buf)
 
     keystream()
-    ks = statistics.median(_timed_best(keystream, repeats))
-    ks_bytes = chunks * CHUNK_BYTES / ks
+    return [chunks * CHUNK_BYTES / 4 / t for t in _timed_best(keystream, repeats)]
 
+
+def add_rates(elements: int = 10**7, repeats: int = 5) -> list[float]:
+    """In-place uint32 add (`acc += src`) of `elements`: elements/s, one per repeat."""
     acc = np.ones(elements, dtype=np.uint32)
     src = np.full(elements, 3, dtype=np.uint32)
     np.add(acc, src, out=acc)  # warm: page faults out of the way
-    add = statistics.median(_timed_best(lambda: np.add(acc, src, out=acc), repeats))
+    return [elements / t for t in _timed_best(lambda: np.add(acc, src, out=acc), repeats)]
+
+
+def machine_bounds(elements: int = 10**7, repeats: int = 5) -> dict[str, float]:
+    """Keystream and add rates on this machine (medians of `repeats`), single thread."""
+    ks = statistics.median(keystream_rates(elements, repeats))
     return {
-        "keystream_bytes_per_second": ks_bytes,
-        "keystream_elements_per_second": ks_bytes / 4,
-        "add_elements_per_second": elements / add,
+        "keystream_bytes_per_second": 4 * ks,
+        "keystream_elements_per_second": ks,
+        "add_elements_per_second": statistics.median(add_rates(elements, repeats)),
     }
 
 
