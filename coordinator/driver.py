@@ -8,6 +8,7 @@ r rides on round r's trip, so the metrics row of round r-1 is completed by round
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     if ckpt:
         optimizer.load_state_dict(ckpt.optimizer)
     done_before = ckpt.rounds_completed if ckpt else 0
-    rows: dict[int, dict[str, Any]] = {first - 1: {"round": first - 1, "wall_seconds": 0.0}}
+    rows: dict[int, dict[str, Any]] = {first - 1: _pending_row(out, first - 1)}
     written = {int(r["round"]) for r in outputs.read_jsonl(out / outputs.METRICS)}
     history: list[RoundResult] = []
 
@@ -127,6 +128,8 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         history.append(res)
         rows[r] = _row(res, time.perf_counter() - t0, rounds.secure)
         complete(r - 1, res.incoming_eval)
+        if settings.state_dir:  # round r's evaluation comes with the next round: keep the row across a crash
+            outputs.write_json(out / PENDING_ROW, rows[r])
         completed = done_before + sum(1 for h in history if h.mean_update is not None)
         if settings.state_dir:
             checkpoint.save(settings.state_dir, plan.hash, r, epoch, model, optimizer.state_dict(), completed)
@@ -137,10 +140,40 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
     summary = _summary(settings, history, final, len(nodes), time.perf_counter() - t_start, model.size, rounds.secure)
     summary["rounds_completed"] += done_before
+    if ckpt:
+        _add_rounds_before_resume(summary, outputs.read_jsonl(out / outputs.METRICS), first)
+    (out / PENDING_ROW).unlink(missing_ok=True)
     outputs.write_json(out / outputs.SUMMARY, summary)
     outputs.plot_run(out)
     settings.observer.finished(summary)
     return summary
+
+
+PENDING_ROW = "metrics.pending.json"
+
+
+def _pending_row(out: Path, r: int) -> dict[str, Any]:
+    """Round r's metrics row as far as it got before a crash (its training part is written when
+    the round ends, its evaluation only arrives with the next round's first trip)."""
+    path = out / PENDING_ROW
+    if r > 0 and path.exists():
+        row = json.loads(path.read_text())
+        if row.get("round") == r:
+            return row
+    return {"round": r, "wall_seconds": 0.0}
+
+
+def _add_rounds_before_resume(summary: dict[str, Any], rows: list[dict[str, Any]], first: int) -> None:
+    """A resumed run's summary covers the whole plan: the rounds before the crash come from metrics.jsonl."""
+    before = [row for row in rows if 1 <= int(row["round"]) < first and "aggregated" in row]
+    summary["dropped"] = [{"round": row["round"], **d} for row in before for d in row["dropped"]] + summary["dropped"]
+    summary["refusals"] = [x for row in before for x in row["refusals"]] + summary["refusals"]
+    skipped = [{"round": row["round"], "reason": row["skipped"]} for row in before if row["skipped"]]
+    summary["rounds_skipped"] = skipped + summary["rounds_skipped"]
+    exact = [row["exactness"] for row in before if row.get("exactness") is not None]
+    if exact:
+        summary["exactness"] = max(exact + ([summary["exactness"]] if summary["exactness"] is not None else []))
+    summary["resumed_after_round"] = first - 1
 
 
 def model_hash(model: np.ndarray) -> str:

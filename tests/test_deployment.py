@@ -271,6 +271,7 @@ def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(t
         fed.stop_all()
     summary = json.loads((tmp_path / "state" / "outputs" / "summary.json").read_text())
     assert summary["secure_aggregation"] is True and summary["rounds_completed"] == 3
+    assert summary["resumed_after_round"] >= 1
     by_round = rows(tmp_path / "state" / "outputs" / "metrics.jsonl")
     assert all(by_round[r]["skipped"] is None and len(by_round[r]["aggregated"]) == 3 for r in (1, 2, 3))
     assert not any(by_round[r]["refusals"] for r in (1, 2, 3))
