@@ -211,7 +211,7 @@ def train(msg: Message, context: Context) -> Message:
         fit.update(examples=result.num_examples, loss=result.train_loss)
         if view.plan.contribution.enabled:  # score the local model on the plan's public probe set
             fit["probe"] = trainer.probe_loss()
-        _maybe_record_for_verification(msg, view, result.update, result.num_examples)
+        _maybe_record_for_verification(msg, view, vector, result.update, result.num_examples)
         return result.update, result.num_examples
 
     clipped = 0
@@ -334,15 +334,18 @@ def _maybe_deal_garbage(config: ConfigRecord, view: NodeView, replies: list[byte
 VERIFY_ENV = "FEDLOOM_VERIFY_DIR"
 
 
-def _maybe_record_for_verification(msg: Message, view: NodeView, update: np.ndarray, examples: int) -> None:
-    """Verification mode: hand the true update to a test harness so it can check the secure sum.
+def _maybe_record_for_verification(
+    msg: Message, view: NodeView, received: np.ndarray, update: np.ndarray, examples: int
+) -> None:
+    """Verification mode: hand the received model and the true update to a test harness so it can
+    check the secure sum (the coordinator keeps only its last checkpoints).
 
     In a simulation the harness asks through the config; a deployed member only if it set
     FEDLOOM_VERIFY_DIR itself on its own machine (a coordinator's config is never enough)."""
     where = str(msg.content[rec.CONFIG].get("sim-verify", "")) if view.simulation else os.environ.get(VERIFY_ENV, "")
     if where:
         path = Path(where) / f"r{view.round}-m{view.member}.npz"
-        np.savez(path, update=update, examples=examples)
+        np.savez(path, received=received, update=update, examples=examples)
 
 
 @app.evaluate()

@@ -127,25 +127,34 @@ def test_two_secure_rounds_complete_with_a_member_killed_mid_round(secure_run):
 
 
 def largest_secure_error(fed: Federation, state: str, rounds: range) -> list[float]:
-    """Per round: the largest |secure mean - plaintext mean of the aggregated members' true updates|
-    (members leave their updates in FEDLOOM_VERIFY_DIR, their own choice), and the quantization step."""
+    """Per round: the largest |secure mean - plaintext mean of the aggregated members' true updates|,
+    in quantization steps. Members in verification mode (FEDLOOM_VERIFY_DIR, their own choice) leave
+    the model they received and their true update; the model after the last round is the coordinator's
+    newest checkpoint (it keeps only its last few, so earlier rounds come from what members received)."""
     kit = load_member_kit(fed.kits / fed.members[0])
-    plan = kit.plan
-    models = [initial_model(plan)]
-    ckpts = sorted((fed.root / state / "checkpoints").glob("round-*.safetensors"))
-    models += [load_file(p)["model"] for p in ckpts]
-    params = protocol_params(plan, models[0].size, len(kit.roster))
+    params = protocol_params(kit.plan, initial_model(kit.plan).size, len(kit.roster))
     by_round = rows(fed.root / state / "outputs" / "metrics.jsonl")
     names = {m.id: m.name for m in kit.roster}
+    newest = max((fed.root / state / "checkpoints").glob("round-*.safetensors"))
+    assert int(newest.stem.split("-")[1]) == rounds[-1], newest
+
+    def record(r: int, member: int) -> Path:
+        return fed.root / "verify" / names[member] / f"r{r}-m{member}.npz"
+
+    def received(r: int) -> np.ndarray:
+        with np.load(record(r, by_round[r]["aggregated"][0])) as f:
+            return f["received"].astype(np.float64)
+
     errors = []
     for r in rounds:
         total, weight = 0.0, 0
         for member in by_round[r]["aggregated"]:
-            with np.load(fed.root / "verify" / names[member] / f"r{r}-m{member}.npz") as f:
+            with np.load(record(r, member)) as f:
                 w = min(int(f["examples"]), params.max_weight)
                 total = total + np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
                 weight += w
-        secure_mean = models[r].astype(np.float64) - models[r - 1].astype(np.float64)
+        after = load_file(newest)["model"].astype(np.float64) if r == rounds[-1] else received(r + 1)
+        secure_mean = after - received(r)
         errors.append(float(np.max(np.abs(secure_mean - total / weight))) / params.step)
     return errors
 
