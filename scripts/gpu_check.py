@@ -35,15 +35,14 @@ from simulations.scenario import parse_scenario  # noqa: E402
 DEFAULT_SCENARIOS = ["simulations/default.toml", "simulations/tapestry.toml"]
 
 
-def initial_model(plan) -> np.ndarray:
-    torch.manual_seed(plan.seed)
-    return tasks.model_to_vector(tasks.get_task(plan.task.name).build_model())
+def trainer_on(plan, device: torch.device) -> LocalTrainer:
+    """Participant 0's trainer; its freshly built model is the federation's initial model (same seed)."""
+    return LocalTrainer(plan, simulated(plan.task, 0, plan.participants), device)
 
 
-def one_round(plan, device: torch.device, base: np.ndarray, repeats: int) -> tuple[np.ndarray, float, float]:
-    """(update, median seconds per round after a warm-up, training loss) for participant 0."""
-    data = simulated(plan.task, 0, plan.participants)
-    trainer = LocalTrainer(plan, data, device)
+def one_round(trainer: LocalTrainer, base: np.ndarray, repeats: int) -> tuple[np.ndarray, float, float]:
+    """(update, median seconds per round after a warm-up, training loss)."""
+    device = trainer.device
     trainer.train(base, 1, 1)  # warm-up: CUDA context, cuDNN autotune, data on the device
     times, result = [], None
     for _ in range(repeats):
@@ -73,11 +72,12 @@ def main() -> int:
     rows = []
     for path in args.scenarios:
         plan = parse_scenario((ROOT / path).read_bytes()).plan
-        base = initial_model(plan)
-        cpu_update, cpu_s, cpu_loss = one_round(plan, torch.device("cpu"), base, args.repeats)
+        cpu_trainer = trainer_on(plan, torch.device("cpu"))
+        base = tasks.model_to_vector(cpu_trainer.model)
+        cpu_update, cpu_s, cpu_loss = one_round(cpu_trainer, base, args.repeats)
         row = {"scenario": path, "task": plan.task.name, "params": int(base.size), "cpu_s": cpu_s, "cpu_loss": cpu_loss}
         if auto.type == "cuda":
-            gpu_update, gpu_s, gpu_loss = one_round(plan, auto, base, args.repeats)
+            gpu_update, gpu_s, gpu_loss = one_round(trainer_on(plan, auto), base, args.repeats)
             rel = float(np.linalg.norm(gpu_update - cpu_update) / max(np.linalg.norm(cpu_update), 1e-12))
             row.update(gpu_s=gpu_s, gpu_loss=gpu_loss, speedup=cpu_s / gpu_s, update_rel_l2=rel)
             ok &= rel <= args.tolerance and bool(np.isfinite(gpu_update).all())

@@ -23,7 +23,6 @@ import pytest
 from deployment import FEDLOOM, Federation, env, flwr_connection, kill_group, rogue_app
 from safetensors.numpy import load_file
 
-from coordinator.driver import initial_model
 from fedloom.kits import load_member_kit
 from fedloom.processes import free_port
 from participant.secure import protocol_params
@@ -132,7 +131,6 @@ def largest_secure_error(fed: Federation, state: str, rounds: range) -> list[flo
     the model they received and their true update; the model after the last round is the coordinator's
     newest checkpoint (it keeps only its last few, so earlier rounds come from what members received)."""
     kit = load_member_kit(fed.kits / fed.members[0])
-    params = protocol_params(kit.plan, initial_model(kit.plan).size, len(kit.roster))
     by_round = rows(fed.root / state / "outputs" / "metrics.jsonl")
     names = {m.id: m.name for m in kit.roster}
     newest = max((fed.root / state / "checkpoints").glob("round-*.safetensors"))
@@ -145,6 +143,7 @@ def largest_secure_error(fed: Federation, state: str, rounds: range) -> list[flo
         with np.load(record(r, by_round[r]["aggregated"][0])) as f:
             return f["received"].astype(np.float64)
 
+    params = protocol_params(kit.plan, received(rounds[0]).size, len(kit.roster))
     errors = []
     for r in rounds:
         total, weight = 0.0, 0
