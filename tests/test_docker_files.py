@@ -24,7 +24,7 @@ MEMBERS = [m["name"] for m in tomllib.loads((ROOT / "examples" / "federation.tom
 def tool(name: str) -> str:
     path = shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if path is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+        pytest.fail(f"{name} is not installed: the dev extra provides it (pip install -e '.[dev]')")
     return path
 
 
