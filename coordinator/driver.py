@@ -168,6 +168,8 @@ def _add_rounds_before_resume(summary: dict[str, Any], rows: list[dict[str, Any]
     before = [row for row in rows if 1 <= int(row["round"]) < first and "aggregated" in row]
     summary["dropped"] = [{"round": row["round"], **d} for row in before for d in row["dropped"]] + summary["dropped"]
     summary["refusals"] = [x for row in before for x in row["refusals"]] + summary["refusals"]
+    resent = [{"round": row["round"], **e} for row in before for e in row.get("resent", [])]
+    summary["resent"] = resent + summary["resent"]
     skipped = [{"round": row["round"], "reason": row["skipped"]} for row in before if row["skipped"]]
     summary["rounds_skipped"] = skipped + summary["rounds_skipped"]
     exact = [row["exactness"] for row in before if row.get("exactness") is not None]
@@ -208,6 +210,7 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 4) for k, v in res.stage_seconds.items()},
         "dropped": res.dropped,
         "refusals": res.refusals,
+        "resent": res.resent,
         "exactness": res.exactness,
         "clipped_coordinates": res.clipped,
         "contribution": res.contribution,
@@ -243,6 +246,7 @@ def _summary(
         "exactness": max(exact) if exact else None,
         "dropped": [{"round": h.round, **d} for h in history for d in h.dropped],
         "refusals": [r for h in history for r in h.refusals],
+        "resent": [{"round": h.round, **e} for h in history for e in h.resent],
         "faults": [{"round": h.round, **f} for h in history for f in h.faults],
         "adversary": None,
         "out_dir": str(settings.out_dir),

@@ -44,16 +44,25 @@ class PlainRounds:
     def _content(self, round_: int, model, node: int) -> RecordDict:
         return RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
 
+    def _message(self, round_: int, model, kind: str):
+        def build(node: int) -> Message:
+            return Message(self._content(round_, model, node), dst_node_id=node, message_type=kind)
+
+        return build
+
     def train_round(self, round_: int, model) -> RoundResult:
         t0 = time.perf_counter()
-        msgs = [
-            Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes
-        ]
         everything: list[Message] = []
-        replied, errors = exchange(self.grid, msgs, self.plan.stage_timeout, everything.append)
+        build = self._message(round_, model, MessageType.TRAIN)
+        trip = exchange(
+            self.grid, self.nodes, build, self.plan.stage_timeout, everything.append, self.plan.reconnect_grace
+        )
         result = RoundResult(round_, None, asked=sorted(self.nodes))
-        result.dropped = [{"node": n, "stage": "train", "error": e} for n, e in errors.items()]
-        result.dropped += [{"node": n, "stage": "train"} for n in self.nodes if n not in replied and n not in errors]
+        result.dropped = [{"node": n, "stage": "train", "error": e} for n, e in trip.errors.items()]
+        result.dropped += [
+            {"node": n, "stage": "train"} for n in self.nodes if n not in trip.replied and n not in trip.errors
+        ]
+        result.resent = [{"node": n, "stage": "train", "times": k} for n, k in trip.resent.items()]
         for r in everything:
             if self.ledger is not None and "who" in r.content:
                 self.ledger.observe(r.metadata.src_node_id, dict(r.content["who"]))
@@ -85,12 +94,9 @@ class PlainRounds:
         return result
 
     def evaluate(self, round_: int, model) -> EvalSummary | None:
-        msgs = [
-            Message(self._content(round_, model, n), dst_node_id=n, message_type=MessageType.EVALUATE)
-            for n in self.nodes
-        ]
         replies: list[Message] = []
-        exchange(self.grid, msgs, self.plan.stage_timeout, replies.append)
+        build = self._message(round_, model, MessageType.EVALUATE)
+        exchange(self.grid, self.nodes, build, self.plan.stage_timeout, replies.append, self.plan.reconnect_grace)
         return _eval_of(replies)
 
 

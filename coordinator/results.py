@@ -38,6 +38,7 @@ class RoundResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     dropped: list[dict] = field(default_factory=list)  # {"member", "stage"}
     refusals: list[dict] = field(default_factory=list)  # {"member", "round", "rule", "reason"}
+    resent: list[dict] = field(default_factory=list)  # {"member" or "node", "stage", "times"}: sent again after a lapse
     faults: list[dict] = field(default_factory=list)  # {"member", "rule"}: rejected or convicted
     skipped: str | None = None  # why no aggregate was produced
     exactness: float | None = None  # max |secure - plaintext| (verification mode)

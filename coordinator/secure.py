@@ -100,6 +100,7 @@ class _Session:
     gone: set[int] = field(default_factory=set)  # members dropped (by the fault plan) this round
     dropped_log: list[dict] = field(default_factory=list)
     refusals: list[dict] = field(default_factory=list)
+    resent: list[dict] = field(default_factory=list)  # messages sent again to a node back from a lapse
     mask_request: ProtocolMessage | None = None  # C1, fixed when share receipts are in
     contribution: dict | None = None  # the contribution policy's decision for this round
     seconds: dict[str, float] = field(default_factory=dict)
@@ -186,17 +187,25 @@ class SecureRounds:
 
     def _trip(self, round_: int, kind: str, payload: dict[int, list[bytes]], with_model: np.ndarray | None) -> None:
         """One round trip: node -> encoded protocol messages (plus the model on a training trip)."""
-        msgs = []
-        for node in self.nodes:
+
+        def build(node: int) -> Message | None:
+            if kind != "train" and not payload.get(node):
+                return None
             cfg = self._config(round_, node if kind == "train" else None)
             content = RecordDict({rec.CONFIG: cfg, rec.PROTOCOL: rec.protocol_record(payload.get(node, []))})
             if with_model is not None:
                 content[rec.MODEL] = rec.vector_record(with_model)
             mtype = MessageType.TRAIN if kind == "train" else rec.SECAGG_ACTION
-            if kind != "train" and not payload.get(node):
-                continue
-            msgs.append(Message(content, dst_node_id=node, message_type=mtype))
-        exchange(self.grid, msgs, self.plan.stage_timeout, self._on_reply)
+            return Message(content, dst_node_id=node, message_type=mtype)
+
+        trip = exchange(
+            self.grid, self.nodes, build, self.plan.stage_timeout, self._on_reply, self.plan.reconnect_grace
+        )
+        s = self._session(round_)
+        for node, times in trip.resent.items():
+            entry = {"member": self.member_of.get(node), "node": node, "trip": kind, "times": times}
+            if s is not None:
+                s.resent.append(entry)
 
     def _on_reply(self, reply: Message) -> None:
         node = reply.metadata.src_node_id
@@ -430,6 +439,7 @@ class SecureRounds:
         res.incoming_eval = incoming_eval
         res.stage_seconds = dict(s.seconds)
         res.dropped = list(s.dropped_log)
+        res.resent = list(s.resent)
         noted = {d["member"] for d in res.dropped}
         res.dropped += [{"member": m, "stage": stage} for m, stage in s.proto.dropouts().items() if m not in noted]
         res.refusals = s.refusals + self._orphan_refusals
@@ -463,13 +473,10 @@ class SecureRounds:
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         self._evals = []
-        msgs = [
-            Message(
-                RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, n)}),
-                dst_node_id=n,
-                message_type=MessageType.EVALUATE,
-            )
-            for n in self.nodes
-        ]
-        exchange(self.grid, msgs, self.plan.stage_timeout, self._on_reply)
+
+        def build(node: int) -> Message:
+            content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
+            return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
+
+        exchange(self.grid, self.nodes, build, self.plan.stage_timeout, self._on_reply, self.plan.reconnect_grace)
         return EvalSummary.combine(self._evals)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 log = logging.getLogger("fedloom.coordinator")
@@ -48,33 +50,90 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, po
         time.sleep(poll)
 
 
+# Errors the SuperLink (or Flower's Grid) makes up for a message, not the member's ClientApp: the
+# member may well have answered, or will once it is reachable again.
+LOST_IN_TRANSIT = {
+    ErrorCode.NODE_UNAVAILABLE: "missed heartbeats",
+    ErrorCode.MESSAGE_UNAVAILABLE: "its reply was not fully uploaded",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "its reply expired before it was collected",
+}
+
+
+@dataclass
+class Exchange:
+    """What one round trip got back."""
+
+    replied: set[int] = field(default_factory=set)  # nodes whose good reply was handed on
+    errors: dict[int, str] = field(default_factory=dict)  # node -> why its reply is an error
+    resent: dict[int, int] = field(default_factory=dict)  # node -> times its message was sent again
+
+
 def exchange(
     grid: Grid,
-    messages: Iterable[Message],
+    nodes: Iterable[int],
+    build: Callable[[int], Message | None],
     timeout: float,
     on_reply: Callable[[Message], None],
+    grace: float = 120.0,
     poll: float = 0.05,
-) -> tuple[set[int], dict[int, str]]:
-    """Send `messages`; call `on_reply` for each good reply as it arrives, until all answered or
-    `timeout`. Returns (nodes that replied, {node: error} for replies that carried an error)."""
-    msgs = list(messages)
-    ids = set(grid.push_messages(msgs))
-    del msgs
-    replied: set[int] = set()
-    errors: dict[int, str] = {}
+    max_resends: int = 5,
+) -> Exchange:
+    """Send `build(node)` to each node (None: nothing for it); call `on_reply` for each good reply
+    as it arrives, until all are answered or `timeout`.
+
+    A node that missed its heartbeats gets a "Node Unavailable" error from the SuperLink in its
+    place, even when it holds the message and is working on it (a busy machine, a network blip);
+    a reply whose upload was cut off becomes a "Message Unavailable" error. Such a node gets
+    `grace` seconds (within the deadline) to be online again; then its message is built and sent
+    again (members answer a repeated request with the same reply, see `participant.replay`). A
+    node that does not return, or whose ClientApp failed, is dropped as before."""
+    out = Exchange()
+    waiting: dict[str, int] = {}  # message id -> node
+
+    def push(targets: list[int]) -> None:
+        msgs = [(n, m) for n in targets if (m := build(n)) is not None]
+        pushed = set(grid.push_messages([m for _, m in msgs]))  # pushing gives each message its id
+        for node, msg in msgs:
+            if msg.metadata.message_id in pushed:
+                waiting[msg.metadata.message_id] = node
+            else:
+                out.errors[node] = "the SuperLink did not accept the message"
+        del msgs
+
+    push(list(nodes))
+    away: dict[int, tuple[str, float]] = {}  # node -> (the error it got, when to stop waiting for it)
     deadline = time.monotonic() + timeout
-    while ids and time.monotonic() < deadline:
-        got = list(grid.pull_messages(ids))
+    next_check = 0.0
+    while (waiting or away) and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(waiting))) if waiting else []
         for reply in got:
-            ids.discard(reply.metadata.reply_to_message_id)
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                errors[node] = reply.error.reason
-                log.warning("participant node %s failed: %s", node, reply.error.reason)
+            node = waiting.pop(reply.metadata.reply_to_message_id, None)
+            if node is None:
                 continue
-            replied.add(node)
-            on_reply(reply)
+            if not reply.has_error():
+                out.replied.add(node)
+                on_reply(reply)
+            elif reply.error.code in LOST_IN_TRANSIT and out.resent.get(node, 0) < max_resends:
+                why = LOST_IN_TRANSIT[reply.error.code]
+                log.warning("participant node %s did not answer (%s); asking again once it is online", node, why)
+                away[node] = (reply.error.reason, time.monotonic() + grace)
+            else:
+                out.errors[node] = reply.error.reason
+                log.warning("participant node %s failed: %s", node, reply.error.reason)
         del got
-        if ids:
+        if away and time.monotonic() >= next_check:
+            next_check = time.monotonic() + 1.0
+            for node in [n for n, (_, until) in away.items() if until <= time.monotonic()]:
+                out.errors[node] = away.pop(node)[0]
+                log.warning("participant node %s did not come back within %.0f s; going on without it", node, grace)
+            back = sorted(set(away) & set(grid.get_node_ids()))
+            for node in back:
+                del away[node]
+                out.resent[node] = out.resent.get(node, 0) + 1
+                log.warning("participant node %s is back; sending its message again", node)
+            if back:
+                push(back)
+        if waiting or away:
             time.sleep(poll)
-    return replied, errors
+    out.errors.update({node: reason for node, (reason, _) in away.items()})
+    return out

@@ -94,6 +94,7 @@ class Plan:
     rounds: int = 20
     seed: int = 0  # model initialisation and local shuffling
     stage_timeout: float = 600.0  # seconds the coordinator waits for replies at each stage
+    reconnect_grace: float = 120.0  # seconds (within a stage) a member's node that missed its heartbeats has to return
     task: TaskSpec = field(default_factory=TaskSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     strategy: StrategySpec = field(default_factory=StrategySpec)
@@ -140,6 +141,7 @@ class Plan:
         need(self.participants >= 1, f"participants must be at least 1 (got {self.participants})")
         need(self.rounds >= 1, f"rounds must be at least 1 (got {self.rounds})")
         need(self.stage_timeout > 0, "stage_timeout must be positive")
+        need(self.reconnect_grace >= 0, f"reconnect_grace must be >= 0 seconds (got {self.reconnect_grace})")
         t = self.task
         need(t.partition in PARTITIONS, f"task.partition must be one of {', '.join(PARTITIONS)} (got {t.partition!r})")
         need(math.isfinite(t.alpha) and t.alpha > 0, f"task.alpha must be > 0 (got {t.alpha})")

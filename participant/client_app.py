@@ -16,12 +16,14 @@ in deployment under `<state-dir>/models/`, in a simulation where the harness ask
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from protocol.errors import ProtocolError, Rule
 from protocol.local import garble_share_bundle
 from protocol.messages import ShareBundle, decode
 
+from . import replay
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
 from .models import ModelKeeper
@@ -132,6 +135,14 @@ def view_of(msg: Message, context: Context) -> NodeView:
 _trainers: dict[tuple[str, int], LocalTrainer] = {}
 
 
+@lru_cache(maxsize=8)
+def _vector_length(task_name: str) -> int:
+    """The model's parameter count, for protocol-only trips: those never train, and in a simulation
+    a process serves many participants, so building each one's trainer just to count would cost
+    more than the trip's cryptography."""
+    return tasks.num_parameters(tasks.get_task(task_name).build_model())
+
+
 def trainer_for(view: NodeView) -> LocalTrainer:
     key = (view.plan.hash, view.member)
     if key not in _trainers:
@@ -219,7 +230,7 @@ def train(msg: Message, context: Context) -> Message:
         update, _ = train_once()
         out[rec.UPDATE] = rec.vector_record(update)
     else:
-        replies, info = _answer_protocol(msg, context, view, train_once)
+        replies, info = _answer_protocol(msg, context, view, train_once, fit)
         out[rec.PROTOCOL] = rec.protocol_record(replies)
         clipped = int(info.get("clipped", 0))
         if not fit and view.plan.contribution.enabled:
@@ -293,7 +304,7 @@ def secagg(msg: Message, context: Context) -> Message:
         _check_policy(view, msg)
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
-    replies, _ = _answer_protocol(msg, context, view, _no_training)
+    replies, _ = _answer_protocol(msg, context, view, _no_training, {})
     return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies), "who": _who(view)}), reply_to=msg)
 
 
@@ -301,15 +312,40 @@ def _no_training() -> tuple[np.ndarray, int]:
     raise ProtocolError(Rule.OUT_OF_ORDER, "a mask request must come with the model, on a training trip")
 
 
-def _answer_protocol(msg: Message, context: Context, view: NodeView, train_once) -> tuple[list[bytes], dict]:
+def _answer_protocol(msg: Message, context: Context, view: NodeView, train_once, fit: dict) -> tuple[list[bytes], dict]:
+    """The protocol replies to this message's requests (training, if masking is asked for, fills
+    `fit`). In deployment a request the coordinator sent again gets the very same reply."""
     if view.kit is None:
         raise RuntimeError("secure aggregation needs this member's kit (identity key and roster)")
-    d = tasks.num_parameters(trainer_for(view).model)
-    params = protocol_params(view.plan, d, len(view.kit.roster))
-    participant = load_participant(context, view.kit, params, view.policy.min_cohort, view.state_dir)
-    replies, info = answer(participant, rec.read_protocol(msg.content), view.round, train_once)
-    save_participant(context, participant, view.state_dir)
-    return _maybe_deal_garbage(msg.content[rec.CONFIG], view, replies), info
+    if view.state_dir is None:
+        return _answer_requests(msg, context, view, train_once, fit, None)
+    # one request at a time per member: a repeat running alongside its original must find the
+    # kept reply, never answer a stage (mask!) a second time from the same protocol state
+    with open(view.state_dir / ".protocol.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _answer_requests(msg, context, view, train_once, fit, view.state_dir)
+
+
+def _answer_requests(
+    msg: Message, context: Context, view: NodeView, train_once, fit: dict, state_dir: Path | None
+) -> tuple[list[bytes], dict]:
+    """Answer (or, for a repeat, send the kept reply again); `state_dir` None keeps nothing."""
+    kit = cast(MemberKit, view.kit)
+    requests = rec.read_protocol(msg.content)
+    digest = replay.request_digest(msg.metadata.message_type, view.round, requests)
+    if state_dir is not None and (kept := replay.load(state_dir, digest)) is not None:
+        log.warning("member %d: round %d's request came again; sending the same reply", view.member, view.round)
+        fit.update(kept.fit)
+        return kept.replies, kept.info
+    d = _vector_length(view.plan.task.name)
+    params = protocol_params(view.plan, d, len(kit.roster))
+    participant = load_participant(context, kit, params, view.policy.min_cohort, state_dir)
+    replies, info = answer(participant, requests, view.round, train_once)
+    save_participant(context, participant, state_dir)
+    replies = _maybe_deal_garbage(msg.content[rec.CONFIG], view, replies)
+    if state_dir is not None:
+        replay.save(state_dir, replay.KeptReply(digest, replies, info, dict(fit)))
+    return replies, info
 
 
 def _maybe_deal_garbage(config: ConfigRecord, view: NodeView, replies: list[bytes]) -> list[bytes]:

@@ -20,7 +20,7 @@ class LocalData:
     test: tasks.Dataset
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=256)  # one process serves many simulated participants; their partitions add up to one dataset
 def simulated(spec: TaskSpec, partition_id: int, num_partitions: int) -> LocalData:
     """This participant's training partition and its slice of the held-out test split (with
     `groups`, the held-out data of its own groups: a member evaluates on what it knows)."""

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -159,6 +160,30 @@ class Federation:
         info = json.loads((self.root / state / "service.json").read_text())
         kill_group(info["supernode_pid"])
         kill_group(self.procs[f"participant:{state}"].pid)
+
+    def freeze_participant(self, state: str, until: str, coordinator: str = "state", limit: float = 180) -> None:
+        """Stop a member's SuperNode (SIGSTOP) until the coordinator's run log says `until` (or
+        `limit` seconds pass), then let it go on: a machine that hangs, or a network that drops it,
+        for longer than Flower's heartbeat patience (when exactly the SuperLink gives up on it
+        depends on when its last heartbeat went out, so the test waits for the coordinator)."""
+        pid = json.loads((self.root / state / "service.json").read_text())["supernode_pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.time() + limit
+            while time.time() < deadline and not self.run_log_mentions(coordinator, until):
+                time.sleep(1)
+            time.sleep(2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def run_log_mentions(self, state: str, text: str) -> bool:
+        """Whether the coordinator's ServerApp log (Flower keeps it in the SuperLink's database) has `text`."""
+        db = self.root / state / "superlink.db"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                return any(text in str(row[0]) for row in conn.execute("SELECT log FROM task_logs"))
+        except sqlite3.Error:
+            return False
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

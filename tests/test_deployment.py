@@ -28,6 +28,7 @@ from fedloom.processes import free_port
 from participant.secure import protocol_params
 
 SECURE_PLAN = """rounds = 2
+reconnect_grace = 60
 [plan.task]
 name = "digits"
 partition = "iid"
@@ -55,6 +56,10 @@ def secure_run(tmp_path_factory):
         attempts["unregistered"] = unregistered_node(fed)
         attempts["rogue_public"] = rogue_run(fed, marker, via="public")
         attempts["rogue_loopback"] = rogue_run(fed, marker, via="loopback")
+        # chen's machine freezes right after it trained in round 1: its heartbeats stop, the
+        # SuperLink reports it unavailable, and the coordinator must wait for it, not drop it
+        fed.wait_for(fed.root / "verify" / "chen" / "r1-m3.npz", 600)
+        fed.freeze_participant("nodes/chen", until="asking again once it is online")
         fed.wait_for(fed.root / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
         fed.crash_participant("nodes/dara")  # killed while round 2 is under way
         assert coordinator.wait(900) == 0, fed.tail("coordinator:state")
@@ -119,10 +124,24 @@ def test_two_secure_rounds_complete_with_a_member_killed_mid_round(secure_run):
     summary = json.loads((fed.root / "state" / "outputs" / "summary.json").read_text())
     assert summary["secure_aggregation"] is True and summary["rounds_completed"] == 2
     by_round = rows(fed.root / "state" / "outputs" / "metrics.jsonl")
-    assert set(by_round[1]["aggregated"]) == {1, 2, 3, 4}
+    assert set(by_round[1]["aggregated"]) == {1, 2, 3, 4}, by_round[1]
     assert by_round[2]["skipped"] is None and {1, 2, 3} <= set(by_round[2]["aggregated"])
     if 4 not in by_round[2]["aggregated"]:  # killed before its masked input got out
         assert {"member": 4, "stage": "mask"} in by_round[2]["dropped"]
+
+
+def test_a_member_frozen_past_its_heartbeats_is_waited_for_and_answers_once(secure_run):
+    """chen froze in round 1 right after training, until the coordinator heard it had not answered
+    (missed heartbeats past Flower's patience of 2 x 30 s, or its reply's upload cut off): the
+    coordinator waited, sent its message again once chen was online, and chen answered with what it
+    had already sent, if it had (never a second masked input)."""
+    fed, _, _ = secure_run
+    by_round = rows(fed.root / "state" / "outputs" / "metrics.jsonl")
+    resent = [e for r in by_round.values() for e in r.get("resent", []) if e["member"] == 3]
+    assert resent, {r: by_round[r].get("resent") for r in by_round}
+    assert 3 in by_round[1]["aggregated"] and not by_round[1]["refusals"], by_round[1]
+    log = (fed.root / "nodes" / "chen" / "supernode.log").read_text(errors="replace")
+    assert "round.replay" not in log  # a repeat is never answered by the protocol a second time
 
 
 def largest_secure_error(fed: Federation, state: str, rounds: range) -> list[float]:
