@@ -169,7 +169,7 @@ def _add_rounds_before_resume(summary: dict[str, Any], rows: list[dict[str, Any]
     summary["dropped"] = [{"round": row["round"], **d} for row in before for d in row["dropped"]] + summary["dropped"]
     summary["refusals"] = [x for row in before for x in row["refusals"]] + summary["refusals"]
     resent = [{"round": row["round"], **e} for row in before for e in row.get("resent", [])]
-    summary["resent"] = resent + summary["resent"]
+    summary["resent"] = resent + summary.get("resent", [])
     skipped = [{"round": row["round"], "reason": row["skipped"]} for row in before if row["skipped"]]
     summary["rounds_skipped"] = skipped + summary["rounds_skipped"]
     exact = [row["exactness"] for row in before if row.get("exactness") is not None]

@@ -40,6 +40,7 @@ HOP_BY_HOP = {
     "content-length",
 }
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+KEEPALIVE_SECONDS = 2.0
 log = logging.getLogger("fedloom.gateway")
 
 
@@ -49,7 +50,10 @@ def _headers(items) -> dict[str, str]:
 
 def build_app(upstream: str, ca_file: str) -> Starlette:
     verify = ssl.create_default_context(cafile=ca_file)
-    client = httpx.AsyncClient(base_url=upstream, verify=verify, timeout=httpx.Timeout(600.0))
+    # Connections to the SuperLink are kept alive shorter than its server keeps them (uvicorn: 5 s),
+    # so a request is never sent down a connection the SuperLink is just closing.
+    limits = httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS)
+    client = httpx.AsyncClient(base_url=upstream, verify=verify, timeout=httpx.Timeout(600.0), limits=limits)
 
     async def forward(request: Request) -> Response:
         path = request.url.path
@@ -57,9 +61,19 @@ def build_app(upstream: str, ca_file: str) -> Starlette:
             log.warning("refused %s %s from %s", request.method, path, request.client.host if request.client else "?")
             return PlainTextResponse("forbidden: this address serves the Fleet API only\n", status_code=403)
         body = await request.body()
-        upstream_resp = await client.request(
-            request.method, path, params=request.query_params, headers=_headers(request.headers.items()), content=body
-        )
+        try:
+            upstream_resp = await client.request(
+                request.method,
+                path,
+                params=request.query_params,
+                headers=_headers(request.headers.items()),
+                content=body,
+            )
+        except httpx.TransportError as exc:
+            # 502, not a 500: Flower's SuperNode retries a 502, but a 500 on a heartbeat kills its
+            # heartbeat thread for good, and the node then looks offline forever
+            log.warning("the SuperLink did not answer %s %s: %r", request.method, path, exc)
+            return PlainTextResponse("bad gateway: the SuperLink did not answer; try again\n", status_code=502)
         return Response(
             upstream_resp.content,
             status_code=upstream_resp.status_code,

@@ -22,6 +22,7 @@ def test_a_resumed_summary_includes_the_rounds_before_the_crash():
             "aggregated": [1, 2],
             "dropped": [{"member": 3, "stage": "mask"}],
             "refusals": [],
+            "resent": [{"member": 1, "node": 7, "trip": "train", "times": 1}],
             "skipped": None,
             "exactness": 2e-5,
         },
@@ -35,9 +36,16 @@ def test_a_resumed_summary_includes_the_rounds_before_the_crash():
         },
         {"round": 3, "aggregated": [1, 2, 3], "dropped": [], "refusals": [], "skipped": None, "exactness": 1e-5},
     ]
-    summary = {"dropped": [], "refusals": [], "rounds_skipped": [], "exactness": 1e-5}
+    summary = {
+        "dropped": [],
+        "refusals": [],
+        "resent": [{"round": 3, "member": 2, "node": 8, "trip": "secagg", "times": 2}],
+        "rounds_skipped": [],
+        "exactness": 1e-5,
+    }
     _add_rounds_before_resume(summary, rows, first=3)  # rounds 1 and 2 ran before the crash
     assert summary["dropped"] == [{"round": 1, "member": 3, "stage": "mask"}]
     assert summary["refusals"] == [{"member": 2, "round": 2, "reason": "policy"}]
     assert summary["rounds_skipped"] == [{"round": 2, "reason": "too few"}]
+    assert [(r["round"], r["member"]) for r in summary["resent"]] == [(1, 1), (3, 2)]  # earlier rounds first
     assert summary["exactness"] == 2e-5 and summary["resumed_after_round"] == 2

@@ -337,7 +337,8 @@ def test_force_makes_new_keys(tmp_path):
                 assert (out / kit / name).stat().st_mode & 0o777 == 0o600
     assert (out / "ca" / "ca.crt").read_bytes() != before["ca"]["ca.crt"]
     assert sorted(p.stem for p in (out / "coordinator" / "nodes").glob("*.pub")) == ["morocco", "peru"]
-    assert "vietnam" in result.output and "not a kit of this federation" in result.output
+    said = " ".join(result.output.split())  # rich wraps long paths at the console width
+    assert "vietnam is not a kit of this federation" in said
     assert kits.load_coordinator_kit(out / "coordinator").plan.participants == 2
     assert kits.load_member_kit(out / "peru").roster == kits.load_coordinator_kit(out / "coordinator").roster
 
