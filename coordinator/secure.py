@@ -201,11 +201,10 @@ class SecureRounds:
         trip = exchange(
             self.grid, self.nodes, build, self.plan.stage_timeout, self._on_reply, self.plan.reconnect_grace
         )
-        s = self._session(round_)
-        for node, times in trip.resent.items():
-            entry = {"member": self.member_of.get(node), "node": node, "trip": kind, "times": times}
-            if s is not None:
-                s.resent.append(entry)
+        if trip.resent and (s := self._session(round_)) is not None:
+            s.resent += [
+                {"member": self.member_of.get(n), "node": n, "trip": kind, "times": k} for n, k in trip.resent.items()
+            ]
 
     def _on_reply(self, reply: Message) -> None:
         node = reply.metadata.src_node_id

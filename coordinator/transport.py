@@ -98,7 +98,6 @@ def exchange(
                 waiting[msg.metadata.message_id] = node
             else:
                 out.errors[node] = "the SuperLink did not accept the message"
-        del msgs
 
     push(list(nodes))
     away: dict[int, tuple[str, float]] = {}  # node -> (the error it got, when to stop waiting for it)

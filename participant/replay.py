@@ -15,13 +15,15 @@ the Simulation Engine misses a heartbeat.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fedloom.files import atomic_write_bytes
 
 log = logging.getLogger("fedloom.participant")
 REPLY_FILE = "last-reply.npz"
@@ -75,10 +77,6 @@ def save(state_dir: Path, kept: KeptReply) -> None:
     """Replace the kept reply atomically (a crash leaves the old one or the new one)."""
     meta = {"count": len(kept.replies), "info": kept.info, "fit": kept.fit}
     arrays = {f"reply-{i}": np.frombuffer(raw, dtype=np.uint8) for i, raw in enumerate(kept.replies)}
-    tmp = state_dir / f".{REPLY_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, digest=np.array(kept.digest), meta=np.array(json.dumps(meta, default=_plain)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_dir / REPLY_FILE)
+    buf = io.BytesIO()
+    np.savez(buf, digest=np.array(kept.digest), meta=np.array(json.dumps(meta, default=_plain)), **arrays)
+    atomic_write_bytes(state_dir / REPLY_FILE, buf.getvalue(), mode=0o600)

@@ -8,13 +8,13 @@ on this member's machine) between messages. Every refusal (a broken protocol rul
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
+from fedloom.files import atomic_write_bytes
 from fedloom.kits import MemberKit
 from fedloom.plan import Plan
 from protocol.errors import ProtocolError
@@ -71,14 +71,7 @@ def save_participant(context: Context, participant: Participant, state_dir: Path
     if state_dir is None:
         context.state[STATE_KEY] = ConfigRecord({"state": data})
         return
-    # it holds round secrets: private to this member, replaced atomically
-    tmp = state_dir / f".{STATE_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_dir / STATE_FILE)
+    atomic_write_bytes(state_dir / STATE_FILE, data, mode=0o600)  # round secrets: this member's only
 
 
 def answer(
