@@ -13,13 +13,21 @@ Stages (each `close`-type call moves to the next; anything else is out of order)
 
 Complaints about bad shares are judged, not trusted: the holder reveals the directional share
 key, which must match the key digest the dealer signed. Garbage under the right key convicts the
-dealer; a valid share convicts the complainer; a key that does not match the digest convicts
-one of the two without saying which, so both are left out of the round. Convicted members are
-excluded from C1 before anyone masks, so the round goes on without them.
+dealer; a valid share convicts the complainer; a key that does not match the digest convicts the
+complainer (an honest holder never complains about a share whose digest it cannot match, so one
+member's word never excludes another). Convicted members are excluded from C1 before anyone
+masks, and so is a dealer whose shares too few members of C1 hold to rebuild its secrets.
+
+Before anything is released the coordinator checks what it can see: every survivor attested to
+C1, T survivors signed one survivor set, every secret that will be needed is held by at least t
+signers. A round that fails these checks aborts with nothing released. It can still abort after
+release if signers go silent in the unmask trip itself; that releases only what the protocol
+allows (seed shares of survivors, key shares of dropped members), which reveals nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -31,10 +39,12 @@ from .crypto import SessionContext, aead_open, x25519_exchange, x25519_from_byte
 from .errors import ProtocolError, Rule
 from .masking import apply_masks
 from .messages import (
+    DIGEST_BYTES,
     AdvertiseRequest,
     BundleSet,
     EncryptedShare,
     KeyBundle,
+    MaskAttestation,
     MaskedInput,
     MaskRequest,
     RevealedShare,
@@ -75,10 +85,11 @@ class AggregateResult:
     not_shared: tuple[int, ...]  # C0 \ C1: advertised keys, then dropped
     complaints: dict[int, tuple[int, ...]]  # holder -> dealers it complained about
     faults: dict[int, str]  # member -> rule it broke (its message was rejected or it was convicted)
+    public_total: int | None = None  # sum of C1's public weights, when the plan uses public weights
 
     def weighted_sum(self, params: ProtocolParams) -> tuple[np.ndarray, int]:
         """(sum of w_i x_i as float64, sum of w_i)."""
-        return dequantize(self.total, params)
+        return dequantize(self.total, params, self.public_total)
 
 
 @dataclass
@@ -86,7 +97,9 @@ class _Collected:
     bundles: dict[int, KeyBundle] = field(default_factory=dict)
     share_bundles: dict[int, ShareBundle] = field(default_factory=dict)
     receipts: set[int] = field(default_factory=set)
+    held: dict[int, frozenset[int]] = field(default_factory=dict)  # holder -> dealers whose shares it holds
     masked: set[int] = field(default_factory=set)
+    attestations: dict[int, MaskAttestation] = field(default_factory=dict)
     complaints: dict[int, tuple[int, ...]] = field(default_factory=dict)
     convicted: set[int] = field(default_factory=set)
     signatures: dict[int, SurvivorSignature] = field(default_factory=dict)
@@ -121,11 +134,19 @@ class CoordinatorRound:
         self.neighbours: dict[int, frozenset[int]] = {}
         self.shared: tuple[int, ...] = ()
         self.weights: tuple[int, ...] = ()  # public weights, aligned with `shared` (empty: private)
+        self.unreconstructable: tuple[int, ...] = ()  # left out of C1: too few holders of their shares
+        self.training_round = 0
+        self.model_digest = bytes(DIGEST_BYTES)
         self.survivors: tuple[int, ...] = ()
         self.dropped: tuple[int, ...] = ()
         self._acc: np.ndarray | None = None
 
     # ------------------------------------------------------------------ plumbing
+    @property
+    def _threshold(self) -> int:
+        """T (from the roster): survivors who must sign; also the least C0, C1 and C2 can be."""
+        return max(self.params.min_cohort, self.params.consistency_threshold())
+
     @property
     def cohort(self) -> tuple[int, ...]:
         return tuple(sorted(self._c.bundles))
@@ -211,9 +232,11 @@ class CoordinatorRound:
             raise self.abort(ProtocolError(Rule.COHORT_TOO_SMALL, f"{n0} bundles, {self.params.min_cohort} needed"))
         if n0 > self.params.max_members:
             raise self.abort(ProtocolError(Rule.PARAMETERS, f"{n0} members exceed max_members"))
+        if n0 < self._threshold:
+            raise self.abort(ProtocolError(Rule.THRESHOLD, f"{n0} bundles, {self._threshold} needed"))
         bundles = tuple(self._c.bundles[m] for m in self.cohort)
         self.session = keys.session_id(self.context, self.round, bundles)
-        self.neighbours = graph.neighbours(self.cohort, self.params.degree(n0), self.session)
+        self.neighbours = graph.neighbours(self.cohort)
         self.stage = Stage.SHARES
         return BundleSet(self.round, bundles)
 
@@ -240,7 +263,7 @@ class CoordinatorRound:
         """Close sharing: each dealer, as a holder, gets the shares its neighbours dealt it."""
         self._expect(Stage.SHARES, "closing share collection")
         dealers = set(self._c.share_bundles)
-        need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
+        need = self._threshold
         if len(dealers) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(dealers)} members shared, {need} needed"))
         inbox: dict[int, list[EncryptedShare]] = {m: [] for m in sorted(dealers)}
@@ -257,9 +280,17 @@ class CoordinatorRound:
         self._expect(Stage.RECEIPTS, "a share receipt")
         holder = receipt.member
         self._check_sender(holder, receipt.round, receipt.session, set(self._c.share_bundles), self._c.receipts)
+        dealt = {d for d in self.neighbours[holder] if d in self._c.share_bundles}
+        accused = [c.dealer for c in receipt.complaints]
+        if len(set(accused)) != len(accused) or not set(accused) <= dealt:
+            # bounded work: at most one judgment per dealer that really dealt this holder a share
+            raise self._reject(holder, ProtocolError(Rule.COMPLAINTS, "complaints repeat or name non-dealers"))
+        if not set(receipt.held) <= dealt or set(receipt.held) & set(accused):
+            raise self._reject(holder, ProtocolError(Rule.COMPLAINTS, "held list names non-dealers"))
         self._c.receipts.add(holder)
+        self._c.held[holder] = frozenset(receipt.held)
         if receipt.complaints:
-            self._c.complaints[holder] = tuple(c.dealer for c in receipt.complaints)
+            self._c.complaints[holder] = tuple(accused)
         for c in receipt.complaints:
             for guilty, why in self._judge(holder, c.dealer, c.key):
                 self._c.convicted.add(guilty)
@@ -272,8 +303,8 @@ class CoordinatorRound:
         if item is None:
             return [(holder, "complaint about a share that was never dealt")]
         if keys.share_key_digest(ctx, r, sess, dealer, holder, key) != item.key_digest:
-            reason = "complaint with a key that does not match the dealer's digest"
-            return [(holder, reason), (dealer, reason)]
+            # honest holders never complain about a digest they cannot match (participant rule 4)
+            return [(holder, "complaint with a key that does not match the dealer's digest")]
         ad = keys.share_associated_data(ctx, r, sess, dealer, holder)
         pt = aead_open(key, item.nonce, item.ciphertext, ad)
         held = parse_share_plaintext(pt) if pt is not None else None
@@ -285,12 +316,38 @@ class CoordinatorRound:
         """Members that would make up C1 now: receipts in, not convicted."""
         return self._c.receipts - self._c.convicted
 
-    def mask_request(self, exclude: Iterable[int] = (), weights: Mapping[int, int] | None = None) -> MaskRequest:
-        """Close receipts: C1 = dealers who confirmed receipt, were not convicted and are not
-        excluded (e.g. by a contribution policy); with public `weights`, each gets its weight."""
+    def _reconstructable(self, members: set[int]) -> set[int]:
+        """The largest subset of `members` in which every dealer's shares are held by at least t
+        of the others (so its secret could be rebuilt if everyone stays)."""
+        live = set(members)
+        while True:
+            short = {
+                j
+                for j in live
+                if sum(j in self._c.held.get(h, ()) for h in live - {j})
+                < self.params.shamir_threshold(len(self.neighbours[j]))
+            }
+            if not short:
+                return live
+            live -= short
+
+    def mask_request(
+        self,
+        exclude: Iterable[int] = (),
+        weights: Mapping[int, int] | None = None,
+        *,
+        training_round: int = 0,
+        model_digest: bytes = bytes(DIGEST_BYTES),
+    ) -> MaskRequest:
+        """Close receipts: C1 = dealers who confirmed receipt, were not convicted, are not
+        excluded (e.g. by a contribution policy) and whose shares enough of C1 hold; with public
+        `weights`, each gets its weight. The model can be bound later (`bind_model`)."""
         self._expect(Stage.RECEIPTS, "closing receipt collection")
-        self.shared = tuple(sorted(self._c.receipts - self._c.convicted - set(exclude)))
-        need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
+        candidates = self._c.receipts - self._c.convicted - set(exclude)
+        live = self._reconstructable(candidates)
+        self.unreconstructable = tuple(sorted(candidates - live))
+        self.shared = tuple(sorted(live))
+        need = self._threshold
         if len(self.shared) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.shared)} members ready to mask, {need} needed"))
         if weights is not None:
@@ -300,7 +357,18 @@ class CoordinatorRound:
             self.weights = tuple(int(weights[m]) for m in self.shared)
         self._acc = np.zeros(self.params.masked_length, dtype=self.params.dtype)
         self.stage = Stage.MASKED
-        return MaskRequest(self.round, self.session, self.shared, self.weights)
+        return self.bind_model(training_round, model_digest)
+
+    def bind_model(self, training_round: int, model_digest: bytes) -> MaskRequest:
+        """The MaskRequest naming the training round and the digest of the model members will train
+        on (known only once the previous round's aggregate is applied, when trips are pipelined)."""
+        self._expect(Stage.MASKED, "binding the model")
+        if self._c.masked:
+            raise ProtocolError(Rule.OUT_OF_ORDER, "the model cannot change once masked inputs arrived")
+        if len(model_digest) != DIGEST_BYTES:
+            raise ProtocolError(Rule.PARAMETERS, "a model digest is 32 bytes")
+        self.training_round, self.model_digest = training_round, model_digest
+        return MaskRequest(self.round, self.session, self.shared, self.weights, training_round, model_digest)
 
     # ------------------------------------------------------------------ stage 3 replies
     def add_masked(self, mi: MaskedInput) -> None:
@@ -309,17 +377,52 @@ class CoordinatorRound:
         v = mi.vector
         if v.dtype != self.params.dtype or v.shape != (self.params.masked_length,):
             raise self._reject(mi.member, ProtocolError(Rule.INPUT_LENGTH, "masked vector has the wrong shape"))
+        att = mi.attestation
+        valid = att is not None and att.member == mi.member
+        if not valid or not self.roster.verify(mi.member, att.signature, self._attested(att)):
+            raise self._reject(mi.member, ProtocolError(Rule.ATTESTATION, "mask attestation missing or invalid"))
         assert self._acc is not None
         np.add(self._acc, v, out=self._acc)
         self._c.masked.add(mi.member)
+        self._c.attestations[mi.member] = att
+
+    def _attested(self, att: MaskAttestation) -> bytes:
+        return keys.mask_attestation_transcript(
+            self.context,
+            self.round,
+            self.session,
+            att.member,
+            self.shared,
+            self.weights,
+            self.training_round,
+            self.model_digest,
+            att.min_cohort,
+        )
+
+    def _statement(self) -> bytes:
+        return keys.survivors_transcript(
+            self.context,
+            self.round,
+            self.session,
+            self.shared,
+            self.survivors,
+            self.weights,
+            self.training_round,
+            self.model_digest,
+        )
 
     def survivor_request(self) -> SurvivorRequest:
         self._expect(Stage.MASKED, "closing masked-input collection")
         self.survivors = tuple(sorted(self._c.masked))
         self.dropped = tuple(m for m in self.shared if m not in self._c.masked)
-        need = max(self.params.min_cohort, self.params.consistency_threshold(len(self._c.bundles)))
+        need = self._threshold
         if len(self.survivors) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self.survivors)} masked inputs, {need} needed"))
+        strict = [m for m in self.survivors if self._c.attestations[m].min_cohort > len(self.survivors)]
+        if strict:  # their holders would refuse to release anything for this set: stop before signatures
+            raise self.abort(
+                ProtocolError(Rule.COHORT_TOO_SMALL, f"members {strict} accept larger sums only", tuple(strict))
+            )
         if self.weights:  # members would refuse to sign a sum one of them dominates: stop here
             table = dict(zip(self.shared, self.weights, strict=True))
             total = sum(table[m] for m in self.survivors)
@@ -333,21 +436,27 @@ class CoordinatorRound:
     def add_signature(self, sig: SurvivorSignature) -> None:
         self._expect(Stage.SIGNATURES, "a survivor signature")
         self._check_sender(sig.member, sig.round, sig.session, set(self.survivors), self._c.signatures)
-        statement = keys.survivors_transcript(
-            self.context, self.round, self.session, self.shared, self.survivors, self.weights
-        )
-        if not self.roster.verify(sig.member, sig.signature, statement):
+        if not self.roster.verify(sig.member, sig.signature, self._statement()):
             raise self._reject(sig.member, ProtocolError(Rule.BAD_SIGNATURE, "survivor signature invalid"))
         self._c.signatures[sig.member] = sig
 
     def unmask_request(self) -> UnmaskRequest:
         self._expect(Stage.SIGNATURES, "closing signature collection")
-        need = self.params.consistency_threshold(len(self._c.bundles))
+        need = self._threshold
         if len(self._c.signatures) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self._c.signatures)} signatures, {need} needed"))
+        signers = set(self._c.signatures)
+        for j in (*self.survivors, *self.dropped):  # only signers answer: check before anything is released
+            t = self.params.shamir_threshold(len(self.neighbours[j]))
+            holders = sum(j in self._c.held.get(h, ()) for h in signers - {j})
+            if holders < t:
+                raise self.abort(
+                    ProtocolError(Rule.THRESHOLD, f"member {j}'s shares are held by {holders} signers, {t} needed")
+                )
         self.stage = Stage.UNMASK
         sigs = tuple(self._c.signatures[m] for m in sorted(self._c.signatures))
-        return UnmaskRequest(self.round, self.session, self.survivors, self.dropped, sigs)
+        atts = tuple(self._c.attestations[m] for m in self.survivors)
+        return UnmaskRequest(self.round, self.session, self.survivors, self.dropped, sigs, atts)
 
     # ------------------------------------------------------------------ stage 5 replies
     def add_unmask(self, resp: UnmaskResponse) -> None:
@@ -410,9 +519,11 @@ class CoordinatorRound:
         assert self._acc is not None
         apply_masks(self._acc, plus, minus, workers=self.workers)
         total, self._acc = self._acc, None
+        self._check_range(total)
         self.stage = Stage.DONE
         shared = set(self.shared)
         return AggregateResult(
+            public_total=sum(self.weights) if self.weights else None,
             round=r,
             total=total,
             survivors=self.survivors,
@@ -421,6 +532,33 @@ class CoordinatorRound:
             complaints=dict(self._c.complaints),
             faults=dict(self.faults),
         )
+
+    def _check_range(self, total: np.ndarray) -> None:
+        """Refuse a sum no honest cohort can produce: a weight total outside what the survivors'
+        weights allow, or a coordinate beyond the bound every honest input respects. (A member can
+        still send any input within the bounds: input validity is out of scope.)"""
+        p, n = self.params, len(self.survivors)
+        signed = total.view(np.int32 if p.ring_bits == 32 else np.int64)
+        weight = int(signed[-1])
+        if self.weights:
+            table = dict(zip(self.shared, self.weights, strict=True))
+            expected = sum(table[m] for m in self.survivors)
+            low = high = expected
+            denominator = sum(self.weights)
+            limit = sum(math.ceil(p.level * p.max_members * table[m] / denominator) for m in self.survivors)
+        else:
+            low, high = n, n * p.max_weight
+            limit = p.level * max(weight, 0)
+        body = signed[:-1]
+        largest = max(int(body.max()), -int(body.min())) if body.size else 0
+        if not low <= weight <= high or largest > limit:
+            raise self.abort(
+                ProtocolError(
+                    Rule.AGGREGATE_RANGE,
+                    f"round {self.round}: weight total {weight} (allowed {low}..{high}), largest coordinate "
+                    f"{largest} (allowed {limit}): no honest cohort produces this sum",
+                )
+            )
 
     def _reconstruct(self, dealer: int, shares: dict[int, int]) -> bytes:
         t = self.params.shamir_threshold(len(self.neighbours[dealer]))

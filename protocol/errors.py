@@ -45,6 +45,12 @@ class Rule(StrEnum):
     WEIGHTS = "weights.invalid"
     WEIGHT_CAPTURE = "weights.capture"
     PARAMETERS = "parameters.invalid"
+    # contributions and results
+    REPEAT_CONTRIBUTION = "contribution.repeat"  # a training round (or model) this member already masked for
+    MODEL_MISMATCH = "model.mismatch"  # the request names another model than the one received
+    ATTESTATION = "attestation.invalid"  # a survivor's mask attestation is missing or does not match
+    AGGREGATE_RANGE = "aggregate.out-of-range"  # a sum no honest cohort can produce
+    COMPLAINTS = "complaints.invalid"  # more complaints than dealers, or about non-neighbours
 
 
 class ProtocolError(Exception):

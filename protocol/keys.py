@@ -86,10 +86,31 @@ def survivors_transcript(
     shared: tuple[int, ...],
     survivors: tuple[int, ...],
     weights: tuple[int, ...] = (),
+    training_round: int = 0,
+    model_digest: bytes = bytes(32),
 ) -> bytes:
-    """What members sign before anything is released: who shared, who survived, and the public
-    weights (so a coordinator cannot show different members different weight tables)."""
-    return transcript("survivors", ctx, round_, session, shared, survivors, weights)
+    """What members sign before anything is released: who shared, who survived, the public
+    weights (so a coordinator cannot show different members different weight tables), and the
+    training round and model the inputs were trained for."""
+    return transcript("survivors", ctx, round_, session, shared, survivors, weights, training_round, model_digest)
+
+
+def mask_attestation_transcript(
+    ctx: SessionContext,
+    round_: int,
+    session: bytes,
+    member: int,
+    shared: tuple[int, ...],
+    weights: tuple[int, ...],
+    training_round: int,
+    model_digest: bytes,
+    min_cohort: int,
+) -> bytes:
+    """What a member signs when it masks: the exact view its masked input was built under. Holders
+    release its self-mask shares only for a survivor set consistent with this view."""
+    return transcript(
+        "mask-attestation", ctx, round_, session, member, shared, weights, training_round, model_digest, min_cohort
+    )
 
 
 def share_encryption_key(

@@ -41,10 +41,15 @@ def run_round(
     weights: Mapping[int, int] | None = None,
     drop: Mapping[str, set[int]] | None = None,
     public_weights: bool = False,
+    training_round: int | None = None,
+    model_digest: bytes | None = None,
 ) -> RoundOutcome:
     """Run one round; members in drop[stage] never answer that stage (nor any later one).
-    With `public_weights`, the weights travel in the MaskRequest (a contribution policy's way)."""
+    With `public_weights`, the weights travel in the MaskRequest (a contribution policy's way).
+    The training round defaults to the protocol round, the model digest to one derived from it."""
     drop = drop or {}
+    tround = coordinator.round if training_round is None else training_round
+    digest = model_digest if model_digest is not None else stand_in_model_digest(tround)
     gone: set[int] = set()
     refusals: dict[int, ProtocolError] = {}
 
@@ -75,10 +80,12 @@ def run_round(
             reply = ask(m, lambda m=m: participants[m].receive(deliveries[m]))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_receipt(reply))
-        mreq = coordinator.mask_request(weights=dict(weights or {}) if public_weights else None)
+        mreq = coordinator.mask_request(
+            weights=dict(weights or {}) if public_weights else None, training_round=tround, model_digest=digest
+        )
         for m in alive("mask", mreq.shared):
             w = (weights or {}).get(m, 1)
-            reply = ask(m, lambda m=m, w=w: participants[m].mask(mreq, inputs[m], w))
+            reply = ask(m, lambda m=m, w=w: participants[m].mask(mreq, inputs[m], w, digest))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_masked(reply))
         sreq = coordinator.survivor_request()
@@ -94,6 +101,11 @@ def run_round(
         return RoundOutcome(coordinator.finish(), None, refusals)
     except ProtocolError as err:
         return RoundOutcome(None, err, refusals)
+
+
+def stand_in_model_digest(training_round: int) -> bytes:
+    """A model digest for rounds run without a model (tests, benchmarks): one per training round."""
+    return hashlib.sha256(b"fedloom/stand-in-model" + training_round.to_bytes(8, "little")).digest()
 
 
 # ---------------------------------------------------------------------------- test federations

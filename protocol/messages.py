@@ -18,8 +18,9 @@ from .errors import ProtocolError, Rule
 from .shamir import ELEMENT_BYTES
 
 MAGIC = b"FLSA"
-VERSION = 1
+VERSION = 2  # 2: model-bound mask requests, signed mask attestations, held-share lists
 SESSION_BYTES = 32
+DIGEST_BYTES = 32
 MAX_MEMBERS = 1 << 16
 SHARE_PLAINTEXT_BYTES = 2 * (ELEMENT_BYTES + SIGNATURE_BYTES)
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # AES-GCM tag
@@ -242,74 +243,107 @@ class Complaint:
 
 @dataclass(frozen=True)
 class ShareReceipt(Message):
-    """Stage 2 reply: shares received, with complaints about any that failed to verify."""
+    """Stage 2 reply: complaints about shares that provably failed, and the dealers whose shares
+    this holder now holds (so the coordinator can see, before anyone masks, whose secrets could be
+    reconstructed, and leave out a dealer that could not be)."""
 
     TYPE: ClassVar[int] = 6
     round: int
     member: int
     session: bytes
     complaints: tuple[Complaint, ...]
+    held: tuple[int, ...] = ()
 
     def _write(self, w: Writer) -> None:
         w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES).u32(len(self.complaints))
         for c in self.complaints:
             c.write(w)
+        w.ints(self.held)
 
     @classmethod
     def _read(cls, r: Reader) -> ShareReceipt:
         rnd, member, session = r.u64(), r.u32(), r.fixed(SESSION_BYTES)
-        return cls(rnd, member, session, tuple(Complaint.read(r) for _ in range(r.count(MAX_MEMBERS))))
+        complaints = tuple(Complaint.read(r) for _ in range(r.count(MAX_MEMBERS)))
+        return cls(rnd, member, session, complaints, _members(r))
 
 
 @dataclass(frozen=True)
 class MaskRequest(Message):
-    """Stage 3 request: the final set of dealers (C1) every member masks with, and (when the plan
-    uses public weights) the weight assigned to each of them, aligned with `shared`."""
+    """Stage 3 request: the final set of dealers (C1) every member masks with, the training round
+    and the digest of the model members train on (both bound into everything signed after), and
+    (when the plan uses public weights) the weight assigned to each member, aligned with `shared`."""
 
     TYPE: ClassVar[int] = 7
     round: int
     session: bytes
     shared: tuple[int, ...]
     weights: tuple[int, ...] = ()  # empty: each member's weight stays private, inside its masked vector
+    training_round: int = 0
+    model_digest: bytes = bytes(DIGEST_BYTES)
 
     def _write(self, w: Writer) -> None:
         w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.shared).ints(self.weights)
+        w.u64(self.training_round).fixed(self.model_digest, DIGEST_BYTES)
 
     @classmethod
     def _read(cls, r: Reader) -> MaskRequest:
-        return cls(r.u64(), r.fixed(SESSION_BYTES), _members(r), _members(r))
+        return cls(r.u64(), r.fixed(SESSION_BYTES), _members(r), _members(r), r.u64(), r.fixed(DIGEST_BYTES))
+
+
+@dataclass(frozen=True)
+class MaskAttestation:
+    """A member's signature, made when it masked, over (round, session, C1, weights, training round,
+    model digest, min_cohort): proof of the view its masked input was built under."""
+
+    member: int
+    min_cohort: int
+    signature: bytes
+
+    def write(self, w: Writer) -> None:
+        w.u32(self.member).u32(self.min_cohort).fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def read(cls, r: Reader) -> MaskAttestation:
+        return cls(r.u32(), r.u32(), r.fixed(SIGNATURE_BYTES))
 
 
 @dataclass(frozen=True)
 class MaskedInput(Message):
-    """Stage 3 reply: the masked, quantized, weighted input."""
+    """Stage 3 reply: the masked, quantized, weighted input, and the member's attestation of what
+    it masked under (C1, weights, training round, model, its own minimum cohort): holders release
+    this member's self-mask shares only for a survivor set that matches it."""
 
     TYPE: ClassVar[int] = 8
     round: int
     member: int
     session: bytes
     vector: np.ndarray  # ring dtype (uint32 or uint64), length d + 1
+    attestation: MaskAttestation | None = None
 
     def _write(self, w: Writer) -> None:
         w.u64(self.round).u32(self.member).fixed(self.session, SESSION_BYTES)
+        att = self.attestation or MaskAttestation(self.member, 0, bytes(SIGNATURE_BYTES))
+        att.write(w)
         little = np.ascontiguousarray(self.vector, dtype=self.vector.dtype.newbyteorder("<"))
         w.u8(self.vector.dtype.itemsize * 8).var(little.data)
 
     @classmethod
     def _read(cls, r: Reader) -> MaskedInput:
         rnd, member, session = r.u64(), r.u32(), r.fixed(SESSION_BYTES)
+        att = MaskAttestation.read(r)
         bits = r.u8()
         if bits not in (32, 64):
             raise ProtocolError(Rule.ENCODING, f"masked vector ring of {bits} bits")
         raw = r.var_view()
         if len(raw) % (bits // 8) or not raw:
             raise ProtocolError(Rule.ENCODING, "masked vector length is not whole elements")
-        return cls(rnd, member, session, np.frombuffer(raw, dtype=f"<u{bits // 8}"))
+        return cls(rnd, member, session, np.frombuffer(raw, dtype=f"<u{bits // 8}"), att)
 
     def __eq__(self, other: object) -> bool:  # ndarray fields need an explicit comparison
         return (
             isinstance(other, MaskedInput)
-            and (self.round, self.member, self.session) == (other.round, other.member, other.session)
+            and (self.round, self.member, self.session, self.attestation)
+            == (other.round, other.member, other.session, other.attestation)
             and np.array_equal(self.vector, other.vector)
         )
 
@@ -355,7 +389,8 @@ class SurvivorSignature(Message):
 
 @dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Stage 5 request: survivors (self-mask shares wanted), dropped (key shares wanted), proof."""
+    """Stage 5 request: survivors (self-mask shares wanted), dropped (key shares wanted), proof:
+    T signatures on the survivor set, and every survivor's own mask attestation."""
 
     TYPE: ClassVar[int] = 11
     round: int
@@ -363,18 +398,23 @@ class UnmaskRequest(Message):
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     signatures: tuple[SurvivorSignature, ...]
+    attestations: tuple[MaskAttestation, ...] = ()
 
     def _write(self, w: Writer) -> None:
         w.u64(self.round).fixed(self.session, SESSION_BYTES).ints(self.survivors).ints(self.dropped)
         w.u32(len(self.signatures))
         for s in self.signatures:
             s._write(w)
+        w.u32(len(self.attestations))
+        for a in self.attestations:
+            a.write(w)
 
     @classmethod
     def _read(cls, r: Reader) -> UnmaskRequest:
         rnd, session, survivors, dropped = r.u64(), r.fixed(SESSION_BYTES), _members(r), _members(r)
         sigs = tuple(SurvivorSignature._read(r) for _ in range(r.count(MAX_MEMBERS)))
-        return cls(rnd, session, survivors, dropped, sigs)
+        atts = tuple(MaskAttestation.read(r) for _ in range(r.count(MAX_MEMBERS)))
+        return cls(rnd, session, survivors, dropped, sigs, atts)
 
 
 @dataclass(frozen=True)

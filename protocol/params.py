@@ -3,6 +3,14 @@
 The ring check is what keeps the secure sum exact: with n members, inputs quantized to `bits`
 (values in [-L, L], L = 2^(bits-1) - 1) and integer weights up to `max_weight`, the weighted sum
 lies in [-n*W*L, n*W*L] and must fit the signed range of Z_(2^ring_bits), or it would wrap.
+
+Thresholds depend only on the plan (roster size N = `max_members`, collusion bound c =
+`colluders`), never on the cohort a coordinator chooses to show (SECURITY.md, claims C3 and C5):
+- consistency T: survivors who must sign one survivor set before anything is released, with
+  2T > N + c, so at most one set per round can gather T signatures while honest members sign once;
+- Shamir t for a dealer with k holders: t > c, so colluders alone never hold t shares; a cohort
+  whose k is below t is refused. The graph is always complete (k = n0 - 1): a sparse graph's
+  randomness would come from bundles the coordinator chooses to include, so it could steer it.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import numpy as np
 
 from .errors import ProtocolError, Rule
 
-FULL_GRAPH_MAX = 32  # "auto" degree: everyone is everyone's neighbour up to this many members
+MAX_EXACT_BITS = 53  # quantized magnitudes stay exact float64 integers: L < 2^53
 
 
 @dataclass(frozen=True)
@@ -26,11 +34,12 @@ class ProtocolParams:
     clip: float = 1.0  # inputs are clipped to [-clip, clip] before quantization
     ring_bits: int = 32  # masks and sums live in Z_(2^ring_bits): 32 or 64
     max_weight: int = 655  # integer weight bound per member
-    threshold_fraction: float = 2 / 3  # Shamir and consistency thresholds, as a share of the cohort
-    neighbours: int = 0  # graph degree; 0 = auto (full graph up to 32, else 2*ceil(log2 n))
+    threshold_fraction: float = 2 / 3  # Shamir and consistency thresholds, as a share of holders / roster
+    neighbours: int = 0  # must be 0: the graph is complete (sparse graphs were removed, see module doc)
     min_cohort: int = 3  # fewer members than this and nobody unmasks anything
     max_share: float = 1.0  # public weights: no survivor may carry more than this share of the sum
-    max_members: int = 100  # the largest cohort the ring is checked for (the roster size)
+    max_members: int = 100  # N: the roster size (the ring and every threshold are computed for it)
+    colluders: int = -1  # c: members that may collude with the coordinator; -1 = auto, ceil(N/3) - 1
     _checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,22 +68,37 @@ class ProtocolParams:
     def masked_length(self) -> int:
         return self.vector_length + 1
 
+    @property
+    def collusion_bound(self) -> int:
+        """c: how many members may collude with the coordinator without any claim failing."""
+        if self.colluders >= 0:
+            return self.colluders
+        return max(0, math.ceil(self.max_members / 3) - 1)
+
+    @property
+    def public_scale(self) -> float:
+        """Scale for inputs pre-multiplied by their public weight fraction (which sum to at most 1):
+        the same ring budget as private weights, so the weighted mean keeps about one step."""
+        return self.scale * self.max_members
+
     def degree(self, cohort: int) -> int:
-        """Neighbours per member for a cohort of this size."""
-        if self.neighbours:
-            k = self.neighbours
-        elif cohort <= FULL_GRAPH_MAX:
-            k = cohort - 1
-        else:
-            k = 2 * math.ceil(math.log2(cohort))
-        return min(k, cohort - 1)
+        """Holders per dealer: the graph is complete, every other member of the cohort."""
+        return max(0, cohort - 1)
 
     def shamir_threshold(self, holders: int) -> int:
-        return max(1, math.ceil(self.threshold_fraction * holders))
+        """t for a dealer with this many holders: above the collusion bound whatever the cohort."""
+        return max(1, math.ceil(self.threshold_fraction * holders), self.collusion_bound + 1)
 
-    def consistency_threshold(self, cohort: int) -> int:
-        """Signatures on one survivor set needed before any share is released (> half)."""
-        return max(cohort // 2 + 1, math.ceil(self.threshold_fraction * cohort), self.min_cohort)
+    def consistency_threshold(self, cohort: int = 0) -> int:
+        """T, survivors who must sign one survivor set before any share is released. It depends on
+        the roster (N), not on `cohort`, which the coordinator chooses: 2T > N + c makes the set
+        unique. (`cohort` is accepted and ignored, so callers need not know this.)"""
+        n, c = self.max_members, self.collusion_bound
+        return max((n + c) // 2 + 1, math.ceil(self.threshold_fraction * n), self.min_cohort)
+
+    def min_cohort_for_collusion(self) -> int:
+        """The smallest cohort in which every dealer's threshold t fits its holders (t <= n0 - 1)."""
+        return self.collusion_bound + 2
 
     # -- validation -----------------------------------------------------------------------
     def check(self) -> None:
@@ -85,23 +109,42 @@ class ProtocolParams:
             raise bad("vector_length must be at least 1")
         if self.ring_bits not in (32, 64):
             raise bad("ring_bits must be 32 or 64")
-        if not 2 <= self.bits <= self.ring_bits - 2:
-            raise bad(f"bits must be in 2..{self.ring_bits - 2}")
+        top_bits = min(self.ring_bits - 2, MAX_EXACT_BITS)
+        if not 2 <= self.bits <= top_bits:
+            raise bad(f"bits must be in 2..{top_bits} (quantized values must stay exact in float64)")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise bad("clip must be a positive finite number")
         if not 1 <= self.max_weight < (1 << 31):
             raise bad("max_weight must be in 1..2^31-1")
         if not 0.5 <= self.threshold_fraction < 1.0:
             raise bad("threshold_fraction must be in [0.5, 1)")
-        if self.neighbours < 0 or self.neighbours % 2:
-            raise bad("neighbours must be 0 (auto) or a positive even number")
+        if self.neighbours:
+            raise bad(
+                "neighbours must be 0: the neighbour graph is complete (a sparse graph seeded by the bundles "
+                "a coordinator includes can be steered by it; see protocol/SECURITY.md)"
+            )
         if not 0 < self.max_share <= 1:
             raise bad("max_share must be in (0, 1]")
         if self.min_cohort < 2:
             raise bad("min_cohort must be at least 2: a 'sum' of one member is that member's input")
         if self.max_members < self.min_cohort:
             raise bad("max_members must be at least min_cohort")
-        bound = self.max_members * self.max_weight * self.level
+        c = self.collusion_bound
+        if 2 * self.consistency_threshold() <= self.max_members + c:
+            raise bad(f"2T must exceed N + c ({self.max_members} + {c})")  # unreachable by the formula; a guard
+        if self.consistency_threshold() > self.max_members:
+            raise bad(
+                f"no cohort can satisfy the thresholds: T = {self.consistency_threshold()} signers needed from "
+                f"{self.max_members} members (lower colluders or threshold_fraction, or raise the roster)"
+            )
+        if self.shamir_threshold(self.consistency_threshold() - 1) > self.consistency_threshold() - 1:
+            raise bad(
+                f"tolerating {c} colluders needs every dealer to have more than {c} holders, but a cohort of "
+                f"T = {self.consistency_threshold()} gives {self.consistency_threshold() - 1}: lower colluders"
+            )
+        # public weights: sum of q_i over at most N members, each |q_i| <= alpha_i * N * L + 1, sum(alpha) <= 1
+        public_bound = self.max_members * self.level + self.max_members
+        bound = max(self.max_members * self.max_weight * self.level, public_bound)
         if bound >= 1 << (self.ring_bits - 1):
             raise bad(
                 f"the sum can overflow: {self.max_members} members x weight {self.max_weight} x "
@@ -130,4 +173,5 @@ class ProtocolParams:
     def fitting_ring(max_members: int, max_weight: int, bits: int) -> int:
         """The smallest supported ring that holds the sum (32 when it fits: half the traffic)."""
         level = (1 << (bits - 1)) - 1
-        return 32 if max_members * max_weight * level < 1 << 31 else 64
+        bound = max(max_members * max_weight * level, max_members * (level + 1))
+        return 32 if bound < 1 << 31 else 64

@@ -9,12 +9,19 @@ Rules a participant enforces, whatever the coordinator says (each refusal names 
 3. Stages run in order: advertise -> share -> receive shares -> mask -> sign survivors -> unmask.
    A request for a stage already done is a replay; one for a later stage is out of order.
 4. Shares received are decrypted and checked at once; a bad one becomes a complaint carrying the
-   share key, which the coordinator can check against the dealer's signed key digest.
-5. The set of members who shared (C1) is fixed once masking has used it; the survivor set (C2)
-   it signs must be a subset of C1 that contains this member and reaches the threshold.
-6. Shares are released only after enough distinct members signed the SAME (C1, C2); seed shares
-   only for survivors, key shares only for dropped members, never both for one peer, and only once.
-7. Any broken rule aborts the round for this member and wipes its round secrets (fail closed).
+   share key, which the coordinator can check against the dealer's signed key digest. A share whose
+   key does not match that digest is never complained about: the complaint could not be judged,
+   and an honest member must never be excluded on another member's word.
+5. The set of members who shared (C1) is fixed once masking has used it, and must reach the
+   consistency threshold T; the survivor set (C2) it signs must be a subset of C1 that contains
+   this member and reaches T. T depends on the roster, never on the cohort shown.
+6. A member masks at most once per training round (rounds only move forward, across restarts) and
+   at most `max_model_uses` times per model; it masks only for the model it actually received, and
+   signs what it masked under (an attestation) and, later, the survivor set, both naming the model.
+7. Shares are released only after T distinct survivors signed the SAME (C1, C2) and every survivor
+   whose seed is released attested to masking under that C1 and accepts that many survivors; seed
+   shares only for survivors, key shares only for dropped members, never both for one peer, once.
+8. Any broken rule aborts the round for this member and wipes its round secrets (fail closed).
 
 The transition table below is the whole state machine; everything else is checking and crypto.
 """
@@ -45,11 +52,13 @@ from .crypto import (
 from .errors import ProtocolError, Rule
 from .masking import apply_masks
 from .messages import (
+    DIGEST_BYTES,
     AdvertiseRequest,
     BundleSet,
     Complaint,
     EncryptedShare,
     KeyBundle,
+    MaskAttestation,
     MaskedInput,
     MaskRequest,
     Message,
@@ -95,6 +104,8 @@ STAGE_OF = {
     UnmaskRequest: 5,
 }
 ROUND_WINDOW = 4  # rounds kept (as tombstones at least): the newest ones advertised
+STATE_VERSION = 2  # 2: contribution records (training rounds and models masked for)
+MAX_MODEL_USES = 3  # default: masks per model digest (a round that aborted may be retried on its model)
 
 
 @dataclass
@@ -125,6 +136,8 @@ class RoundState:
     released_seed: tuple[int, ...] = ()
     released_key: tuple[int, ...] = ()
     weights: tuple[int, ...] = ()  # public weights of C1 (aligned with `shared`), if the plan uses them
+    training_round: int = 0  # what the masked input was trained for (bound into every signature)
+    model_digest: bytes = bytes(DIGEST_BYTES)
 
     def wipe(self) -> None:
         """Drop every secret of the round (after unmasking, or on abort)."""
@@ -143,6 +156,7 @@ class RoundState:
         for m, h in sorted(self.held.items()):
             w.u32(m).var(h.seed).var(h.seed_sig).var(h.key).var(h.key_sig)
         w.ints(self.released_seed).ints(self.released_key).ints(self.weights)
+        w.u64(self.training_round).fixed(self.model_digest, DIGEST_BYTES)
 
     @classmethod
     def read(cls, r: Reader) -> RoundState:
@@ -153,6 +167,7 @@ class RoundState:
         st.neighbours, st.shared, st.survivors = r.ints(), r.ints(), r.ints()
         st.held = {r.u32(): HeldShare(r.var(), r.var(), r.var(), r.var()) for _ in range(r.count())}
         st.released_seed, st.released_key, st.weights = r.ints(), r.ints(), r.ints()
+        st.training_round, st.model_digest = r.u64(), r.fixed(DIGEST_BYTES)
         return st
 
 
@@ -174,6 +189,7 @@ class Participant:
         params: ProtocolParams,
         *,
         min_cohort: int = 0,
+        max_model_uses: int = MAX_MODEL_USES,
         randomness: Randomness = os.urandom,
         state: bytes | None = None,
     ) -> None:
@@ -184,8 +200,13 @@ class Participant:
         self.context = context
         self.params = params
         self.min_cohort = max(params.min_cohort, min_cohort)
+        if max_model_uses < 1:
+            raise ValueError("max_model_uses must be at least 1")
+        self.max_model_uses = max_model_uses
         self._random = randomness
         self.latest = 0  # newest round advertised
+        self.masked_round = 0  # newest training round this member masked an input for
+        self.model_uses: dict[bytes, int] = {}  # model digest -> masked inputs made on it
         self.last_clipped = 0  # coordinates clipped in the last masked input (a tuning hint)
         self.rounds: dict[int, RoundState] = {}
         if state is not None:
@@ -194,14 +215,21 @@ class Participant:
     # ------------------------------------------------------------------ persistence
     def save(self) -> bytes:
         """Serialize all round state (contains secrets: keep it on this member's machine)."""
-        w = Writer().u64(self.latest).u32(len(self.rounds))
+        w = Writer().u8(STATE_VERSION).u64(self.latest).u64(self.masked_round).u32(len(self.model_uses))
+        for digest, uses in sorted(self.model_uses.items()):
+            w.fixed(digest, DIGEST_BYTES).u32(uses)
+        w.u32(len(self.rounds))
         for _, st in sorted(self.rounds.items()):
             st.write(w)
         return w.getvalue()
 
     def _load(self, data: bytes) -> None:
         r = Reader(data, "participant state")
-        self.latest = r.u64()
+        version = r.u8()
+        if version != STATE_VERSION:
+            raise ProtocolError(Rule.VERSION, f"participant state version {version}, expected {STATE_VERSION}")
+        self.latest, self.masked_round = r.u64(), r.u64()
+        self.model_uses = {r.fixed(DIGEST_BYTES): r.u32() for _ in range(r.count())}
         self.rounds = {}
         for _ in range(r.count()):
             st = RoundState.read(r)
@@ -209,8 +237,11 @@ class Participant:
         r.finish()
 
     # ------------------------------------------------------------------ dispatch
-    def handle(self, msg: Message, x: np.ndarray | None = None, weight: int = 1) -> Message:
-        """Answer one coordinator request (x and weight only for a MaskRequest)."""
+    def handle(
+        self, msg: Message, x: np.ndarray | None = None, weight: int = 1, model_digest: bytes | None = None
+    ) -> Message:
+        """Answer one coordinator request (x, weight and the received model's digest only for a
+        MaskRequest)."""
         if isinstance(msg, AdvertiseRequest):
             return self.advertise(msg)
         if isinstance(msg, BundleSet):
@@ -218,9 +249,9 @@ class Participant:
         if isinstance(msg, ShareDelivery):
             return self.receive(msg)
         if isinstance(msg, MaskRequest):
-            if x is None:
-                raise ValueError("masking needs the local input vector")
-            return self.mask(msg, x, weight)
+            if x is None or model_digest is None:
+                raise ValueError("masking needs the local input vector and the received model's digest")
+            return self.mask(msg, x, weight, model_digest)
         if isinstance(msg, SurvivorRequest):
             return self.sign_survivors(msg)
         if isinstance(msg, UnmaskRequest):
@@ -302,13 +333,16 @@ class Participant:
             raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{n0} members, this member requires {self.min_cohort}")
         if n0 > p.max_members:
             raise ProtocolError(Rule.PARAMETERS, f"{n0} members exceed the plan's max_members")
+        if n0 < p.consistency_threshold():
+            raise ProtocolError(Rule.THRESHOLD, f"{n0} members, the plan needs {p.consistency_threshold()} to finish")
+        threshold = p.shamir_threshold(n0 - 1)
+        if threshold > n0 - 1:  # colluders could hold t shares: a cohort too small for the collusion bound
+            raise ProtocolError(Rule.THRESHOLD, f"{n0 - 1} holders cannot carry a threshold of {threshold}")
         st.session = keys.session_id(ctx, st.round, verified.values())
         st.cohort = n0
         st.peers = {m: (b.encryption_key, b.masking_key) for m, b in verified.items()}
-        nbrs = graph.neighbours_of(self.member, sorted(verified), p.degree(n0), st.session)
-        st.neighbours = tuple(sorted(nbrs))
+        st.neighbours = tuple(sorted(graph.neighbours_of(self.member, sorted(verified))))
         st.seed = self._random(shamir.SECRET_BYTES)
-        threshold = p.shamir_threshold(len(st.neighbours))
         seed_shares = shamir.split(st.seed, st.neighbours, threshold, self._random)
         key_shares = shamir.split(st.masking_sk, st.neighbours, threshold, self._random)
         enc_sk = x25519_from_bytes(st.encryption_sk)
@@ -356,34 +390,57 @@ class Participant:
         enc_sk = x25519_from_bytes(st.encryption_sk)
         nbrs = set(st.neighbours)
         complaints: list[Complaint] = []
+        unusable: set[int] = set()
         for it in dl.shares:
             if it.holder != self.member or it.dealer not in nbrs or it.dealer in st.held:
                 continue  # not ours, not a neighbour, or a duplicate: ignore
-            if any(c.dealer == it.dealer for c in complaints):
+            if it.dealer in unusable or any(c.dealer == it.dealer for c in complaints):
                 continue
             if not keys.item_signed_by_dealer(ctx, self.roster, st.round, st.session, it):
                 continue  # not as the dealer sent it: never reveal a key for it (it opens the real one)
             dh = x25519_exchange(enc_sk, st.peers[it.dealer][0])
             k = keys.share_encryption_key(ctx, st.round, st.session, it.dealer, self.member, dh)
             ad = keys.share_associated_data(ctx, st.round, st.session, it.dealer, self.member)
-            good_digest = it.key_digest == keys.share_key_digest(ctx, st.round, st.session, it.dealer, self.member, k)
-            pt = aead_open(k, it.nonce, it.ciphertext, ad) if good_digest else None
+            if it.key_digest != keys.share_key_digest(ctx, st.round, st.session, it.dealer, self.member, k):
+                # the dealer signed a digest of another key: a complaint could not be judged (the
+                # coordinator cannot tell who lies), so this dealer's shares are simply not held
+                unusable.add(it.dealer)
+                continue
+            pt = aead_open(k, it.nonce, it.ciphertext, ad)
             held = parse_share_plaintext(pt) if pt is not None else None
             if held is None or not self._dealer_signed(st, it.dealer, held):
                 complaints.append(Complaint(it.dealer, k))
                 continue
             st.held[it.dealer] = held
         st.encryption_sk = b""  # every share this round will bring has arrived: wipe
-        return ShareReceipt(st.round, self.member, st.session, tuple(complaints))
+        return ShareReceipt(st.round, self.member, st.session, tuple(complaints), tuple(sorted(st.held)))
 
     def _dealer_signed(self, st: RoundState, dealer: int, h: HeldShare) -> bool:
         return shares_signed_by_dealer(self.context, self.roster, st.round, st.session, dealer, self.member, h)
 
     # ------------------------------------------------------------------ stage 3
-    def mask(self, request: MaskRequest, x: np.ndarray, weight: int = 1) -> MaskedInput:
-        return self._run(request, self._mask, x, weight)
+    def mask(self, request: MaskRequest, x: np.ndarray, weight: int, model_digest: bytes) -> MaskedInput:
+        """Mask `x`, trained on the model whose digest is `model_digest` (computed by the caller
+        from the model it received, never taken from the request)."""
+        return self._run(request, self._mask, x, weight, model_digest)
 
-    def _mask(self, st: RoundState, req: MaskRequest, x: np.ndarray, weight: int) -> MaskedInput:
+    def check_contribution(self, training_round: int, model_digest: bytes) -> None:
+        """Rule 6, before any training: refuse a training round already masked for, or a model
+        used up. Two sums over the same training round and model, with cohorts differing by one
+        member, would hand the coordinator that member's update."""
+        if training_round <= self.masked_round:
+            raise ProtocolError(
+                Rule.REPEAT_CONTRIBUTION,
+                f"training round {training_round}: this member already masked an input for round {self.masked_round}",
+            )
+        uses = self.model_uses.get(model_digest, 0)
+        if uses >= self.max_model_uses:
+            limit = self.max_model_uses
+            raise ProtocolError(Rule.REPEAT_CONTRIBUTION, f"model trained on {uses} times already (limit {limit})")
+
+    def _mask(
+        self, st: RoundState, req: MaskRequest, x: np.ndarray, weight: int, model_digest: bytes
+    ) -> MaskedInput:
         ctx = self.context
         self._check_session(st, req.session)
         shared = _sorted_unique(req.shared, "the shared set")
@@ -393,12 +450,24 @@ class Participant:
             raise ProtocolError(Rule.NOT_A_PARTICIPANT, "the coordinator says this member did not share")
         if len(shared) < self.min_cohort:
             raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{len(shared)} members shared, {self.min_cohort} required")
+        need = self.params.consistency_threshold()
+        if len(shared) < need:
+            raise ProtocolError(Rule.THRESHOLD, f"{len(shared)} members to mask with, {need} needed")
+        if req.model_digest != model_digest:
+            raise ProtocolError(Rule.MODEL_MISMATCH, "the request names another model than the one received")
+        self.check_contribution(req.training_round, model_digest)
+        fraction = None
         if req.weights:
             table = self._weight_table(req)
             if table[self.member] != weight:
                 raise ProtocolError(Rule.INPUT_WEIGHT, f"assigned weight {table[self.member]}, given {weight}")
             st.weights = tuple(table[m] for m in shared)
-        quantized = quantize(x, weight, self.params, self._random)  # input rules checked here
+            fraction = weight / sum(st.weights)
+        quantized = quantize(x, weight, self.params, self._random, fraction)  # input rules checked here
+        # from here on the input may end up in a sum: count the contribution before it leaves
+        self.masked_round = req.training_round
+        self.model_uses[model_digest] = self.model_uses.get(model_digest, 0) + 1
+        st.training_round, st.model_digest = req.training_round, model_digest
         st.shared = shared
         live = set(shared)
         mask_sk = x25519_from_bytes(st.masking_sk)
@@ -414,7 +483,11 @@ class Participant:
         st.seed = st.masking_sk = b""  # no longer needed: wipe now
         st.peers = {}
         self.last_clipped = quantized.clipped
-        return MaskedInput(st.round, self.member, st.session, vector)
+        statement = keys.mask_attestation_transcript(
+            ctx, st.round, st.session, self.member, shared, st.weights, st.training_round, model_digest, self.min_cohort
+        )
+        attestation = MaskAttestation(self.member, self.min_cohort, self._identity.sign(statement))
+        return MaskedInput(st.round, self.member, st.session, vector, attestation)
 
     def _weight_table(self, req: MaskRequest) -> dict[int, int]:
         """Public weights: one per member of C1, each in 1..max_weight. (Exclusion is by leaving
@@ -455,14 +528,19 @@ class Participant:
         st.survivors = survivors
         if st.weights:
             self._check_capture(st, survivors)
-        statement = keys.survivors_transcript(self.context, st.round, st.session, st.shared, survivors, st.weights)
+        statement = self._survivors_statement(st, survivors)
         sig = self._identity.sign(statement)
         return SurvivorSignature(st.round, self.member, st.session, sig)
+
+    def _survivors_statement(self, st: RoundState, survivors: tuple[int, ...]) -> bytes:
+        return keys.survivors_transcript(
+            self.context, st.round, st.session, st.shared, survivors, st.weights, st.training_round, st.model_digest
+        )
 
     def _check_survivor_count(self, st: RoundState, survivors: tuple[int, ...]) -> None:
         if len(survivors) < self.min_cohort:
             raise ProtocolError(Rule.COHORT_TOO_SMALL, f"{len(survivors)} survivors, {self.min_cohort} required")
-        need = self.params.consistency_threshold(st.cohort)
+        need = self.params.consistency_threshold()
         if len(survivors) < need:
             raise ProtocolError(Rule.THRESHOLD, f"{len(survivors)} survivors, {need} needed")
 
@@ -477,7 +555,6 @@ class Participant:
         return self._run(req, self._unmask)
 
     def _unmask(self, st: RoundState, req: UnmaskRequest) -> UnmaskResponse:
-        ctx = self.context
         self._check_session(st, req.session)
         overlap = set(req.survivors) & set(req.dropped)
         if overlap:
@@ -491,7 +568,7 @@ class Participant:
         dropped = _sorted_unique(req.dropped, "the dropped set")
         if not set(dropped) <= set(st.shared) - set(st.survivors):
             raise ProtocolError(Rule.SET_NOT_SUBSET, "dropped members must have shared and not survived")
-        statement = keys.survivors_transcript(ctx, st.round, st.session, st.shared, st.survivors, st.weights)
+        statement = self._survivors_statement(st, st.survivors)
         survivors = set(st.survivors)
         signers = {
             s.member
@@ -501,11 +578,12 @@ class Participant:
             and s.session == st.session
             and self.roster.verify(s.member, s.signature, statement)
         }
-        need = self.params.consistency_threshold(st.cohort)
+        need = self.params.consistency_threshold()
         if len(signers) < need:
             raise ProtocolError(
                 Rule.INCONSISTENT_SURVIVORS, f"{len(signers)} valid signatures on this survivor set, {need} needed"
             )
+        self._check_attestations(st, req)
         nbrs = set(st.neighbours)
         seed_out = [
             _reveal(j, st.held[j].seed, st.held[j].seed_sig) for j in st.survivors if j in nbrs and j in st.held
@@ -515,6 +593,29 @@ class Participant:
         st.released_key = tuple(s.dealer for s in key_out)
         st.wipe()
         return UnmaskResponse(st.round, self.member, st.session, tuple(seed_out), tuple(key_out))
+
+    def _check_attestations(self, st: RoundState, req: UnmaskRequest) -> None:
+        """Rule 7: every survivor attested, when it masked, to this C1, these weights, this training
+        round and model, and accepts a sum of this many members. Without it, a survivor shown its
+        own C1 (say, itself and two colluders) would have its seed released on others' word."""
+        by_member: dict[int, MaskAttestation] = {}
+        for a in req.attestations:
+            if a.member in by_member:
+                raise ProtocolError(Rule.ATTESTATION, f"two attestations for member {a.member}")
+            by_member[a.member] = a
+        for j in st.survivors:
+            a = by_member.get(j)
+            if a is None:
+                raise ProtocolError(Rule.ATTESTATION, f"survivor {j} has no mask attestation")
+            statement = keys.mask_attestation_transcript(
+                self.context, st.round, st.session, j, st.shared, st.weights, st.training_round, st.model_digest,
+                a.min_cohort,
+            )
+            if not self.roster.verify(j, a.signature, statement):
+                raise ProtocolError(Rule.ATTESTATION, f"survivor {j} did not mask under this view of the round")
+            if len(st.survivors) < a.min_cohort:
+                count = len(st.survivors)
+                raise ProtocolError(Rule.COHORT_TOO_SMALL, f"survivor {j} accepts sums of {a.min_cohort}+, not {count}")
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -2,13 +2,21 @@
 
 x is clipped to [-clip, clip], scaled so clip maps to L = 2^(bits-1) - 1, and rounded down after
 adding uniform dither u in [0, 1): E[q] = x * scale exactly, so the secure mean is unbiased and
-each coordinate's error is below one step. q is multiplied by the integer weight w and w itself is
-appended, so the unmasked sum yields both sum(w x) and sum(w). The dither comes from AES-CTR under a
-fresh secret key, not numpy.random.
+each coordinate's error is below one step. The result is clamped to [-L, L] so float rounding can
+never step outside the range the ring check was made for. q is multiplied by the integer weight w and
+w itself is appended, so the unmasked sum yields both sum(w x) and sum(w). The dither comes from
+AES-CTR under a fresh secret key, not numpy.random.
+
+Public weights (chosen by the coordinator) are applied differently: the member multiplies x by its
+fraction alpha = w / sum(weights of C1) BEFORE rounding (scale N*L/clip). Multiplying integers by
+coordinator-chosen weights would let it pick weights (g+1 for a target, g for everyone else) whose
+sum, taken mod g, is the target's quantized input; after rounding real-valued alpha*x, the sum is
+the weighted mean plus every member's independent rounding noise, with no integer structure to use.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +40,17 @@ def check_input(x: np.ndarray, weight: int, params: ProtocolParams) -> None:
         raise ProtocolError(Rule.INPUT_LENGTH, f"input has shape {x.shape}, plan says ({params.vector_length},)")
     if not np.isfinite(x).all():
         raise ProtocolError(Rule.INPUT_NONFINITE, "input contains NaN or Inf")
-    if not 0 <= weight <= params.max_weight:
-        raise ProtocolError(Rule.INPUT_WEIGHT, f"weight {weight} outside 0..{params.max_weight}")
+    if not 1 <= weight <= params.max_weight:
+        raise ProtocolError(Rule.INPUT_WEIGHT, f"weight {weight} outside 1..{params.max_weight}")
 
 
-def quantize(x: np.ndarray, weight: int, params: ProtocolParams, randomness: Randomness) -> QuantizedInput:
-    """The ring vector [w * q(x), w] for one member's input."""
+def quantize(
+    x: np.ndarray, weight: int, params: ProtocolParams, randomness: Randomness, fraction: float | None = None
+) -> QuantizedInput:
+    """The ring vector [w * q(x), w] for one member's input; with a public weight `fraction`
+    (w / sum of C1's public weights), [q(fraction * x) at the public scale, w] instead."""
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ProtocolError(Rule.WEIGHTS, f"public weight fraction {fraction} outside (0, 1]")
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise ProtocolError(Rule.INPUT_LENGTH, f"input must be floating point, got {x.dtype}")
@@ -56,7 +69,12 @@ def quantize(x: np.ndarray, weight: int, params: ProtocolParams, randomness: Ran
     raw = bytearray(4 * step + 16)
     ks = np.frombuffer(raw, dtype=np.uint32, count=step)
     zeros = memoryview(bytes(4 * step))
-    clip, scale = params.clip, params.scale
+    clip = params.clip
+    if fraction is None:
+        scale, bound, multiplier = params.scale, float(params.level), weight
+    else:
+        scale = params.public_scale * fraction
+        bound, multiplier = float(math.ceil(params.level * params.max_members * fraction)), 1
     clipped = 0
     for s in range(0, d, step):
         m = min(d, s + step) - s
@@ -68,17 +86,23 @@ def quantize(x: np.ndarray, weight: int, params: ProtocolParams, randomness: Ran
         dither.update_into(zeros[: 4 * m], raw)
         xv += np.multiply(ks[:m], 1.0 / 4294967296.0, out=uv)  # dither u in [0, 1)
         np.floor(xv, out=xv)
+        np.clip(xv, -bound, bound, out=xv)  # float rounding of x*scale + u must not step past the bound
         q = signed[s : s + m]
         np.copyto(q, xv, casting="unsafe")
-        if weight != 1:
-            q *= weight
+        if multiplier != 1:
+            q *= multiplier
     out[d] = weight
     return QuantizedInput(out, clipped)
 
 
-def dequantize(total: np.ndarray, params: ProtocolParams) -> tuple[np.ndarray, int]:
-    """(sum of w*x as float64, sum of w) from an unmasked ring sum."""
+def dequantize(
+    total: np.ndarray, params: ProtocolParams, public_total: int | None = None
+) -> tuple[np.ndarray, int]:
+    """(sum of w*x as float64, sum of w) from an unmasked ring sum. `public_total`: the sum of C1's
+    public weights, when inputs were pre-multiplied by their fractions of it."""
     if total.shape != (params.masked_length,) or total.dtype != params.dtype:
         raise ProtocolError(Rule.INPUT_LENGTH, "aggregate has the wrong shape or dtype")
     signed = total[:-1].view(np.int32 if params.ring_bits == 32 else np.int64)
-    return signed.astype(np.float64) / params.scale, int(total[-1])
+    if public_total is None:
+        return signed.astype(np.float64) / params.scale, int(total[-1])
+    return signed.astype(np.float64) * (public_total / params.public_scale), int(total[-1])
