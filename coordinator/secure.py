@@ -101,7 +101,7 @@ class _Session:
     dropped_log: list[dict] = field(default_factory=list)
     refusals: list[dict] = field(default_factory=list)
     resent: list[dict] = field(default_factory=list)  # messages sent again to a node back from a lapse
-    mask_request: ProtocolMessage | None = None  # C1, fixed when share receipts are in
+    mask_request: ProtocolMessage | None = None  # C1, fixed when share receipts are in (model bound at T1)
     contribution: dict | None = None  # the contribution policy's decision for this round
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -382,7 +382,10 @@ class SecureRounds:
         # T1: train + mask round r; advertise round r+1
         nxt = None if last else self._new_session(round_ + 1)
         self.next = nxt
-        mreq = cur.mask_request if cur.alive else None
+        mreq = None
+        if cur.alive and cur.mask_request is not None:  # C1 was fixed earlier; now the model is known
+            digest = rec.model_digest(model)
+            mreq = self._close(cur, lambda: cur.proto.bind_model(round_, digest))
         payload = self._per_member(cur, "mask", lambda m: mreq, cur.proto.shared) if mreq else {}
         if nxt is not None:
             self._advertise_payload(nxt, payload)

@@ -69,7 +69,8 @@ class SecureSpec:
     bits: int = 16
     clip: float = 4.0  # per-coordinate clip of the update (local - global) before quantization
     threshold: float = 2 / 3
-    neighbours: int = 0  # 0 = auto
+    neighbours: int = 0  # must be 0: the neighbour graph is complete (protocol/SECURITY.md)
+    colluders: int = -1  # members that may collude with the coordinator; -1 = ceil(participants / 3) - 1
     min_cohort: int = 3
     max_weight: int = 0  # 0 = the largest that keeps a 32-bit ring
 
@@ -173,6 +174,13 @@ class Plan:
                 f"secure aggregation needs at least secure.min_cohort = {sec.min_cohort} participants "
                 f"(got {self.participants})",
             )
+            need(
+                sec.neighbours == 0,
+                "secure.neighbours must be 0: the neighbour graph is complete (a sparse one could be steered "
+                "by the coordinator; see protocol/SECURITY.md)",
+            )
+            need(sec.colluders >= -1, "secure.colluders must be -1 (auto) or a number of members")
+            self._check_protocol_params()
 
         c = self.contribution
         if c.enabled:
@@ -186,6 +194,27 @@ class Plan:
             )
             need(0 < c.cap <= 1, f"contribution.cap must be in (0, 1] (got {c.cap})")
             need(c.floor >= 0, "contribution.floor must be >= 0 (0 = no floor)")
+
+    def _check_protocol_params(self) -> None:
+        """The protocol's own rules on these numbers (thresholds, collusion bound, ring), so a plan
+        the protocol would refuse is refused here, before anything starts."""
+        from protocol.errors import ProtocolError
+        from protocol.params import ProtocolParams
+
+        sec = self.secure
+        try:
+            ProtocolParams.for_federation(
+                1,
+                self.participants,
+                bits=sec.bits,
+                max_weight=sec.max_weight or None,
+                clip=sec.clip,
+                threshold_fraction=sec.threshold,
+                colluders=sec.colluders,
+                min_cohort=sec.min_cohort,
+            )
+        except ProtocolError as err:
+            raise UserError(f"plan [secure]: {err.detail}") from None
 
     def train_seed(self, round_: int, member: int) -> int:
         """Shuffling seed of one member in one round: reproducible runs, resumable ones too."""

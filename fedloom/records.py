@@ -7,6 +7,8 @@ metrics, and the participant's evaluation of the model it received.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
@@ -30,6 +32,12 @@ def protocol_round(training_round: int, attempt: int = 0, restart: int = 0) -> i
 
 def training_round(protocol_round_: int) -> int:
     return (protocol_round_ & 0xFFFFFFFF) >> 4
+
+
+def model_digest(vector: np.ndarray) -> bytes:
+    """SHA-256 of a model vector's float32 bytes: what a member trained on, bound into what it signs
+    (the same digest, hex, as a model card's `sha256`)."""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).digest()
 
 
 def vector_record(vec: np.ndarray) -> ArrayRecord:

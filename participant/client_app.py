@@ -178,9 +178,20 @@ def _sync_ledger(view: NodeView, msg: Message) -> None:
     view.ledger_head = copy.next_index
 
 
+def sizes_are_public(plan: Plan) -> bool:
+    """Whether this member's data sizes may leave it in clear: in plaintext mode (FedAvg weights the
+    updates the coordinator sees anyway) or when the plan makes weights public by declared example
+    counts. Under secure aggregation with private weights, nothing about a member's data size does."""
+    c = plan.contribution
+    return not plan.secure.enabled or (c.enabled and c.weighting == "examples")
+
+
 def _who(view: NodeView) -> ConfigRecord:
-    """Who replies, and what it declares publicly (its number of training examples)."""
-    who: dict = {"member": view.member, "examples": len(view.data.train)}
+    """Who replies, and what it declares publicly (its number of training examples, only when the
+    plan makes it public)."""
+    who: dict = {"member": view.member}
+    if sizes_are_public(view.plan):
+        who["examples"] = len(view.data.train)
     if view.ledger_head is not None:
         who["ledger-head"] = view.ledger_head
     return ConfigRecord(who)
@@ -198,7 +209,9 @@ def _eval(view: NodeView, msg: Message) -> tuple[LocalTrainer, np.ndarray, Confi
     trainer = trainer_for(view)
     vector = rec.read_vector(msg.content, rec.MODEL)
     ev = trainer.evaluate(vector)
-    return trainer, vector, rec.eval_record(ev.loss, ev.accuracy, ev.num_examples)
+    # private sizes: the evaluation counts as one member's, whatever the size of its test set
+    examples = ev.num_examples if sizes_are_public(view.plan) else 1
+    return trainer, vector, rec.eval_record(ev.loss, ev.accuracy, examples)
 
 
 @app.train()
@@ -230,7 +243,7 @@ def train(msg: Message, context: Context) -> Message:
         update, _ = train_once()
         out[rec.UPDATE] = rec.vector_record(update)
     else:
-        replies, info = _answer_protocol(msg, context, view, train_once, fit)
+        replies, info = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
         out[rec.PROTOCOL] = rec.protocol_record(replies)
         clipped = int(info.get("clipped", 0))
         if not fit and view.plan.contribution.enabled:
@@ -238,7 +251,8 @@ def train(msg: Message, context: Context) -> Message:
             # report the new probe score so this member can qualify again
             train_once()
     if fit:
-        out[rec.FIT] = rec.fit_metrics(fit["examples"], fit["loss"], clipped)
+        examples = fit["examples"] if sizes_are_public(view.plan) else 1  # as in _eval: private sizes stay home
+        out[rec.FIT] = rec.fit_metrics(examples, fit["loss"], clipped)
         if "probe" in fit:
             out[rec.FIT]["probe-loss"] = float(fit["probe"])
     return Message(out, reply_to=msg)
@@ -312,22 +326,31 @@ def _no_training() -> tuple[np.ndarray, int]:
     raise ProtocolError(Rule.OUT_OF_ORDER, "a mask request must come with the model, on a training trip")
 
 
-def _answer_protocol(msg: Message, context: Context, view: NodeView, train_once, fit: dict) -> tuple[list[bytes], dict]:
+def _answer_protocol(
+    msg: Message, context: Context, view: NodeView, train_once, fit: dict, model_digest: bytes | None = None
+) -> tuple[list[bytes], dict]:
     """The protocol replies to this message's requests (training, if masking is asked for, fills
-    `fit`). In deployment a request the coordinator sent again gets the very same reply."""
+    `fit`; `model_digest` is that of the model this message brought). In deployment a request the
+    coordinator sent again gets the very same reply."""
     if view.kit is None:
         raise RuntimeError("secure aggregation needs this member's kit (identity key and roster)")
     if view.state_dir is None:
-        return _answer_requests(msg, context, view, train_once, fit, None)
+        return _answer_requests(msg, context, view, train_once, fit, None, model_digest)
     # one request at a time per member: a repeat running alongside its original must find the
     # kept reply, never answer a stage (mask!) a second time from the same protocol state
     with open(view.state_dir / ".protocol.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _answer_requests(msg, context, view, train_once, fit, view.state_dir)
+        return _answer_requests(msg, context, view, train_once, fit, view.state_dir, model_digest)
 
 
 def _answer_requests(
-    msg: Message, context: Context, view: NodeView, train_once, fit: dict, state_dir: Path | None
+    msg: Message,
+    context: Context,
+    view: NodeView,
+    train_once,
+    fit: dict,
+    state_dir: Path | None,
+    model_digest: bytes | None,
 ) -> tuple[list[bytes], dict]:
     """Answer (or, for a repeat, send the kept reply again); `state_dir` None keeps nothing."""
     kit = cast(MemberKit, view.kit)
@@ -339,8 +362,10 @@ def _answer_requests(
         return kept.replies, kept.info
     d = _vector_length(view.plan.task.name)
     params = protocol_params(view.plan, d, len(kit.roster))
-    participant = load_participant(context, kit, params, view.policy.min_cohort, state_dir)
-    replies, info = answer(participant, requests, view.round, train_once)
+    participant = load_participant(
+        context, kit, params, view.policy.min_cohort, state_dir, max_model_uses=view.policy.max_model_uses
+    )
+    replies, info = answer(participant, requests, view.round, train_once, model_digest)
     save_participant(context, participant, state_dir)
     replies = _maybe_deal_garbage(msg.content[rec.CONFIG], view, replies)
     if state_dir is not None:

@@ -5,6 +5,8 @@ Policy file (TOML, owned by the participant; every key optional, defaults are th
     min_cohort = 3                      # refuse to upload if fewer members would be aggregated
     max_rounds = 0                      # 0 = no limit
     allowed_tasks = []                  # [] = only the task of the plan in its kit
+    max_model_uses = 3                  # masked inputs per model (1 = never train twice on one model;
+                                        # higher lets a round that aborted be retried on its model)
 Every refusal is a `PolicyRefusal` naming the rule; the ClientApp logs it and returns it to the
 coordinator, and the round goes on without this member.
 """
@@ -31,6 +33,7 @@ class Policy:
     min_cohort: int = 3
     max_rounds: int = 0
     allowed_tasks: tuple[str, ...] = field(default_factory=tuple)
+    max_model_uses: int = 3
 
     @classmethod
     def load(cls, path: str | Path | None) -> Policy:
@@ -53,13 +56,18 @@ class Policy:
             raise UserError(f"{where}: min_cohort must be at least 2 (a sum of one is that member's input)")
         if policy.max_rounds < 0:
             raise UserError(f"{where}: max_rounds must be 0 (no limit) or positive")
-        return cls(policy.require_secure_aggregation, policy.min_cohort, policy.max_rounds, tuple(tasks))
+        if policy.max_model_uses < 1:
+            raise UserError(f"{where}: max_model_uses must be at least 1")
+        return cls(
+            policy.require_secure_aggregation, policy.min_cohort, policy.max_rounds, tuple(tasks), policy.max_model_uses
+        )
 
     def to_toml(self) -> str:
         tasks = ", ".join(f'"{t}"' for t in self.allowed_tasks)
         return (
             f"require_secure_aggregation = {str(self.require_secure_aggregation).lower()}\n"
             f"min_cohort = {self.min_cohort}\nmax_rounds = {self.max_rounds}\nallowed_tasks = [{tasks}]\n"
+            f"max_model_uses = {self.max_model_uses}\n"
         )
 
     def check(self, plan: Plan, agreed: Plan, round_: int, secure: bool) -> None:
@@ -83,3 +91,4 @@ class _PolicyFields:
     require_secure_aggregation: bool = True
     min_cohort: int = 3
     max_rounds: int = 0
+    max_model_uses: int = 3

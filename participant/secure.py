@@ -17,10 +17,10 @@ from flwr.app import ConfigRecord, Context
 from fedloom.files import atomic_write_bytes
 from fedloom.kits import MemberKit
 from fedloom.plan import Plan
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Rule
 from protocol.messages import MaskRequest, Refusal, decode
 from protocol.params import ProtocolParams
-from protocol.participant import Participant
+from protocol.participant import MAX_MODEL_USES, Participant
 
 log = logging.getLogger("fedloom.participant")
 STATE_KEY = "fedloom.secagg"
@@ -37,6 +37,7 @@ def protocol_params(plan: Plan, vector_length: int, members: int) -> ProtocolPar
         clip=s.clip,
         threshold_fraction=s.threshold,
         neighbours=s.neighbours,
+        colluders=s.colluders,
         min_cohort=s.min_cohort,
         max_share=plan.contribution.cap if plan.contribution.enabled else 1.0,
     )
@@ -46,7 +47,12 @@ STATE_FILE = "secagg.state"
 
 
 def load_participant(
-    context: Context, kit: MemberKit, params: ProtocolParams, min_cohort: int, state_dir: Path | None = None
+    context: Context,
+    kit: MemberKit,
+    params: ProtocolParams,
+    min_cohort: int,
+    state_dir: Path | None = None,
+    max_model_uses: int = MAX_MODEL_USES,
 ) -> Participant:
     """The member's protocol state: from its state directory in deployment (so rounds stay
     fresh across runs and restarts), else from Flower's per-run `context.state`."""
@@ -62,6 +68,7 @@ def load_participant(
         kit.context,
         params,
         min_cohort=min_cohort,
+        max_model_uses=max_model_uses,
         state=raw if isinstance(raw, bytes) else None,
     )
 
@@ -79,8 +86,11 @@ def answer(
     raw_messages: list[bytes],
     round_: int,
     train: Callable[[], tuple[np.ndarray, int]],
+    model_digest: bytes | None = None,
 ) -> tuple[list[bytes], dict]:
-    """Answer each protocol message in order; `train()` runs only when masking is asked for.
+    """Answer each protocol message in order; `train()` runs only when masking is asked for, and
+    only after the request was checked against the model this member received (`model_digest`)
+    and the training rounds and models it already contributed to.
 
     Returns the encoded replies and what training reported (weight, examples, clipped).
     """
@@ -91,12 +101,17 @@ def answer(
         try:
             msg = decode(data)
             if isinstance(msg, MaskRequest):
+                if model_digest is None:
+                    raise ProtocolError(Rule.OUT_OF_ORDER, "a mask request must come with the model")
+                if msg.model_digest != model_digest:
+                    raise ProtocolError(Rule.MODEL_MISMATCH, "the request names another model than the one received")
+                participant.check_contribution(msg.training_round, model_digest)  # before any training
                 update, examples = train()
-                weight = min(int(examples), participant.params.max_weight)
+                weight = max(1, min(int(examples), participant.params.max_weight))
                 if msg.weights:  # a contribution policy's public weight (the protocol checks the table)
                     weight = dict(zip(msg.shared, msg.weights, strict=False)).get(participant.member, weight)
                 info.update(weight=weight, examples=int(examples))
-                reply = participant.mask(msg, update, weight)
+                reply = participant.mask(msg, update, weight, model_digest)
                 info["clipped"] = participant.last_clipped
             else:
                 reply = participant.handle(msg)

@@ -52,6 +52,7 @@ from protocol.masking import apply_masks
 from protocol.messages import (
     BundleSet,
     KeyBundle,
+    MaskAttestation,
     MaskedInput,
     MaskRequest,
     Message,
@@ -86,8 +87,7 @@ class RoundView:
 
     @cached_property
     def neighbours(self) -> dict[int, frozenset[int]]:
-        members = sorted(self.bundles)
-        return graph.neighbours(members, self.params.degree(len(members)), self.session)
+        return graph.neighbours(sorted(self.bundles))
 
     @property
     def threshold(self) -> int:
@@ -190,6 +190,7 @@ class Adversary:
         self._sreq: SurvivorRequest | None = None
         self._previous: UnmaskRequest | None = None  # round R-1's, for the replay
         self._masked: np.ndarray | None = None
+        self._attestations: dict[int, MaskAttestation] = {}  # every survivor's, as the coordinator holds them
         self._signatures: dict[int, SurvivorSignature] = {}
         self._responses: list[UnmaskResponse] = []
         self._refusals: list[dict[str, Any]] = []
@@ -232,8 +233,11 @@ class Adversary:
             return
         if rnd != self.round:
             return
-        if isinstance(msg, MaskedInput) and msg.member == self.target:
-            self._masked = np.array(msg.vector)
+        if isinstance(msg, MaskedInput):
+            if msg.attestation is not None:
+                self._attestations.setdefault(msg.member, msg.attestation)
+            if msg.member == self.target:
+                self._masked = np.array(msg.vector)
         elif isinstance(msg, SurvivorSignature):
             self._signatures.setdefault(msg.member, msg)
         elif isinstance(msg, UnmaskResponse):
@@ -370,7 +374,8 @@ class Adversary:
             view = req.survivors if self.target in half else tuple(m for m in req.survivors if m != self.target)
             dropped = tuple(m for m in req.shared if m not in view)
             sigs = tuple(self._signatures[m] for m in half if m in self._signatures)
-            ureq = UnmaskRequest(req.round, req.session, view, dropped, sigs)
+            atts = tuple(self._attestations[m] for m in view if m in self._attestations)
+            ureq = UnmaskRequest(req.round, req.session, view, dropped, sigs, atts)
             out.update({m: [ureq] for m in half})
         return out
 
@@ -385,6 +390,7 @@ class Adversary:
             tuple(m for m in req.survivors if m != self.target),
             tuple(sorted({*req.dropped, self.target})),
             req.signatures,
+            tuple(a for a in req.attestations if a.member != self.target),
         )
         return {m: [again] for m in req.survivors}
 
