@@ -137,6 +137,11 @@ class ProtocolParams:
                 f"no cohort can satisfy the thresholds: T = {self.consistency_threshold()} signers needed from "
                 f"{self.max_members} members (lower colluders or threshold_fraction, or raise the roster)"
             )
+        if self.consistency_threshold() - c < 2:
+            raise bad(
+                f"with {c} colluders a sum of T = {self.consistency_threshold()} members could hold a single honest "
+                "input: lower colluders or raise min_cohort"
+            )
         if self.shamir_threshold(self.consistency_threshold() - 1) > self.consistency_threshold() - 1:
             raise bad(
                 f"tolerating {c} colluders needs every dealer to have more than {c} holders, but a cohort of "

@@ -28,7 +28,7 @@ from flwr.app import ConfigRecord
 from fedloom.records import protocol_round
 from participant.client_app import NodeView, _maybe_deal_garbage
 from protocol.errors import ProtocolError, Rule
-from protocol.local import LocalFederation, garble_share_bundle, make_federation
+from protocol.local import LocalFederation, garble_share_bundle, make_federation, stand_in_model_digest
 from protocol.messages import (
     Message as ProtocolMessage,
 )
@@ -92,9 +92,10 @@ def play_round(
     deliveries = coord.deliveries()
     for m, dl in deliveries.items():
         coord.add_receipt(ask(m, send("receive", m, dl)))
-    mreq = coord.mask_request()
+    digest = stand_in_model_digest(1)
+    mreq = coord.mask_request(training_round=1, model_digest=digest)
     for m in mreq.shared:
-        coord.add_masked(ask(m, send("mask", m, mreq), xs[m], WEIGHT if m == TARGET else 1))
+        coord.add_masked(ask(m, send("mask", m, mreq), xs[m], WEIGHT if m == TARGET else 1, digest))
     sreq = coord.survivor_request()
     for m in sreq.survivors:
         coord.add_signature(ask(m, send("sign", m, sreq)))
