@@ -22,7 +22,7 @@ import argparse
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from starlette.applications import Starlette
@@ -78,7 +78,7 @@ class FleetOnly:
         )
 
 
-def _forwarder(client: httpx.AsyncClient, endpoint: str):
+def _forwarder(client: httpx.AsyncClient, endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     """The handler for one Fleet endpoint: it sends upstream the allowlisted `endpoint` string
     itself, never the client's request target, so httpx has nothing of the client's to normalize."""
 
