@@ -4,8 +4,11 @@ What it runs, and why each piece is there:
   1. `flower-superlink` on LOOPBACK only (TLS with the federation's certificate, node
      authentication on, a database in the state directory, no runtime dependency installation):
      its Control API (submit runs, register nodes) is unauthenticated in open-source Flower and
-     shares the Fleet API's port, so it must never face the network.
-  2. `coordinator.gateway` on the public address: TLS, forwards the Fleet API only.
+     shares the Fleet API's port, so it must never face the network. It runs inside
+     `coordinator.superlink`, which adds a second loopback socket, the fleet door, that serves
+     exact Fleet calls only; the full port is used by this service's own `flwr` calls alone.
+  2. `coordinator.gateway` on the public address: TLS, forwards exact Fleet calls only, and only
+     to the fleet door, so even a request that slipped past it could not reach the Control API.
   3. Registers every member's node key from the kit (only those nodes can connect).
   4. Submits the run (a new Flower run each start: a restarted coordinator resumes from its
      last checkpoint) and follows it until it finishes; Ctrl-C stops it all cleanly.
@@ -17,6 +20,7 @@ import json
 import logging
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,8 @@ class Service:
     state: Path
     bind: str
     app: Path
-    superlink_port: int = 0
+    superlink_port: int = 0  # the full door: Control + Runtime + Fleet, this service's `flwr` only
+    fleet_port: int = 0  # the fleet door: the gateway's upstream
     superlink: subprocess.Popen | None = None
     gateway: subprocess.Popen | None = None
     run_id: int | None = None
@@ -75,8 +80,13 @@ def check_app(app: Path, expected: str) -> None:
 def start_superlink(svc: Service) -> None:
     k = svc.kit
     svc.superlink_port = free_port()
+    svc.fleet_port = free_port()
     cmd = [
-        "flower-superlink",
+        sys.executable,
+        "-m",
+        "coordinator.superlink",
+        "--fleet-port",
+        str(svc.fleet_port),
         "--host",
         "127.0.0.1",
         "--port",
@@ -96,6 +106,7 @@ def start_superlink(svc: Service) -> None:
     ]
     svc.superlink = spawn(cmd, svc.env(), svc.state / "logs" / "superlink.log")
     wait_for_tls("127.0.0.1", svc.superlink_port, k / "ca.crt", 60, svc.superlink)
+    wait_for_tls("127.0.0.1", svc.fleet_port, k / "ca.crt", 30, svc.superlink)
     svc.flwr_home.mkdir(parents=True, exist_ok=True)
     (svc.flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -104,8 +115,6 @@ def start_superlink(svc: Service) -> None:
 
 
 def start_gateway(svc: Service) -> None:
-    import sys
-
     k = svc.kit
     cmd = [
         sys.executable,
@@ -114,7 +123,7 @@ def start_gateway(svc: Service) -> None:
         "--bind",
         svc.bind,
         "--upstream",
-        f"https://127.0.0.1:{svc.superlink_port}",
+        f"https://127.0.0.1:{svc.fleet_port}",
         "--cert",
         str(k / "server.crt"),
         "--key",
@@ -177,6 +186,7 @@ def _record(svc: Service) -> None:
         "superlink_pid": svc.superlink.pid if svc.superlink else None,
         "gateway_pid": svc.gateway.pid if svc.gateway else None,
         "superlink_port": svc.superlink_port,
+        "fleet_port": svc.fleet_port,
         "bind": svc.bind,
     }
     (svc.state / "service.json").write_text(json.dumps(info) + "\n")
@@ -205,8 +215,9 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
         stop_stale_run(svc)
         _record(svc)
         log.info(
-            "SuperLink on 127.0.0.1:%d (loopback), gateway on %s, %d member nodes registered",
+            "SuperLink on 127.0.0.1:%d (loopback; fleet door :%d), gateway on %s, %d member nodes registered",
             svc.superlink_port,
+            svc.fleet_port,
             bind,
             len(names),
         )

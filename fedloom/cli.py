@@ -14,14 +14,31 @@ from rich.text import Text
 
 from fedloom.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+def _typer(**kwargs: Any) -> typer.Typer:
+    """A Typer app whose crash reports never print local variables.
+
+    Typer's default rich traceback shows every frame's locals; in a tool that holds private keys,
+    CA keys and protocol secrets, an unexpected error would print them to the terminal and into
+    whatever log collects it. `fedloom --debug` turns them back on for a developer who asks.
+    """
+    return typer.Typer(pretty_exceptions_show_locals=False, **kwargs)
+
+
+app = _typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 err_console = Console(stderr=True)
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an unexpected error, show local variables (may print secrets).")
+    ] = False,
+) -> None:
     """fedloom: consortium training on Flower with secure aggregation."""
+    # Typer reads this from the app it was called as, at the moment an exception escapes.
+    app.pretty_exceptions_show_locals = debug
 
 
 class RichObserver:
@@ -153,8 +170,8 @@ def simulate(
     console.print(f"outputs: {out_dir}")
 
 
-coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator service.")
-participant_app = typer.Typer(no_args_is_help=True, help="Run a participant node on this member's machine.")
+coordinator_app = _typer(no_args_is_help=True, help="Run the coordinator service.")
+participant_app = _typer(no_args_is_help=True, help="Run a participant node on this member's machine.")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(participant_app, name="participant")
 
@@ -275,7 +292,7 @@ def participant_sovereign(
     )
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: tables on the terminal, JSON on request.")
+bench_app = _typer(no_args_is_help=True, help="Benchmarks: tables on the terminal, JSON on request.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -359,7 +376,7 @@ def _check_data_fits(plan) -> None:
         raise UserError(f"cannot split {plan.task.name} into {plan.participants} partitions: {exc}") from exc
 
 
-ledger_app = typer.Typer(
+ledger_app = _typer(
     add_completion=False,
     no_args_is_help=True,
     help="The round ledger: what the coordinator did in each round, hash-chained and signed.",

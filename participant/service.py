@@ -27,6 +27,10 @@ from .local_data import from_path
 
 log = logging.getLogger("fedloom.participant")
 NOT_REGISTERED = 305  # Flower's exit code for a node whose key the SuperLink does not know
+# A node that refused the server's certificate this many times in a row stops (exit 2) instead of
+# retrying forever: a kit trusting another CA, or a server that is not the coordinator, stays so.
+# More than one, so a single odd failure (e.g. a proxy restarting) does not end the service.
+TLS_REFUSALS_BEFORE_GIVING_UP = 3
 GUARD_SCRIPT = """#!/bin/sh
 # fedloom's app guard, installed as the `flwr-clientapp` this member's SuperNode launches.
 exec "{python}" -m participant.guard "$@"
@@ -39,11 +43,12 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _flower_failure(log_file: Path) -> tuple[int | None, str]:
-    """Flower prints its exit code ("Exit Code: 305") and the reason, then exits 1: read both."""
+def _flower_failure(log_file: Path, since: int = 0) -> tuple[int | None, str]:
+    """Flower prints its exit code ("Exit Code: 305") and the reason, then exits 1: read both,
+    from what was written after byte `since` (this run's output, not an earlier run's)."""
     try:
         with log_file.open("rb") as f:
-            f.seek(max(0, log_file.stat().st_size - 4096))
+            f.seek(max(since, log_file.stat().st_size - 4096))
             tail = f.read().decode(errors="replace")
     except OSError:
         return None, ""
@@ -53,6 +58,24 @@ def _flower_failure(log_file: Path) -> tuple[int | None, str]:
     after = tail[tail.rindex(f"Exit Code: {codes[-1]}") :].splitlines()[1:5]
     reason = next((line.strip() for line in after if "SSL" in line or "activate" in line), "")
     return int(codes[-1]), reason
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _why_stopped(log_file: Path, since: int, returncode: int | None) -> tuple[str, bool]:
+    """Why the SuperNode stopped, in words, and whether it was because it refused the server's
+    TLS certificate (a foreign CA or a wrong name: not something a retry can change)."""
+    code, reason = _flower_failure(log_file, since)
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        return "the coordinator's TLS certificate is not signed by this kit's CA: " + reason, True
+    if code == NOT_REGISTERED:
+        return "this node's key is not registered with the coordinator (yet)", False
+    return (f"Flower exit code {code}" if code else f"exit code {returncode}"), False
 
 
 def install_guard(bin_dir: Path) -> Path:
@@ -123,7 +146,9 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     backoff = 2.0
+    tls_refusals = 0
     while not stopping:
+        log_start = _size(state / "supernode.log")
         proc = spawn(cmd, env, state / "supernode.log")
         (state / "service.json").write_text(json.dumps({"pid": os.getpid(), "supernode_pid": proc.pid}) + "\n")
         started = time.monotonic()
@@ -135,14 +160,16 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
         if stopping:
             break
         # The coordinator may not be up yet, or not have registered this node's key yet (Flower
-        # exits 305), or it restarted: a member's node keeps trying, as a service should.
-        code, reason = _flower_failure(state / "supernode.log")
-        if "CERTIFICATE_VERIFY_FAILED" in reason:
-            why = "the coordinator's TLS certificate is not signed by this kit's CA: " + reason
-        elif code == NOT_REGISTERED:
-            why = "this node's key is not registered with the coordinator (yet)"
-        else:
-            why = f"Flower exit code {code}" if code else f"exit code {proc.returncode}"
+        # exits 305), or it restarted: a member's node keeps trying, as a service should. A server
+        # whose certificate this kit's CA did not sign is different: retrying cannot fix it.
+        why, refused_tls = _why_stopped(state / "supernode.log", log_start, proc.returncode)
+        tls_refusals = tls_refusals + 1 if refused_tls else 0
+        if tls_refusals >= TLS_REFUSALS_BEFORE_GIVING_UP:
+            raise UserError(
+                f"{why} ({tls_refusals} attempts in a row; see {state / 'supernode.log'}). "
+                f"Check that {address} is this federation's coordinator and that this kit is current; "
+                "not retrying"
+            )
         backoff = 2.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
         log.warning(
             "the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff, state / "supernode.log"

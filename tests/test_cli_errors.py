@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,35 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+CRASHING_CLI = """
+import sys
+import fedloom.cli as cli
+
+def crash():
+    private_key_pem = "SENTINEL-" + "9f3c" * 4  # a secret in a local variable of the failing frame
+    raise RuntimeError("an unexpected failure")
+
+cli.app.command("crash")(crash)
+cli.coordinator_app.command("crash")(crash)
+sys.argv = ["fedloom", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("argv", [["crash"], ["coordinator", "crash"]])
+def test_an_unexpected_error_does_not_print_local_variables(argv):
+    """Typer's rich traceback shows locals by default: here that would print a private key."""
+    env = {k: v for k, v in os.environ.items() if "TYPER" not in k}
+    env["COLUMNS"] = "200"
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHING_CLI, *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "an unexpected failure" in out, out[-3000:]
+    assert "SENTINEL" not in out, out[-3000:]
+    debug = subprocess.run(
+        [sys.executable, "-c", CRASHING_CLI, "--debug", *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "SENTINEL" in debug.stdout + debug.stderr  # --debug is the developer's explicit choice
