@@ -7,7 +7,6 @@ r rides on round r's trip, so the metrics row of round r-1 is completed by round
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from fedloom.plan import Plan
 from protocol.roster import Roster
 
 from . import checkpoint, outputs
+from .checkpoint import model_hash
 from .ledger_feed import LedgerFeed
 from .optimizers import make_optimizer
 from .plain import PlainRounds
@@ -76,14 +76,15 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     plan, out = settings.plan, settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    ckpt = checkpoint.load(settings.state_dir, plan.hash) if settings.state_dir else None
+    ckpt, signed = _resume_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
     if ckpt is None:
         (out / outputs.METRICS).unlink(missing_ok=True)
     else:
         log.info("resuming after round %d (restart %d)", ckpt.round, epoch)
-        if settings.ledger is not None:
-            settings.ledger.append("resume", {"from_round": first, "reason": "coordinator restarted"})
+    if settings.ledger is not None and (ckpt is not None or max(signed, default=0) > 0):
+        # also when the ledger got round 1's entry but the crash came before its checkpoint: round 1 is redone
+        settings.ledger.append("resume", {"from_round": first, "reason": "coordinator restarted"})
     minimum = plan.secure.min_cohort if plan.secure.enabled else 1
     nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
     settings.observer.started(plan, len(nodes))
@@ -131,10 +132,10 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         if settings.state_dir:  # round r's evaluation comes with the next round: keep the row across a crash
             outputs.write_json(out / PENDING_ROW, rows[r])
         completed = done_before + sum(1 for h in history if h.mean_update is not None)
+        if settings.ledger is not None:  # before the checkpoint: a checkpoint is only resumed if the ledger signs it
+            settings.ledger.append("round", _ledger_entry(plan, res, model, rows[r]))
         if settings.state_dir:
             checkpoint.save(settings.state_dir, plan.hash, r, epoch, model, optimizer.state_dict(), completed)
-        if settings.ledger is not None:
-            settings.ledger.append("round", _ledger_entry(plan, res, model, rows[r]))
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
@@ -178,8 +179,18 @@ def _add_rounds_before_resume(summary: dict[str, Any], rows: list[dict[str, Any]
     summary["resumed_after_round"] = first - 1
 
 
-def model_hash(model: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(model, dtype=np.float32).tobytes()).hexdigest()
+def _resume_point(settings: RunSettings) -> tuple[checkpoint.Checkpoint | None, dict[int, str | None]]:
+    """The checkpoint to resume from (None: a fresh start) and the ledger's signed models.
+
+    With a ledger (deployment) the checkpoint must be the model the signed ledger records for its round, and a
+    fresh start must be the initial model the genesis pins: `checkpoint.attest`."""
+    state, ledger = settings.state_dir, settings.ledger
+    if state is None:
+        return None, {}
+    if ledger is None:
+        return checkpoint.load(state, settings.plan.hash), {}
+    initial = None if (state / checkpoint.POINTER).exists() else initial_model(settings.plan)
+    return checkpoint.load_attested(state, settings.plan.hash, ledger.path, ledger.public_key, initial)
 
 
 def _ledger_entry(plan: Plan, res: RoundResult, model: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Keeps every member's copy of the ledger current: each node reports how many entries it holds
-(its head), and the coordinator sends it the entries after that on the next training trip."""
+(its head), and the coordinator sends it the entries after that on the next training trip.
+
+The coordinator's newest entry always goes along, even when the member already holds it: it is the
+coordinator's signed head, and a member refuses a head older than the newest entry it holds (a
+truncated or rolled-back ledger), which it could not notice if nothing were sent."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedloom.ledger import entries_since
+from fedloom.ledger import entries_since, ledger_length
 
 HEAD_KEY = "ledger-head"
 CONFIG_KEY = "ledger"
@@ -17,7 +21,10 @@ class LedgerFeed:
         self.heads: dict[int, int] = {}
 
     def config_for(self, node: int) -> dict[str, str]:
-        lines = entries_since(self.path, self.heads.get(node, 0)) if self.path.exists() else []
+        if not self.path.exists():
+            return {}
+        start = min(self.heads.get(node, 0), ledger_length(self.path) - 1)
+        lines = entries_since(self.path, max(start, 0))
         return {CONFIG_KEY: "\n".join(lines)} if lines else {}
 
     def observe(self, node: int, who: dict) -> None:

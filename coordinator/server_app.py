@@ -12,7 +12,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .driver import RunSettings, run_federation
+from .driver import RunSettings, initial_model, model_hash, run_federation
 
 
 def settings_from_run_config(run_config: dict) -> RunSettings:
@@ -53,6 +53,8 @@ def deployment_settings(run_config: dict) -> RunSettings:
     state = Path(str(run_config.get("state-dir", "") or Path(str(run_config["kit"])) / "state")).resolve()
     state.mkdir(parents=True, exist_ok=True)
     genesis = {"federation": kit.plan.federation, "plan_hash": kit.plan.hash, "roster_hash": kit.roster.digest().hex()}
+    if not (state / "ledger.jsonl").exists():  # a new ledger pins round 1's model: members check it against this
+        genesis["initial_model_hash"] = model_hash(initial_model(kit.plan))
     ledger = LedgerWriter.open(state / "ledger.jsonl", kit.ledger_key, genesis)
     return RunSettings(
         plan=kit.plan,

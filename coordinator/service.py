@@ -77,6 +77,25 @@ def check_app(app: Path, expected: str) -> None:
         )
 
 
+def check_resume(svc: Service) -> None:
+    """Before anything starts: a checkpoint to resume from must match the signed ledger (checkpoint.attest).
+
+    The ServerApp checks again, but there a refusal would end as a failed Flower run with its traceback;
+    here it is one line (a CheckpointError is a UserError) and nothing is started. The round-0 check (a
+    fresh start's initial model) is left to the ServerApp: it needs the task's model."""
+    from cryptography.hazmat.primitives import serialization
+
+    from fedloom.kits import load_coordinator_kit
+
+    from .checkpoint import POINTER, load_attested
+
+    if not (svc.state / POINTER).exists() and not (svc.state / "ledger.jsonl").exists():
+        return  # a fresh federation
+    kit = load_coordinator_kit(svc.kit)
+    public = kit.ledger_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    load_attested(svc.state, kit.plan.hash, svc.state / "ledger.jsonl", public)
+
+
 def start_superlink(svc: Service) -> None:
     k = svc.kit
     svc.superlink_port = free_port()
@@ -199,6 +218,7 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
 
     plan = Plan.from_json(plan_text)
     check_app(svc.app, plan.app_hash)
+    check_resume(svc)
     svc.state.mkdir(parents=True, exist_ok=True)
     stopping = False
 

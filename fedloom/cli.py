@@ -394,9 +394,16 @@ def ledger_verify(
     target: Annotated[Path, typer.Argument(help="A ledger file, or a directory: every *.jsonl in it.")],
     key: Annotated[Path | None, typer.Option("--key", help="The coordinator's ledger.pub (hex or PEM).")] = None,
     kit: Annotated[Path | None, typer.Option("--kit", help="A member kit directory: uses KIT/ledger.pub.")] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option("--against", help="Another copy (e.g. a member's own): report a fork or a cut-off ledger."),
+    ] = None,
 ) -> None:
-    """Check a ledger: every line, hash link and signature. Exit 0 if all are intact, 1 if any is broken."""
-    from fedloom.ledger import LEDGER_PUB_FILE, read_public_key, verify
+    """Check a ledger: every line, hash link and signature. Exit 0 if all are intact, 1 if any is broken.
+
+    A ledger cut off after a complete entry, or rewritten from some entry on and signed again, still verifies on
+    its own: only another copy shows it. With --against, LEDGER must hold every entry of that copy (same hashes)."""
+    from fedloom.ledger import LEDGER_PUB_FILE, compare, read_public_key, verify
 
     try:
         if key is not None and kit is not None:
@@ -416,7 +423,10 @@ def ledger_verify(
             files = [target]
         else:
             raise UserError(f"ledger not found: {target}")
+        if against is not None and (len(files) != 1 or not against.is_file()):
+            raise UserError(f"--against needs one ledger file and one copy file (not found or a directory: {against})")
         reports = [(f, verify(f, public_key)) for f in files]
+        comparison = compare(files[0], against, public_key) if against is not None else None
     except UserError as exc:
         _fail(exc)
     except OSError as exc:
@@ -447,7 +457,10 @@ def ledger_verify(
             soft_wrap=True,
             highlight=False,
         )
-    if not all(r.ok for _, r in reports):
+    if comparison is not None:
+        style = "green" if comparison.ok else "bold red"
+        console.print(Text(f"{comparison.verdict}: ", style=style) + Text(comparison.detail), soft_wrap=True)
+    if not all(r.ok for _, r in reports) or (comparison is not None and not comparison.ok):
         raise typer.Exit(1)
 
 

@@ -17,7 +17,10 @@ A ledger is a UTF-8 file of JSON objects, one per line, each line ending in "\\n
 
 The coordinator writes with `LedgerWriter`; anyone checks with `verify` (against the key from their own kit, or
 else against the genesis's `ledger_key`: "self-certified", which proves integrity but not authorship); a member
-keeps its own copy of the entries it was sent with `LedgerCopy`, which refuses forks and bad signatures.
+keeps its own copy of the entries it was sent with `LedgerCopy`, which refuses forks and bad signatures, and a
+sender's head older than its own newest entry (a truncated ledger). `signed_models` reads the current model's hash
+out of a verified history (a genesis may pin the initial one as `initial_model_hash`); `compare` tells whether a
+ledger is a cut-off or forked version of another copy, which no single file can show.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ _HEX = re.compile(r"[0-9a-f]*")
 
 class LedgerError(Exception):
     """A ledger is broken, forked, or cannot be written; the message says which entry and what."""
+
+
+class LedgerTruncated(LedgerError):
+    """The sender's newest signed entry is older than one this copy holds: its ledger was cut back (rolled back)."""
 
 
 class LedgerGap(LedgerError):
@@ -149,6 +156,8 @@ def _check_payload(entry: dict[str, Any]) -> None:
             raise _Bad(f"{kind} entry: '{key}' must be {what}")
     if kind == "round" and entry["model_hash"] is None and entry["skipped"] is None:
         raise _Bad("round entry: 'model_hash' is null but the round was not skipped")
+    if kind == "genesis" and "initial_model_hash" in entry and not _is_hex(entry["initial_model_hash"], 32):
+        raise _Bad("genesis entry: 'initial_model_hash' must be 64 lowercase hex digits")
 
 
 # ------------------------------------------------------------------ encoding
@@ -336,6 +345,7 @@ class _Scan:
     report: VerifyReport
     hashes: list[str]
     genesis: dict[str, Any] | None
+    entries: list[dict[str, Any]]
 
 
 def _lines_of(source: str | os.PathLike | bytes | Iterable[str | bytes]) -> Iterator[tuple[bytes | str, bool]]:
@@ -366,13 +376,14 @@ def _scan(
     given = _public_bytes(public_key) if public_key is not None else None
     key_source = "kit" if given is not None else "genesis"
     hashes: list[str] = []
+    entries: list[dict[str, Any]] = []
     rounds = 0
     genesis: dict[str, Any] | None = None
     key: bytes | None = given
 
     def report(error: str | None) -> _Scan:
         rep = VerifyReport(error is None, len(hashes), rounds, error, key_source, hashes[-1] if hashes else None)
-        return _Scan(rep, hashes, genesis)
+        return _Scan(rep, hashes, genesis, entries)
 
     n = 0
     for n, (raw, complete) in enumerate(_lines_of(source), start=1):
@@ -410,6 +421,7 @@ def _scan(
         if i == 0:
             genesis = obj
         hashes.append(obj["hash"])
+        entries.append(obj)
         rounds += obj["kind"] == "round"
     if n == 0:
         return report("line 1: empty ledger (no genesis)")
@@ -426,6 +438,78 @@ def verify(
     self-certified). Never raises for a broken ledger: see `first_error`. OSError if the file cannot be read.
     """
     return _scan(path_or_lines, public_key).report
+
+
+def read_verified(path: str | os.PathLike, public_key: bytes | Ed25519PublicKey) -> list[dict[str, Any]]:
+    """Every entry of the ledger at `path`, checked against `public_key`; LedgerError (one line) if it is broken."""
+    scan = _scan(path, public_key)
+    if not scan.report.ok:
+        raise LedgerError(f"{path}: {scan.report.first_error}")
+    return scan.entries
+
+
+def signed_models(entries: Iterable[dict[str, Any]]) -> dict[int, str | None]:
+    """The model after each round as the signed history now stands: {round: model_hash}.
+
+    Round 0 is the initial model: the genesis's `initial_model_hash` (None when the genesis names none, i.e. the
+    initial model is not pinned). A `resume` entry from round f takes back the rounds >= f (a restarted
+    coordinator redoes them from its checkpoint), and so does a later entry for an earlier round; a skipped round
+    without a hash keeps the model before it. Why: a checkpoint, or a model a member receives, is only trusted if
+    it is the model this signed history says is current, so the history must say exactly one current model.
+    """
+    models: dict[int, str | None] = {}
+    for e in entries:
+        if e["kind"] == "genesis":
+            models = {0: e.get("initial_model_hash")}
+        elif e["kind"] == "resume":
+            models = {r: h for r, h in models.items() if r < int(e["from_round"])}
+        elif e["kind"] == "round":
+            r = int(e["round"])
+            models = {k: h for k, h in models.items() if k < r}
+            models[r] = e["model_hash"] or (models[max(models)] if models else None)
+    return models
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How one ledger relates to another copy of the same history (see `compare`)."""
+
+    verdict: str  # "same" | "ahead" (this ledger extends the other) | "truncated" | "fork" | "broken"
+    detail: str  # one line for people
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in ("same", "ahead")
+
+
+def compare(
+    ledger: str | os.PathLike, other: str | os.PathLike, public_key: bytes | Ed25519PublicKey | None = None
+) -> Comparison:
+    """Check `ledger` against `other` (e.g. a member's own copy): a verified ledger can still be a cut-off or
+    rewritten history, which only another copy reveals. Truncated: `other` holds signed entries past this
+    ledger's end. Fork: the same index with two different entries (both signed, so the signer rewrote history).
+    """
+    a, b = _scan(ledger, public_key), _scan(other, public_key)
+    for name, scan in ((ledger, a), (other, b)):
+        if not scan.report.ok:
+            return Comparison("broken", f"{name}: {scan.report.first_error}")
+    for i, (x, y) in enumerate(zip(a.hashes, b.hashes, strict=False)):
+        if x != y:
+            return Comparison("fork", f"entry {i} differs: {x} in {ledger}, {y} in {other}")
+    na, nb = len(a.hashes), len(b.hashes)
+    if na < nb:
+        return Comparison(
+            "truncated",
+            f"{ledger} ends at entry {na - 1} but {other} holds signed entries up to {nb - 1} (head {b.hashes[-1]})",
+        )
+    if na > nb:
+        return Comparison("ahead", f"{ledger} extends {other} by {na - nb} entries")
+    return Comparison("same", f"{ledger} and {other} hold the same {na} entries (head {a.hashes[-1]})")
+
+
+def ledger_length(path: str | os.PathLike) -> int:
+    """Complete lines (entries) in a ledger file, without checking them."""
+    return Path(path).read_bytes().count(b"\n")
 
 
 def entries_since(path: str | os.PathLike, index: int, limit: int | None = None) -> list[str]:
@@ -650,6 +734,27 @@ class LedgerCopy:
     @property
     def last_hash(self) -> str | None:
         return self._hashes[-1] if self._hashes else None
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The entries this copy holds, checked again (signatures are cached)."""
+        return read_verified(self.path, self.public_key) if self.path.exists() and self.path.stat().st_size else []
+
+    def check_head(self, line: str | bytes) -> None:
+        """`line` is the sender's newest signed entry (its head): refuse it when it is behind this copy.
+
+        An honest coordinator's ledger only grows, so a head older than the newest entry this member already holds
+        means its ledger was cut back (truncated or rolled back to an earlier state): LedgerTruncated. A head with
+        another hash at a held index is a fork (LedgerError); one past the copy's end is a LedgerGap.
+        """
+        if self._check(line, list(self._hashes)) is not None:
+            return  # newer than this copy (extend keeps it)
+        text = bytes(line).decode("utf-8") if isinstance(line, bytes | bytearray) else line
+        index, newest = int(json.loads(text)["index"]), len(self._hashes) - 1
+        if index < newest:
+            raise LedgerTruncated(
+                f"the coordinator's ledger ends at entry {index}, but this member holds signed entries up to "
+                f"{newest} (head {self._hashes[-1][:16]}…): its ledger was truncated or rolled back"
+            )
 
     def extend(self, lines: str | bytes | Iterable[str | bytes]) -> list[dict[str, Any]]:
         """Check and keep new entries (a list of lines, or one text of "\\n"-separated lines); returns the new ones.

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -91,6 +91,7 @@ class NodeView:
     state_dir: Path | None = None  # deployment: where this member keeps protocol state and its ledger copy
     kit_dir: Path | None = None
     ledger_head: int | None = None  # entries in this member's own copy of the ledger
+    ledger: Any = None  # deployment: this member's verified LedgerCopy (received models are checked against it)
     models_dir: Path | None = None  # where this member keeps its N+1 models (None: nowhere)
 
     @property
@@ -164,18 +165,33 @@ def _sync_ledger(view: NodeView, msg: Message) -> None:
     is evidence the coordinator lied, and this member stops taking part."""
     if view.state_dir is None or view.kit_dir is None or not (view.kit_dir / "ledger.pub").exists():
         return
-    from fedloom.ledger import LedgerCopy, LedgerError, LedgerGap, read_public_key
+    from fedloom.ledger import LedgerCopy, LedgerError, LedgerGap, LedgerTruncated, read_public_key
 
     copy = LedgerCopy(view.state_dir / "ledger.jsonl", read_public_key(view.kit_dir / "ledger.pub"))
-    text = str(msg.content[rec.CONFIG].get("ledger", ""))
+    lines = [x for x in str(msg.content[rec.CONFIG].get("ledger", "")).split("\n") if x]
     try:
-        if text:
-            copy.extend(text)
+        if lines:
+            copy.extend(lines)
+            copy.check_head(lines[-1])  # the coordinator's newest entry: never behind what this member holds
     except LedgerGap:
         pass  # entries we have not seen yet will come again from our head
+    except LedgerTruncated as exc:
+        raise PolicyRefusal("ledger.truncated", str(exc)) from exc
     except LedgerError as exc:
         raise PolicyRefusal("ledger.fork", f"the coordinator's ledger contradicts this member's copy: {exc}") from exc
     view.ledger_head = copy.next_index
+    view.ledger = copy
+
+
+def _received_model(view: NodeView, msg: Message, after_round: int) -> np.ndarray:
+    """The model in the message, once this member's signed ledger says it is the model after `after_round`
+    (deployment with a ledger copy; PolicyRefusal otherwise): nothing is trained, evaluated or kept before."""
+    vector = rec.read_vector(msg.content, rec.MODEL)
+    if view.ledger is not None:
+        from .ledger_check import check_received_model
+
+        check_received_model(view.ledger, vector, after_round)
+    return vector
 
 
 def sizes_are_public(plan: Plan) -> bool:
@@ -205,9 +221,8 @@ def _refuse(msg: Message, view: NodeView, refusal: PolicyRefusal) -> Message:
     return Message(content, reply_to=msg)
 
 
-def _eval(view: NodeView, msg: Message) -> tuple[LocalTrainer, np.ndarray, ConfigRecord]:
+def _eval(view: NodeView, vector: np.ndarray) -> tuple[LocalTrainer, np.ndarray, ConfigRecord]:
     trainer = trainer_for(view)
-    vector = rec.read_vector(msg.content, rec.MODEL)
     ev = trainer.evaluate(vector)
     # private sizes: the evaluation counts as one member's, whatever the size of its test set
     examples = ev.num_examples if sizes_are_public(view.plan) else 1
@@ -221,9 +236,10 @@ def train(msg: Message, context: Context) -> Message:
     view = view_of(msg, context)
     try:
         _check_policy(view, msg)
+        received = _received_model(view, msg, view.round - 1)
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
-    trainer, vector, ev = _eval(view, msg)
+    trainer, vector, ev = _eval(view, received)
     out = RecordDict({rec.EVAL: ev, "who": _who(view)})
     fit: dict = {}
 
@@ -415,8 +431,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     view = view_of(msg, context)
     try:
         _sync_ledger(view, msg)
+        received = _received_model(view, msg, view.round)
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
-    trainer, vector, ev = _eval(view, msg)
+    trainer, vector, ev = _eval(view, received)
     _keep_final_base(view, trainer, vector)
     return Message(RecordDict({rec.EVAL: ev, "who": _who(view)}), reply_to=msg)

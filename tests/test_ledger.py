@@ -552,3 +552,60 @@ def test_cli_user_mistakes_exit_2(good, kit, tmp_path, case):
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output
     assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+# ------------------------------------------------------------------ --against: a cut-off or forked history
+
+
+def test_cli_against_a_members_copy_same_and_ahead_are_ok(good, kit, tmp_path):
+    copy = tmp_path / "member-copy.jsonl"
+    copy.write_bytes(good.read_bytes())
+    result = cli(good, "--kit", kit, "--against", copy)
+    assert result.exit_code == 0 and "same: " in result.output, result.output
+    copy.write_bytes(b"".join(line + b"\n" for line in lines_of(good)[:4]))  # the member has seen less so far
+    result = cli(good, "--kit", kit, "--against", copy)
+    assert result.exit_code == 0 and "ahead: " in result.output, result.output
+
+
+def test_cli_against_reports_a_truncated_ledger(good, kit, tmp_path):
+    copy = tmp_path / "member-copy.jsonl"
+    copy.write_bytes(good.read_bytes())
+    head = entries_of(good)[-1]["hash"]
+    good.write_bytes(b"".join(line + b"\n" for line in lines_of(good)[:5]))  # the last two entries cut off
+    assert cli(good, "--kit", kit).exit_code == 0  # on its own it still verifies
+    result = cli(good, "--kit", kit, "--against", copy)
+    assert result.exit_code == 1 and "truncated: " in result.output, result.output
+    assert "ends at entry 4" in result.output and "up to 6" in result.output and head in result.output
+
+
+def test_cli_against_reports_a_fork_with_both_hashes(good, kit, tmp_path):
+    copy = tmp_path / "member-copy.jsonl"
+    copy.write_bytes(good.read_bytes())
+    entries = entries_of(good)
+    forked = [*entries[:3], {**entries[3], "aggregated": [1, 2]}, *entries[4:]]
+    good.write_bytes(dump(rechain(forked, KEY)))  # rewritten from entry 3 on and signed again by the coordinator
+    assert cli(good, "--kit", kit).exit_code == 0
+    result = cli(good, "--kit", kit, "--against", copy)
+    assert result.exit_code == 1 and "fork: entry 3 differs" in result.output, result.output
+    assert entries_of(good)[3]["hash"] in result.output and entries[3]["hash"] in result.output
+    shorter_fork = tmp_path / "shorter.jsonl"
+    shorter_fork.write_bytes(b"".join(line + b"\n" for line in lines_of(good)[:5]))
+    assert "fork: entry 3" in cli(shorter_fork, "--kit", kit, "--against", copy).output  # a fork, not a cut
+
+
+def test_cli_against_a_broken_copy_or_a_directory(good, kit, tmp_path):
+    copy = tmp_path / "member-copy.jsonl"
+    copy.write_bytes(good.read_bytes()[:-10])
+    result = cli(good, "--kit", kit, "--against", copy)
+    assert result.exit_code == 1 and "broken: " in result.output and "truncated (no newline" in result.output
+    result = cli(good, "--kit", kit, "--against", tmp_path)
+    assert result.exit_code == 2 and result.output.startswith("error: --against")
+
+
+def test_signed_models_follow_resumes_and_skips(good):
+    models = ledger.signed_models(ledger.read_verified(good, PUB))
+    # build(): rounds 1-3, resume from 3, round 3 again, round 4 skipped (no hash): keeps round 3's model
+    assert models == {0: None, 1: round_payload(1)["model_hash"], 2: round_payload(2)["model_hash"]} | {
+        3: round_payload(3)["model_hash"],
+        4: round_payload(3)["model_hash"],
+    }
