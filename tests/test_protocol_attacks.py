@@ -36,7 +36,7 @@ from protocol.crypto import (
     x25519_public_bytes,
 )
 from protocol.errors import ProtocolError, Rule
-from protocol.local import LocalFederation, make_federation, seeded_randomness
+from protocol.local import LocalFederation, make_federation, seeded_randomness, stand_in_model_digest
 from protocol.masking import apply_masks
 from protocol.messages import (
     AdvertiseRequest,
@@ -44,6 +44,7 @@ from protocol.messages import (
     Complaint,
     EncryptedShare,
     KeyBundle,
+    MaskAttestation,
     MaskedInput,
     MaskRequest,
     Message,
@@ -109,6 +110,8 @@ class Round:
         self.parts = dict(fed.participants if participants is None else participants)
         self.r = max(p.latest for p in self.parts.values()) + 1 if round_ is None else round_
         self.coord = coordinator or fed.coordinator(self.r)
+        self.tr = self.r  # the training round: the protocol round, as run_round does by default
+        self.digest = stand_in_model_digest(self.tr)  # the model every member received
         rng = np.random.default_rng(self.r)
         d = self.params.vector_length
         self.xs = {m: rng.integers(-LEVEL16, LEVEL16 + 1, d).astype(np.float64) for m in sorted(self.parts)}
@@ -151,11 +154,11 @@ class Round:
     def receive(self, members: Iterable[int] | None = None, edit: Edit = None) -> None:
         for m in self._who(members, self.deliveries):
             self.coord.add_receipt(self._edit(edit, m, self.parts[m].receive(self.deliveries[m])))
-        self.mreq = self.coord.mask_request()
+        self.mreq = self.coord.mask_request(training_round=self.tr, model_digest=self.digest)
 
     def mask(self, members: Iterable[int] | None = None, edit: Edit = None) -> None:
         for m in self._who(members, self.mreq.shared):
-            mi = self._edit(edit, m, self.parts[m].mask(self.mreq, self.xs[m]))
+            mi = self._edit(edit, m, self.parts[m].mask(self.mreq, self.xs[m], 1, self.digest))
             self.coord.add_masked(mi)
             self.masked[m] = mi
         self.sreq = self.coord.survivor_request()
@@ -182,10 +185,21 @@ class Round:
             getattr(self, s)()
         return self.coord.finish()
 
+    def statement(self, survivors: tuple[int, ...]) -> bytes:
+        """The survivor statement members sign for this C2 (C1, weights and model as masked)."""
+        m = self.mreq
+        return keys.survivors_transcript(
+            self.ctx, self.r, self.session, m.shared, survivors, m.weights, m.training_round, m.model_digest
+        )
+
     def sign_as(self, m: int, survivors: tuple[int, ...]) -> SurvivorSignature:
         """A survivor signature made with member m's identity key (the test holds them all)."""
-        statement = keys.survivors_transcript(self.ctx, self.r, self.session, self.mreq.shared, survivors)
-        return SurvivorSignature(self.r, m, self.session, self.fed.identities[m].sign(statement))
+        return SurvivorSignature(self.r, m, self.session, self.fed.identities[m].sign(self.statement(survivors)))
+
+    def attestations(self, survivors: Iterable[int]) -> tuple[MaskAttestation, ...]:
+        """The mask attestations of these survivors, from their masked inputs (a malicious
+        coordinator building its own UnmaskRequest has them all)."""
+        return tuple(self.masked[m].attestation for m in survivors if m in self.masked)
 
 
 def refuse(rule: Rule, call: Callable, *args: object) -> ProtocolError:
@@ -207,7 +221,7 @@ def assert_aborted_and_wiped(p: Participant, r: int) -> None:
 def send_to_all(rnd: Round, members: Iterable[int], rule: Rule, msg: Message) -> None:
     """Every member given `msg` refuses it for `rule`, and its round is aborted and wiped."""
     for m in members:
-        refuse(rule, rnd.parts[m].handle, msg, rnd.xs[m])
+        refuse(rule, rnd.parts[m].handle, msg, rnd.xs[m], 1, rnd.digest)
         assert_aborted_and_wiped(rnd.parts[m], rnd.r)
 
 
@@ -472,7 +486,7 @@ def test_survivor_listed_as_dropped_releases_nothing():
     holders = [h for h in rnd.ureq.survivors if h != target]
     oracle_seed = held_shares(rnd, target, holders, keys.SEED)
     oracle_key = held_shares(rnd, target, holders, keys.KEY)
-    evil = UnmaskRequest(rnd.r, rnd.session, rnd.ureq.survivors, (target,), rnd.ureq.signatures)
+    evil = UnmaskRequest(rnd.r, rnd.session, rnd.ureq.survivors, (target,), rnd.ureq.signatures, rnd.ureq.attestations)
     send_to_all(rnd, rnd.ureq.survivors, Rule.SURVIVOR_DROPPED_OVERLAP, evil)
     for p in fed.participants.values():
         assert p.rounds[rnd.r].released_seed == p.rounds[rnd.r].released_key == ()
@@ -495,9 +509,9 @@ def test_second_unmask_request_cannot_get_the_other_shares():
     oracle_key = held_shares(rnd, target, [2, 3, 4, 5], keys.KEY)
     rnd.unmask()
     assert np.array_equal(rnd.coord.finish().total, ring_sum(rnd.xs, [1, 2, 3, 4, 5], fed.params))
-    sigs = rnd.ureq.signatures
-    one_dropped = UnmaskRequest(rnd.r, rnd.session, (2, 3, 4, 5), (1, 6), sigs)
-    six_survived = UnmaskRequest(rnd.r, rnd.session, (1, 2, 3, 4, 5, 6), (), sigs)
+    sigs, atts = rnd.ureq.signatures, rnd.ureq.attestations
+    one_dropped = UnmaskRequest(rnd.r, rnd.session, (2, 3, 4, 5), (1, 6), sigs, atts)
+    six_survived = UnmaskRequest(rnd.r, rnd.session, (1, 2, 3, 4, 5, 6), (), sigs, atts)
     for m in rnd.ureq.survivors:
         p = fed.participants[m]
         # member 1 holds no share of its own, so for it the first request is a plain replay
@@ -538,7 +552,7 @@ def padded_signatures(rnd: Round, v: dict, half: str) -> tuple[SurvivorSignature
     own = [v["sig"][m] for m in v[half]]
     others = v["b" if half == "a" else "a"]
     outsider = Ed25519PrivateKey.from_private_bytes(bytes(32))
-    statement = keys.survivors_transcript(rnd.ctx, rnd.r, rnd.session, rnd.mreq.shared, v[f"view_{half}"])
+    statement = rnd.statement(v[f"view_{half}"])
     return (
         *own,
         *(SurvivorSignature(rnd.r, m, rnd.session, own[i % len(own)].signature) for i, m in enumerate(others)),
@@ -561,30 +575,33 @@ def test_split_survivor_views_are_refused(signatures):
             "both halves mixed": everyone,
             "forged and copied": padded_signatures(rnd, v, half),
         }[signatures]
-        req = UnmaskRequest(rnd.r, rnd.session, v[f"view_{half}"], dropped, sigs)
+        view = v[f"view_{half}"]
+        req = UnmaskRequest(rnd.r, rnd.session, view, dropped, sigs, rnd.attestations(view))
         send_to_all(rnd, v[half], Rule.INCONSISTENT_SURVIVORS, req)
     for p in rnd.parts.values():
         assert p.rounds[rnd.r].released_seed == p.rounds[rnd.r].released_key == ()
 
 
 def test_split_views_with_colluding_members_still_hide_the_target():
-    """n = 10 (t = 6 shares, 7 signatures). Members 8-10 collude: they sign both views and hand
-    over every share they hold. View A (1-4 and the colluders: 7 signers) is proven, so 2-4
-    release member 1's seed shares; view B (5-7 and the colluders: 6) is not, so member 1's key
-    shares stay with 5-7. Without the signature check the coordinator would hold 6 seed AND 6
-    key shares of member 1, and read its input."""
+    """n = N = 10, so c = ceil(10/3) - 1 = 3 colluders are tolerated, T = max((N + c)//2 + 1,
+    ceil(2N/3)) = 7 signatures and t = max(ceil(2*9/3), c + 1) = 6 shares. Members 8-10 collude:
+    they sign both views and hand over every share they hold. View A (1-4 and the colluders: 7
+    signers) is proven, so 2-4 release member 1's seed shares; view B (5-7 and the colluders: 6)
+    is not, so member 1's key shares stay with 5-7. Without the signature check the coordinator
+    would hold 6 seed AND 6 key shares of member 1, and read its input."""
     rnd, v = split_views(10, target=1, half_a=[1, 2, 3, 4])
     target, colluders, honest_b = 1, [8, 9, 10], [5, 6, 7]
-    assert rnd.params.consistency_threshold(10) == 7 and rnd.params.shamir_threshold(9) == 6
+    assert rnd.params.collusion_bound == len(colluders) == 3
+    assert rnd.params.consistency_threshold() == 7 and rnd.params.shamir_threshold(9) == 6
     loot_seed = held_shares(rnd, target, colluders, keys.SEED)
     loot_key = held_shares(rnd, target, colluders, keys.KEY)
     oracle_key = held_shares(rnd, target, honest_b, keys.KEY)
     sig_a = [v["sig"][m] for m in v["a"]] + [rnd.sign_as(m, v["view_a"]) for m in colluders]
     sig_b = [v["sig"][m] for m in honest_b] + [rnd.sign_as(m, v["view_b"]) for m in colluders]
 
-    req_a = UnmaskRequest(rnd.r, rnd.session, v["view_a"], (), tuple(sig_a))
+    req_a = UnmaskRequest(rnd.r, rnd.session, v["view_a"], (), tuple(sig_a), rnd.attestations(v["view_a"]))
     responses = [rnd.parts[m].unmask(req_a) for m in v["a"]]  # a proven view: answered
-    req_b = UnmaskRequest(rnd.r, rnd.session, v["view_b"], (target,), tuple(sig_b))
+    req_b = UnmaskRequest(rnd.r, rnd.session, v["view_b"], (target,), tuple(sig_b), rnd.attestations(v["view_b"]))
     send_to_all(rnd, honest_b, Rule.INCONSISTENT_SURVIVORS, req_b)
 
     assert_no_peer_has_both_shares_released(responses)
@@ -629,18 +646,18 @@ def test_bad_unmask_request_is_refused(case):
     rnd.until("receive")
     rnd.mask(members=[1, 2, 3, 4, 5])
     rnd.sign()
-    r, s, sigs = rnd.r, rnd.session, rnd.ureq.signatures
+    r, s, sigs, atts = rnd.r, rnd.session, rnd.ureq.signatures, rnd.ureq.attestations
     req, rule = {
         "survivors differ from signed": (
-            UnmaskRequest(r, s, (1, 2, 3, 4), (5, 6), sigs),
+            UnmaskRequest(r, s, (1, 2, 3, 4), (5, 6), sigs, atts),
             Rule.INCONSISTENT_SURVIVORS,
         ),
         "dropped outside C1 - C2": (
-            UnmaskRequest(r, s, (1, 2, 3, 4, 5), (6, 7), sigs),
+            UnmaskRequest(r, s, (1, 2, 3, 4, 5), (6, 7), sigs, atts),
             Rule.SET_NOT_SUBSET,
         ),
         "no signatures": (
-            UnmaskRequest(r, s, (1, 2, 3, 4, 5), (6,), ()),
+            UnmaskRequest(r, s, (1, 2, 3, 4, 5), (6,), (), atts),
             Rule.INCONSISTENT_SURVIVORS,
         ),
     }[case]
@@ -660,7 +677,7 @@ def test_messages_of_the_previous_round_are_replays():
 
     def replay(msg_of: Callable[[int], Message]) -> None:
         for m, p in parts.items():
-            refuse(Rule.REPLAY, p.handle, msg_of(m), new.xs[m])
+            refuse(Rule.REPLAY, p.handle, msg_of(m), new.xs[m], 1, new.digest)
 
     new.advertise()
     replay(lambda m: old.bset)
@@ -694,14 +711,14 @@ def rewritten(case: str, old: Round, new: Round) -> tuple[Message, Rule]:
     if case == "share delivery":
         return ShareDelivery(r, s1, old.deliveries[1].shares), Rule.WRONG_SESSION
     if case == "mask request":
-        return MaskRequest(r, s1, old.mreq.shared), Rule.WRONG_SESSION
+        return dataclasses.replace(old.mreq, round=r), Rule.WRONG_SESSION
     if case == "survivor request":
         return SurvivorRequest(r, s1, old.sreq.shared, old.sreq.survivors), Rule.WRONG_SESSION
     if case == "unmask request":
-        return UnmaskRequest(r, s1, old.ureq.survivors, old.ureq.dropped, old.ureq.signatures), Rule.WRONG_SESSION
+        return dataclasses.replace(old.ureq, round=r), Rule.WRONG_SESSION
     # round 2's session and sets, with round 1's signatures re-dated to round 2
     sigs = tuple(dataclasses.replace(s, round=r, session=new.session) for s in old.ureq.signatures)
-    return UnmaskRequest(r, new.session, new.ureq.survivors, new.ureq.dropped, sigs), Rule.INCONSISTENT_SURVIVORS
+    return dataclasses.replace(new.ureq, signatures=sigs), Rule.INCONSISTENT_SURVIVORS
 
 
 @pytest.mark.parametrize(
@@ -777,7 +794,7 @@ def test_wrong_stage_aborts_the_round_and_wipes_its_secrets(attack):
     last, make, rule = STAGE_ATTACKS[attack]
     rnd = Round(fed).until(last)
     send_to_all(rnd, [1], rule, make(rnd))
-    refuse(Rule.OUT_OF_ORDER, fed.participants[1].handle, NEXT_REQUEST[last](rnd), rnd.xs[1])
+    refuse(Rule.OUT_OF_ORDER, fed.participants[1].handle, NEXT_REQUEST[last](rnd), rnd.xs[1], 1, rnd.digest)
 
 
 # ========================================================================= 8. malicious members
@@ -812,20 +829,25 @@ def test_bad_shares_convict_their_dealer(dealing):
 
 @pytest.mark.parametrize("key", ["true key", "wrong key"])
 def test_false_complaint(key):
-    """A malicious holder (2) complains about an honest dealer (4). With the true key the share
-    is seen to be valid: the holder alone is convicted. With a key that does not match the
-    dealer's signed digest nobody can tell who lies: both are left out. Either way the round
-    ends with the exact sum of the rest (n = 8: every survivor keeps t = 5 of its 7 holders)."""
+    """A malicious holder (2) complains about an honest dealer (4) (and, to be consistent, does
+    not list 4's shares as held). With the true key the share is seen to be valid: the holder
+    alone is convicted. With a key that does not match the dealer's signed digest the complaint
+    cannot be judged, and an honest holder never makes one (it just does not hold such a share):
+    again only the complainer is convicted, so one member's word never excludes another. Either
+    way the round ends with the exact sum of the rest (n = 8: t = 5 of 7 holders, T = 6)."""
     fed = federation(8)
     rnd = Round(fed).until("share")
     holder, dealer = 2, 4
     k = share_key(rnd, dealer, holder, secret_of=holder) if key == "true key" else bytes(range(32))
 
     def complain(m: int, rc: ShareReceipt) -> ShareReceipt:
-        return dataclasses.replace(rc, complaints=(*rc.complaints, Complaint(dealer, k))) if m == holder else rc
+        if m != holder:
+            return rc
+        held = tuple(d for d in rc.held if d != dealer)
+        return dataclasses.replace(rc, complaints=(*rc.complaints, Complaint(dealer, k)), held=held)
 
     rnd.receive(edit=complain)
-    excluded = {holder} if key == "true key" else {holder, dealer}
+    excluded = {holder}
     assert set(rnd.coord.faults) == excluded
     assert rnd.mreq.shared == tuple(m for m in fed.participants if m not in excluded)
     result = rnd.finish_from("mask")
@@ -930,8 +952,8 @@ def test_tampered_delivery_does_not_leak_shares_through_complaints():
                 loot = parse_share_plaintext(pt)
                 seeds[h], keyz[h] = shamir.decode_share(loot.seed), shamir.decode_share(loot.key)
     # C1 is the coordinator's call: it keeps member 1 in, and member 1 masks
-    rnd.mreq = MaskRequest(rnd.r, rnd.session, tuple(fed.participants))
-    rnd.masked[target] = fed.participants[target].mask(rnd.mreq, rnd.xs[target])
+    rnd.mreq = MaskRequest(rnd.r, rnd.session, tuple(fed.participants), (), rnd.tr, rnd.digest)
+    rnd.masked[target] = fed.participants[target].mask(rnd.mreq, rnd.xs[target], 1, rnd.digest)
     assert unmask_individual(rnd, target, seeds, keyz) is None
 
 
@@ -951,6 +973,7 @@ def _input(*values: float, dtype: type = np.float64) -> np.ndarray:
         (_input(1.0, np.inf), 1, Rule.INPUT_NONFINITE),
         (_input(-np.inf, dtype=np.float32), 1, Rule.INPUT_NONFINITE),
         (np.zeros(D), -1, Rule.INPUT_WEIGHT),
+        (np.zeros(D), 0, Rule.INPUT_WEIGHT),  # weights start at 1: a zero would shrink the sum unseen
         (np.zeros(D), 656, Rule.INPUT_WEIGHT),  # max_weight is 655
     ],
     ids=[
@@ -962,6 +985,7 @@ def _input(*values: float, dtype: type = np.float64) -> np.ndarray:
         "inf",
         "-inf f32",
         "negative weight",
+        "zero weight",
         "weight > max",
     ],
 )
@@ -969,5 +993,5 @@ def test_bad_input_is_refused_before_masking(x, weight, rule):
     """A member's own input is checked before it is masked; a bad one aborts its round."""
     fed = federation(4)
     rnd = Round(fed).until("receive")
-    refuse(rule, fed.participants[1].mask, rnd.mreq, x, weight)
+    refuse(rule, fed.participants[1].mask, rnd.mreq, x, weight, rnd.digest)
     assert_aborted_and_wiped(fed.participants[1], rnd.r)

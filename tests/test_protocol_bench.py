@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fedloom.bench import protocol as bench
 
 TIMINGS = ("client_seconds", "client_mask_seconds", "server_seconds", "server_unmask_seconds")
@@ -40,8 +42,13 @@ def test_main_writes_json_lines(tmp_path):
     assert row["case"] == "n4-d1e2-p0" and row["client_seconds"] > 0 and row["dropped"] == 0
 
 
-def test_sparse_graph_at_30_percent_records_the_lowered_threshold():
+def test_complete_graph_at_30_percent_keeps_the_default_threshold():
+    """The graph is complete (degree n - 1). At n = N = 100, c = 33: T = 67 survivors and t = 66
+    of 99 holders, so 30 dropouts (70 survivors, 69 other holders each) keep the default 2/3;
+    40 dropouts leave 60 < T survivors under any threshold_fraction, and the case is refused."""
     tf, pattern, degree, note = bench.choose_threshold(bench.Case(100, 10, 0.3))
-    assert degree == 14 and len(pattern) == 30 and 0 not in pattern
-    assert tf == 0.5 and "0.5" in note
+    assert degree == 99 and len(pattern) == 30 and 0 not in pattern
+    assert tf == bench.DEFAULT_THRESHOLD and note == ""
+    with pytest.raises(ValueError):
+        bench.choose_threshold(bench.Case(100, 10, 0.4))
     assert bench.parse_cases("10,1e6,0.1; 1000,100000,0") == [bench.Case(10, 10**6, 0.1), bench.Case(1000, 10**5, 0.0)]

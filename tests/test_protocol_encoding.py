@@ -17,7 +17,7 @@ from protocol import keys
 from protocol import messages as msgs
 from protocol.codec import MAX_BYTES, Reader, Writer
 from protocol.errors import ProtocolError, Rule
-from protocol.local import make_federation, run_round
+from protocol.local import make_federation, run_round, stand_in_model_digest
 from protocol.messages import (
     AdvertiseRequest,
     BundleSet,
@@ -39,6 +39,7 @@ from protocol.params import ProtocolParams
 from protocol.roster import Member, Roster
 
 HEADER = 6  # magic (4) + version (1) + type (1)
+ATTESTATION = 4 + 4 + msgs.SIGNATURE_BYTES  # a MaskedInput's attestation: member, min_cohort, signature
 
 
 # ------------------------------------------------------------------------ real messages
@@ -88,11 +89,12 @@ def _round_by_hand(through_codec: bool = False) -> tuple[list[Message], np.ndarr
     assert [c.dealer for c in receipts[1].complaints] == [2]
     for r in receipts.values():
         coord.add_receipt(r)
-    mreq = wire(coord.mask_request())
+    model = stand_in_model_digest(1)  # training round 1's model, as every member received it
+    mreq = wire(coord.mask_request(training_round=1, model_digest=model))
     assert 2 not in mreq.shared
     for m in mreq.shared:
         if m != 9:
-            coord.add_masked(wire(parts[m].mask(mreq, xs[m])))
+            coord.add_masked(wire(parts[m].mask(mreq, xs[m], 1, model)))
     sreq = wire(coord.survivor_request())
     for m in sreq.survivors:
         coord.add_signature(wire(parts[m].sign_survivors(sreq)))
@@ -189,7 +191,10 @@ def test_the_sample_covers_every_message_type_and_both_rings():
     sample = all_messages()
     assert any(isinstance(m, ShareReceipt) and m.complaints for m in sample)
     assert any(isinstance(m, UnmaskResponse) and m.seed_shares and m.key_shares for m in sample)
-    assert any(isinstance(m, UnmaskRequest) and m.dropped and m.signatures for m in sample)
+    assert any(isinstance(m, UnmaskRequest) and m.dropped and m.signatures and m.attestations for m in sample)
+    assert any(isinstance(m, ShareReceipt) and m.held for m in sample)
+    assert all(m.attestation is not None for m in sample if isinstance(m, MaskedInput))
+    assert any(isinstance(m, MaskRequest) and m.training_round and any(m.model_digest) for m in sample)
 
 
 def test_a_whole_round_runs_through_the_codec():
@@ -277,7 +282,7 @@ def test_non_bytes_input_is_an_encoding_error():
 def test_masked_vector_ring_width_and_length_are_checked():
     mi = next(m for m in all_messages() if isinstance(m, MaskedInput) and m.vector.dtype == np.uint32)
     data = bytearray(mi.encode())
-    bits_at = HEADER + 8 + 4 + msgs.SESSION_BYTES
+    bits_at = HEADER + 8 + 4 + msgs.SESSION_BYTES + ATTESTATION
     assert data[bits_at] == 32
     for bits in (0, 8, 16, 31, 33, 128):
         data[bits_at] = bits
@@ -312,7 +317,7 @@ def _offsets_of_lengths() -> list[tuple[str, bytes, int]]:
         ("ShareDelivery.count", by_type[ShareDelivery].encode(), HEADER + 8 + s, most),
         ("ShareReceipt.count", by_type[ShareReceipt].encode(), HEADER + 8 + 4 + s, most),
         ("MaskRequest.shared", by_type[MaskRequest].encode(), HEADER + 8 + s, most),
-        ("MaskedInput.bytes", mi.encode(), HEADER + 8 + 4 + s + 1, MAX_BYTES),
+        ("MaskedInput.bytes", mi.encode(), HEADER + 8 + 4 + s + ATTESTATION + 1, MAX_BYTES),
         ("SurvivorRequest.shared", by_type[SurvivorRequest].encode(), HEADER + 8 + s, most),
         ("UnmaskRequest.survivors", by_type[UnmaskRequest].encode(), HEADER + 8 + s, most),
         ("UnmaskResponse.seed", by_type[UnmaskResponse].encode(), HEADER + 8 + 4 + s, most),

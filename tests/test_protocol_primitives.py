@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 
@@ -364,8 +363,37 @@ def test_weight_multiplies_the_quantized_vector_and_is_appended():
     many = quantize(x, 77, params, _rand("w"))
     assert np.array_equal(_signed(many.vector[:-1]), 77 * _signed(one.vector[:-1]))
     assert many.vector[-1] == 77
-    zero = quantize(x, 0, params, _rand("w"))
-    assert not zero.vector.any()
+    with pytest.raises(ProtocolError) as e:  # weights start at 1: leaving a member out is done via C1
+        quantize(x, 0, params, _rand("w"))
+    assert e.value.rule is Rule.INPUT_WEIGHT
+
+
+def test_public_weight_fraction_is_applied_before_rounding():
+    """With public weights a member rounds fraction * x at the public scale (N * scale) instead of
+    multiplying its rounded input by the integer weight; the weight is still appended."""
+    n, d = 4, 1000
+    params = _params(d, max_members=n, max_weight=100)
+    x = np.random.default_rng(3).uniform(-1, 1, d)
+    weights = [7, 30, 13, 50]
+    total = sum(weights)
+    vectors = []
+    for i, w in enumerate(weights):
+        out = quantize(x, w, params, _rand(f"pub{i}"), w / total)
+        target = x * (w / total) * params.public_scale
+        q = _signed(out.vector[:-1])
+        assert out.vector[-1] == w
+        assert np.all((q == np.floor(target)) | (q == np.floor(target) + 1))  # one stochastic rounding
+        assert np.abs(q).max() <= math.ceil(params.level * n * w / total)
+        vectors.append(out.vector)
+    ring = np.sum(vectors, axis=0, dtype=params.dtype)
+    s, wsum = dequantize(ring, params, total)
+    assert wsum == total
+    # each member's rounding error is below one unit at the public scale: n of them
+    assert np.max(np.abs(s / wsum - x)) < n / (params.max_members * params.scale)
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ProtocolError) as e:
+            quantize(x, 7, params, _rand("bad"), bad)
+        assert e.value.rule is Rule.WEIGHTS
 
 
 def test_clipping_is_counted_and_saturates():
@@ -436,9 +464,9 @@ def test_quantize_input_checks():
         x = np.zeros(4, dtype=dtype)
         assert _rule(lambda x=x: quantize(x, 1, params, r)) is Rule.INPUT_LENGTH
     assert _rule(lambda: quantize([0, 0, 0, 0], 1, params, r)) is Rule.INPUT_LENGTH
-    for w in (-1, 51, 2**40):
+    for w in (-1, 0, 51, 2**40):
         assert _rule(lambda w=w: quantize(ok, w, params, r)) is Rule.INPUT_WEIGHT
-    for w in (0, 1, 50):
+    for w in (1, 50):
         assert quantize(ok, w, params, r).vector[-1] == w
     for dtype in (np.float16, np.float32, np.float64):
         assert quantize(ok.astype(dtype), 1, params, r).vector.shape == (5,)
@@ -515,7 +543,9 @@ def test_for_federation_picks_the_smallest_ring_that_holds_the_sum():
         {"threshold_fraction": 1.5},
         {"threshold_fraction": float("nan")},
         {"threshold_fraction": 0.0},
+        {"bits": 54, "ring_bits": 64},  # quantized values must stay exact in float64 (2^53)
         {"neighbours": 1},
+        {"neighbours": 2},
         {"neighbours": 3},
         {"neighbours": -2},
         {"min_cohort": 1},
@@ -533,11 +563,10 @@ def test_valid_parameter_edges_are_accepted():
     for kw in (
         {"bits": 2},
         {"bits": 30, "max_weight": 1, "max_members": 3},
-        {"bits": 62, "ring_bits": 64, "max_weight": 1, "max_members": 3},
+        {"bits": 53, "ring_bits": 64, "max_weight": 1, "max_members": 3},  # the float64-exact limit
         {"threshold_fraction": 0.5},
         {"threshold_fraction": 0.999},
-        {"neighbours": 2},
-        {"neighbours": 0},
+        {"neighbours": 0},  # the only valid value: the graph is complete
         {"min_cohort": 2},
         {"clip": 1e-9},
     ):
@@ -545,60 +574,51 @@ def test_valid_parameter_edges_are_accepted():
 
 
 # =============================================================================== graph
-def _connected(adj: dict[int, frozenset[int]]) -> bool:
-    start = next(iter(adj))
-    seen, todo = {start}, [start]
-    while todo:
-        for j in adj[todo.pop()]:
-            if j not in seen:
-                seen.add(j)
-                todo.append(j)
-    return seen == set(adj)
-
-
 @SETTINGS
-@given(
-    st.lists(st.integers(1, 2**32 - 1), min_size=2, max_size=70, unique=True),
-    st.integers(1, 40).map(lambda h: 2 * h),
-    st.binary(min_size=32, max_size=32),
-)
-def test_graph_is_a_regular_symmetric_connected_graph(members, k, seed):
-    n = len(members)
-    adj = graph.neighbours(members, k, seed)
+@given(st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=70, unique=True))
+def test_graph_is_complete(members):
+    """Every member holds shares of every other member of the cohort: nothing for a coordinator
+    to steer by choosing which bundles to include."""
+    adj = graph.neighbours(members)
     assert set(adj) == set(members)
     for i, nb in adj.items():
-        assert i not in nb
-        assert nb <= set(members)
-        assert len(nb) == (k if k < n - 1 else n - 1)
-        for j in nb:
-            assert i in adj[j]
-    if k >= n - 1:
-        assert all(adj[i] == set(members) - {i} for i in members)
-    assert _connected(adj)
-    assert graph.neighbours(list(reversed(members)), k, seed) == adj  # order of input is irrelevant
+        assert nb == set(members) - {i}
+        assert all(i in adj[j] for j in nb)  # symmetric
+    assert graph.neighbours(list(reversed(members))) == adj  # order of input is irrelevant
     for i in members[:5]:  # what a participant computes for itself alone is the same
-        assert graph.neighbours_of(i, members, k, seed) == adj[i]
+        assert graph.neighbours_of(i, members) == adj[i]
+    with pytest.raises(KeyError):
+        graph.neighbours_of(0, members)  # member ids start at 1: 0 is never in the cohort
 
 
-def test_graph_depends_on_the_seed_only():
-    members = list(range(1, 41))
-    a = graph.neighbours(members, 4, b"a" * 32)
-    assert graph.neighbours(members, 4, b"a" * 32) == a
-    variants = {
-        tuple(sorted((m, tuple(sorted(nb))) for m, nb in graph.neighbours(members, 4, s).items()))
-        for s in [hashlib.sha256(bytes([i])).digest() for i in range(8)]
-    }
-    assert len(variants) == 8
-    assert graph.neighbours(members, 4, b"b" * 32) != a
-    assert graph.neighbours([7], 4, b"x") == {7: frozenset()}
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 20, -1])
+def test_sparse_graphs_are_refused(k):
+    err = _rule(lambda: ProtocolParams(vector_length=1, neighbours=k))
+    assert err is Rule.PARAMETERS
 
 
-def test_auto_degree():
+def test_degree_is_the_rest_of_the_cohort():
     p = ProtocolParams(vector_length=1, max_members=1000, max_weight=1)
-    assert [p.degree(n) for n in (3, 10, 32)] == [2, 9, 31]
-    assert p.degree(33) == 2 * math.ceil(math.log2(33)) == 12
-    assert p.degree(1000) == 20
-    assert ProtocolParams(vector_length=1, neighbours=4).degree(3) == 2
+    assert [p.degree(n) for n in (0, 1, 2, 3, 10, 32, 33, 1000)] == [0, 0, 1, 2, 9, 31, 32, 999]
+
+
+def test_thresholds_come_from_the_roster_and_the_collusion_bound():
+    """c = ceil(N/3) - 1 by default; T = max((N + c)//2 + 1, ceil(f*N), min_cohort) whatever the
+    cohort shown; t = max(1, ceil(f*k), c + 1) for k holders (so colluders never hold t)."""
+    p = ProtocolParams(vector_length=1, max_members=10)  # f = 2/3, min_cohort 3
+    assert p.collusion_bound == 3  # ceil(10/3) - 1
+    assert p.consistency_threshold() == 7  # max(13//2 + 1 = 7, ceil(20/3) = 7, 3)
+    assert p.consistency_threshold(4) == p.consistency_threshold(10) == 7  # the cohort is ignored
+    assert p.shamir_threshold(9) == 6  # max(ceil(18/3) = 6, c + 1 = 4)
+    assert p.shamir_threshold(3) == 4  # c + 1: more than 3 colluders' shares, even for 3 holders
+    assert 2 * p.consistency_threshold() > p.max_members + p.collusion_bound
+    q = ProtocolParams(vector_length=1, max_members=9, colluders=1, threshold_fraction=0.5)
+    assert q.collusion_bound == 1
+    assert q.consistency_threshold() == 6  # max(10//2 + 1 = 6, ceil(4.5) = 5, 3)
+    assert q.shamir_threshold(5) == 3 and q.shamir_threshold(1) == 2  # max(ceil(2.5), 2); c + 1
+    assert ProtocolParams(vector_length=1, max_members=3, min_cohort=2).collusion_bound == 0
+    # a collusion bound no cohort of T members can carry (t > T - 1) is refused
+    assert _rule(lambda: ProtocolParams(vector_length=1, max_members=10, colluders=9)) is Rule.PARAMETERS
 
 
 # =============================================================================== crypto helpers
