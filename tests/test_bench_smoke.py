@@ -59,20 +59,19 @@ def test_communication_sums_match_a_real_round_and_expansions_are_consistent():
     assert row["matches"], (row["bytes_up"], row["measured_bytes_up"], row["bytes_down"], row["measured_bytes_down"])
     assert row["degree"] == 4 and row["ring_bits"] == 32 and row["dropped"] == 1
     masked = row["messages"]["up"]["MaskedInput"]
-    assert 4 * 1001 < masked < 4 * 1001 + 100  # the masked vector is d + 1 uint32s plus a header
+    assert 4 * 1001 + 72 < masked < 4 * 1001 + 72 + 100  # d + 1 uint32s, the 72-byte attestation, a header
     assert row["bytes_up"] == sum(row["messages"]["up"].values())
     assert row["expansion_up_over_16bit"] == pytest.approx(2 * row["expansion_up_over_float32"])
     assert row["expansion_total_over_16bit"] > row["expansion_up_over_16bit"] > 2.0
 
 
-def test_communication_full_graph_costs_more_than_the_sparse_one():
-    sparse = communication.setting_row(1 << 10, 1 << 12, 0.0, "default")
-    full = communication.setting_row(1 << 10, 1 << 12, 0.0, "full")
-    assert (sparse["degree"], full["degree"]) == (20, 1023)
-    assert full["bytes_total"] > sparse["bytes_total"]
-    assert "bonawitz_2017_expansion" not in sparse  # only the two settings of the paper carry it
-    # a share item is 392 bytes each way, a released share 134 bytes up
-    assert full["bytes_up"] - sparse["bytes_up"] == (1023 - 20) * (392 + 134)
+def test_communication_of_the_complete_graph_grows_per_member_as_the_protocol_says():
+    small = communication.setting_row(1 << 9, 1 << 12, 0.0)
+    large = communication.setting_row(1 << 10, 1 << 12, 0.0)
+    assert (small["degree"], large["degree"]) == (511, 1023)
+    assert "bonawitz_2017_expansion" not in large  # only the two settings of the paper carry it
+    # per extra holder up: a share item (392 bytes), a released share (134), a held-list entry (4)
+    assert large["bytes_up"] - small["bytes_up"] == 512 * (392 + 134 + 4)
 
 
 def test_communication_main_writes_a_json_document(tmp_path):
@@ -81,12 +80,8 @@ def test_communication_main_writes_a_json_document(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["section"] == "communication" and doc["machine"]["cores"] >= 1
     bon = [r for r in doc["rows"] if "bonawitz_2017_expansion" in r]
-    assert {(r["n"], r["d"], r["graph"]) for r in bon} == {
-        (1 << 10, 1 << 20, "default"),
-        (1 << 10, 1 << 20, "full"),
-        (1 << 14, 1 << 24, "default"),
-        (1 << 14, 1 << 24, "full"),
-    }
+    settings = {(r["n"], r["d"], r["graph"]) for r in bon}
+    assert settings == {(1 << 10, 1 << 20, "complete"), (1 << 14, 1 << 24, "complete")}
     assert all(r["matches"] for r in doc["rows"] if "matches" in r)
 
 

@@ -42,30 +42,27 @@ from fedloom.bench import common
 BONAWITZ = {(1 << 10, 1 << 20): 1.73, (1 << 14, 1 << 24): 1.98}
 
 # (n, d, dropout, graph): the protocol benchmark's sizes, the rounds benchmark's (30, 10^6), and
-# the two settings Bonawitz et al. 2017 report, with our default degree and with a full graph
+# the two settings Bonawitz et al. 2017 report. The graph is always complete (protocol/SECURITY.md).
 SETTINGS: tuple[tuple[int, int, float, str], ...] = (
-    (10, 10**6, 0.0, "default"),
-    (30, 10**6, 0.0, "default"),
-    (100, 10**6, 0.0, "default"),
-    (100, 10**7, 0.0, "default"),
-    (100, 10**7, 0.3, "default"),
-    (1000, 10**5, 0.0, "default"),
-    (1 << 10, 1 << 20, 0.0, "default"),
-    (1 << 10, 1 << 20, 0.0, "full"),
-    (1 << 14, 1 << 24, 0.0, "default"),
-    (1 << 14, 1 << 24, 0.0, "full"),
+    (10, 10**6, 0.0, "complete"),
+    (30, 10**6, 0.0, "complete"),
+    (100, 10**6, 0.0, "complete"),
+    (100, 10**7, 0.0, "complete"),
+    (100, 10**7, 0.3, "complete"),
+    (1000, 10**5, 0.0, "complete"),
+    (1 << 10, 1 << 20, 0.0, "complete"),
+    (1 << 14, 1 << 24, 0.0, "complete"),
 )
 MEASURED_FULL = ((10, 10**5, 0.3), (100, 10**5, 0.1))
 MEASURED_QUICK = ((10, 10**4, 0.2),)
 
 
-def degree_for(n: int, d: int, graph: str) -> tuple[int, int]:
-    """(degree k, ring bits) for n members: fedloom's default (auto) degree, or the full graph."""
+def degree_for(n: int, d: int, graph: str = "complete") -> tuple[int, int]:
+    """(degree k, ring bits) for n members: the graph is complete, k = n - 1."""
     from protocol.params import ProtocolParams
 
     params = ProtocolParams.for_federation(d, n)
-    k = n - 1 if graph == "full" else params.degree(n)
-    return k, params.ring_bits
+    return params.degree(n), params.ring_bits
 
 
 def message_sizes(n: int, d: int, degree: int, dropped: int = 0, ring_bits: int = 32) -> dict[str, dict[str, int]]:
@@ -90,8 +87,8 @@ def message_sizes(n: int, d: int, degree: int, dropped: int = 0, ring_bits: int 
     up = {
         "KeyBundle": m.KeyBundle(r, me, key, key, sig),
         "ShareBundle": m.ShareBundle(r, me, session, bytes(32), items, sig),
-        "ShareReceipt": m.ShareReceipt(r, me, session, ()),
-        "MaskedInput": m.MaskedInput(r, me, session, vector),
+        "ShareReceipt": m.ShareReceipt(r, me, session, (), tuple(range(2, degree + 2))),
+        "MaskedInput": m.MaskedInput(r, me, session, vector, m.MaskAttestation(me, 3, sig)),
         "SurvivorSignature": signature,
         "UnmaskResponse": m.UnmaskResponse(r, me, session, (revealed,) * degree, ()),
     }
@@ -99,16 +96,18 @@ def message_sizes(n: int, d: int, degree: int, dropped: int = 0, ring_bits: int 
         "AdvertiseRequest": m.AdvertiseRequest(r),
         "BundleSet": m.BundleSet(r, (bundle,) * n),
         "ShareDelivery": m.ShareDelivery(r, session, items),
-        "MaskRequest": m.MaskRequest(r, session, everyone),
+        "MaskRequest": m.MaskRequest(r, session, everyone, (), 1, bytes(m.DIGEST_BYTES)),
         "SurvivorRequest": m.SurvivorRequest(r, session, everyone, survivors),
-        "UnmaskRequest": m.UnmaskRequest(r, session, survivors, gone, (signature,) * s),
+        "UnmaskRequest": m.UnmaskRequest(
+            r, session, survivors, gone, (signature,) * s, tuple(m.MaskAttestation(j, 3, sig) for j in survivors)
+        ),
     }
     out = {"up": {k: len(v.encode()) for k, v in up.items()}, "down": {k: len(v.encode()) for k, v in down.items()}}
     del vector, up
     return out
 
 
-def setting_row(n: int, d: int, dropout: float = 0.0, graph: str = "default") -> dict[str, Any]:
+def setting_row(n: int, d: int, dropout: float = 0.0, graph: str = "complete") -> dict[str, Any]:
     k, ring = degree_for(n, d, graph)
     dropped = round(dropout * n)
     sizes = message_sizes(n, d, k, dropped, ring)
