@@ -1,7 +1,8 @@
 """Play a scenario on Flower's Simulation Engine: the SAME ServerApp and ClientApp as deployment.
 
-Ray stays private and on loopback (its own temp dir, no dashboard, only this machine's CPUs), and
-no SuperLink is started (the in-process engine), so nothing outlives the run.
+Ray stays private and on loopback (single-machine mode so every component binds 127.0.0.1, see
+`fedloom.localray`; its own temp dir, no dashboard, only this machine's CPUs), and no SuperLink is
+started (the in-process engine), so nothing outlives the run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from coordinator.driver import RunObserver, RunSettings
 from coordinator.outputs import SUMMARY
 from coordinator.server_app import make_server_app
+from fedloom.localray import keep_ray_on_loopback
 from participant.client_app import app as client_app
 
 from .harness import hooks_for, prepare
@@ -30,6 +32,8 @@ def ray_backend_config(scenario: Scenario, ray_dir: str) -> dict[str, Any]:
             "address": "local",  # never join a Ray cluster someone else started on this machine
             "num_cpus": cpus,
             "include_dashboard": False,
+            # loopback only because of keep_ray_on_loopback(): otherwise Ray rewrites 127.0.0.1 to this
+            # machine's external address and listens on every interface
             "_node_ip_address": "127.0.0.1",
             "_temp_dir": ray_dir,
             "logging_level": "ERROR",
@@ -48,6 +52,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    keep_ray_on_loopback()  # again, right before Ray starts: holds even if ray was imported before fedloom
     logging.getLogger("flwr").setLevel(logging.WARNING)
     workspace = prepare(scenario, out_dir)
     settings = RunSettings(

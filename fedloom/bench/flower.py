@@ -53,6 +53,7 @@ import numpy as np
 
 from fedloom.bench import common
 from fedloom.bench import rounds as rounds_bench
+from fedloom.localray import keep_ray_on_loopback
 
 DROP_ENV = "FEDLOOM_BENCH_FLOWER_DROP"
 FULL_CASES = (
@@ -182,13 +183,14 @@ def _worker(spec: dict[str, Any]) -> int:
             "address": "local",
             "num_cpus": cpus,
             "include_dashboard": False,
-            "_node_ip_address": "127.0.0.1",
+            "_node_ip_address": "127.0.0.1",  # loopback only thanks to keep_ray_on_loopback() below
             "_temp_dir": spec["ray_dir"],
             "logging_level": "ERROR",
             "log_to_driver": False,
         },
         "client_resources": {"num_cpus": 1, "num_gpus": 0},
     }
+    keep_ray_on_loopback()  # fedloom/__init__ did it already; repeated where Ray starts, as in simulations.runner
     _run_simulation(
         server_app=server,
         client_app=client,
