@@ -82,6 +82,8 @@ class Policy:
         allowed = self.allowed_tasks or (agreed.task.name,)
         if plan.task.name not in allowed:
             raise PolicyRefusal("policy.task-not-allowed", f"task {plan.task.name!r} is not in {list(allowed)}")
+        if round_ > plan.rounds:
+            raise PolicyRefusal("policy.round-beyond-plan", f"round {round_} is beyond the plan's {plan.rounds} rounds")
         if self.max_rounds and round_ > self.max_rounds:
             raise PolicyRefusal("policy.max-rounds", f"round {round_} exceeds this member's limit of {self.max_rounds}")
 

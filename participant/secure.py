@@ -105,6 +105,8 @@ def answer(
                     raise ProtocolError(Rule.OUT_OF_ORDER, "a mask request must come with the model")
                 if msg.model_digest != model_digest:
                     raise ProtocolError(Rule.MODEL_MISMATCH, "the request names another model than the one received")
+                if msg.training_round != round_:  # a label that could burn this member's later rounds
+                    raise ProtocolError(Rule.WRONG_ROUND, f"mask request for round {msg.training_round}, not {round_}")
                 participant.check_contribution(msg.training_round, model_digest)  # before any training
                 update, examples = train()
                 weight = max(1, min(int(examples), participant.params.max_weight))
