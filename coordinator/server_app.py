@@ -21,6 +21,8 @@ def settings_from_run_config(run_config: dict) -> RunSettings:
         return deployment_settings(run_config)
     from dataclasses import replace
 
+    # runs while Flower loads participant.client_app on another thread: nothing imported here may
+    # import that module (issue 17; tests/test_import_race.py)
     from simulations.harness import hooks_for, prepare
     from simulations.scenario import default_out_dir, load_scenario
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -11,6 +12,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+FLOWER_EXIT_CODE = re.compile(r"Exit Code: (\d+)")
+
+
+def flower_exit_code(log_text: str, context_lines: int = 4) -> tuple[int | None, list[str]]:
+    """Flower's own exit code in its log ("Exit Code: 700") and the lines logged after it.
+
+    Flower's processes log their real status this way and then exit 1, and `flwr run` exits 0 even
+    when the run it streamed failed: the log line is the only trustworthy status. None when the log
+    holds no error exit (Flower prints the line only for codes >= 100)."""
+    codes = FLOWER_EXIT_CODE.findall(log_text)
+    if not codes:
+        return None, []
+    after = log_text[log_text.rindex(f"Exit Code: {codes[-1]}") :].splitlines()[1 : 1 + context_lines]
+    return int(codes[-1]), after
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 
 import tasks
 from fedloom import records as rec
-from fedloom.kits import ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
+from fedloom.kits import POLICY_FILE, ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
 from fedloom.plan import Plan
 from protocol.errors import ProtocolError, Rule
 from protocol.local import garble_share_bundle
@@ -48,7 +48,6 @@ from .trainer import LocalTrainer
 
 log = logging.getLogger("fedloom.participant")
 app = ClientApp()
-POLICY_FILE = "policy.toml"
 
 
 @lru_cache(maxsize=4)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from fedloom.errors import UserError
 from fedloom.kits import load_member_kit
-from fedloom.processes import flower_env, free_port, spawn, stop
+from fedloom.processes import flower_env, flower_exit_code, free_port, spawn, stop
 
 from .device import resolve_device
 from .guard import KIT_ENV
@@ -52,12 +51,9 @@ def _flower_failure(log_file: Path, since: int = 0) -> tuple[int | None, str]:
             tail = f.read().decode(errors="replace")
     except OSError:
         return None, ""
-    codes = re.findall(r"Exit Code: (\d+)", tail)
-    if not codes:
-        return None, ""
-    after = tail[tail.rindex(f"Exit Code: {codes[-1]}") :].splitlines()[1:5]
+    code, after = flower_exit_code(tail)
     reason = next((line.strip() for line in after if "SSL" in line or "activate" in line), "")
-    return int(codes[-1]), reason
+    return code, reason
 
 
 def _size(path: Path) -> int:

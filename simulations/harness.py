@@ -4,6 +4,11 @@ Nothing here changes the protocol or the apps: faults drop messages the real coo
 send or receive, verification reads the true updates simulated participants leave in a private
 directory, to check the secure sum against the plaintext one, and an adversary (see
 simulations.adversary) rewrites, replays and adds messages at the same boundary.
+
+Never import participant.client_app here (or from anything imported here): under `flwr run` the
+ServerApp imports this module on one thread while Flower loads the ClientApp on another, and Flower
+takes a half-initialised participant.client_app from sys.modules and fails (issue 17). Shared names
+such as POLICY_FILE live in fedloom/; tests/test_import_race.py keeps it that way.
 """
 
 from __future__ import annotations
@@ -18,8 +23,7 @@ import numpy as np
 
 from coordinator.results import RoundResult
 from coordinator.secure import RunHooks
-from fedloom.kits import provision_members
-from participant.client_app import POLICY_FILE
+from fedloom.kits import POLICY_FILE, provision_members
 from participant.policy import Policy
 from protocol.roster import Roster
 
