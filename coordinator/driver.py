@@ -29,6 +29,7 @@ from .optimizers import make_optimizer
 from .plain import PlainRounds
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks, SecureRounds
+from .stop import STOP, RunInterrupted, signal_name
 from .transport import wait_for_nodes
 
 log = logging.getLogger("fedloom.coordinator")
@@ -72,12 +73,43 @@ def initial_model(plan: Plan) -> np.ndarray:
     return tasks.model_to_vector(tasks.get_task(plan.task.name).build_model())
 
 
+@dataclass
+class _Progress:
+    """What a run has produced so far: enough to write partial outputs when it is interrupted."""
+
+    t_start: float
+    model: np.ndarray | None = None
+    connected: int = 0
+    secure: bool = False
+    done_before: int = 0  # rounds completed before a resume
+    first: int = 1  # the first round this process runs
+    history: list[RoundResult] = field(default_factory=list)
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows still waiting for their evaluation
+
+
 def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
+    """Run the plan's rounds; returns summary.json's content.
+
+    A stop request (coordinator.stop, set by `fedloom simulate`'s signal handler) ends the run at the
+    next poll: the rounds completed so far, the last model and a summary marked "interrupted" are
+    written, and the summary is returned like a finished run's."""
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(t_start=time.perf_counter())
+    try:
+        summary = _run_rounds(grid, settings, progress)
+    except RunInterrupted as stop:
+        log.warning("run %s after %d round(s): writing partial outputs", stop, len(progress.history))
+        summary = _write_interrupted(settings, progress, stop.signum)
+        STOP.handled.set()
+    settings.observer.finished(summary)
+    return summary
+
+
+def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[str, Any]:
     plan, out = settings.plan, settings.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
     ckpt, signed = _resume_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
+    progress.first = first
     if ckpt is None:
         (out / outputs.METRICS).unlink(missing_ok=True)
     else:
@@ -86,9 +118,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         # also when the ledger got round 1's entry but the crash came before its checkpoint: round 1 is redone
         settings.ledger.append("resume", {"from_round": first, "reason": "coordinator restarted"})
     minimum = plan.secure.min_cohort if plan.secure.enabled else 1
-    nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
-    settings.observer.started(plan, len(nodes))
     model = ckpt.model if ckpt else initial_model(plan)
+    progress.model = model
+    nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
+    progress.connected = len(nodes)
+    settings.observer.started(plan, len(nodes))
     feed = LedgerFeed(settings.ledger.path) if settings.ledger is not None else None
     if plan.secure.enabled:
         if settings.roster is None:
@@ -99,13 +133,15 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     else:
         log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
         rounds = PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed)
+    progress.secure = rounds.secure
     optimizer = make_optimizer(plan.strategy)
     if ckpt:
         optimizer.load_state_dict(ckpt.optimizer)
-    done_before = ckpt.rounds_completed if ckpt else 0
-    rows: dict[int, dict[str, Any]] = {first - 1: _pending_row(out, first - 1)}
+    done_before = progress.done_before = ckpt.rounds_completed if ckpt else 0
+    rows = progress.rows
+    rows[first - 1] = _pending_row(out, first - 1)
     written = {int(r["round"]) for r in outputs.read_jsonl(out / outputs.METRICS)}
-    history: list[RoundResult] = []
+    history = progress.history
 
     def complete(r: int, ev: EvalSummary | None) -> None:
         row = rows.pop(r)
@@ -120,12 +156,14 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         settings.observer.round_done(row)
 
     for r in range(first, plan.rounds + 1):
+        STOP.check()
         t0 = time.perf_counter()
         res = rounds.train_round(r, model)
         if res.mean_update is not None:
             model = optimizer.step(model, res.mean_update.astype(np.float32))
         else:
             log.warning("round %d skipped: %s", r, res.skipped)
+        progress.model = model
         history.append(res)
         rows[r] = _row(res, time.perf_counter() - t0, rounds.secure)
         complete(r - 1, res.incoming_eval)
@@ -139,15 +177,57 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
-    summary = _summary(settings, history, final, len(nodes), time.perf_counter() - t_start, model.size, rounds.secure)
+    summary = _summary(
+        settings, history, final, len(nodes), time.perf_counter() - progress.t_start, model.size, rounds.secure
+    )
     summary["rounds_completed"] += done_before
     if ckpt:
         _add_rounds_before_resume(summary, outputs.read_jsonl(out / outputs.METRICS), first)
     (out / PENDING_ROW).unlink(missing_ok=True)
     outputs.write_json(out / outputs.SUMMARY, summary)
     outputs.plot_run(out)
-    settings.observer.finished(summary)
     return summary
+
+
+_NO_EVAL = {"eval_loss": None, "eval_accuracy": None, "eval_participants": 0}
+
+
+def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) -> dict[str, Any]:
+    """Partial outputs of a stopped run: metrics.jsonl (the rounds that finished; a round whose
+    evaluation never came is written without one), the last model, summary.json marked
+    "interrupted", the plot. A deployment keeps its pending row for the resume instead."""
+    out = settings.out_dir
+    last = progress.history[-1].round if progress.history else progress.first - 1
+    (out / outputs.METRICS).touch()  # stopped in round 1: an empty file, not a missing one
+    if settings.state_dir is None:
+        for r in sorted(progress.rows):
+            if 1 <= r <= last:
+                outputs.append_jsonl(out / outputs.METRICS, progress.rows[r] | _NO_EVAL)
+    if progress.model is not None:
+        meta = {"plan_hash": settings.plan.hash, "round": str(last), "interrupted": "true"}
+        outputs.save_model(out / outputs.MODEL, progress.model, meta)
+    params = progress.model.size if progress.model is not None else 0
+    wall = time.perf_counter() - progress.t_start
+    summary = _summary(settings, progress.history, None, progress.connected, wall, params, progress.secure)
+    summary["rounds_completed"] += progress.done_before
+    summary.update(
+        interrupted=True,
+        interrupted_by=signal_name(signum),
+        last_round=last,
+        last_evaluated=_last_evaluated(outputs.read_jsonl(out / outputs.METRICS)),
+    )
+    outputs.write_json(out / outputs.SUMMARY, summary)
+    outputs.plot_run(out)
+    return summary
+
+
+def _last_evaluated(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest round whose model was evaluated (the last model's evaluation never came)."""
+    done = [r for r in rows if r.get("eval_accuracy") is not None]
+    if not done:
+        return None
+    row = max(done, key=lambda r: int(r["round"]))
+    return {"round": row["round"], "accuracy": row["eval_accuracy"], "loss": row.get("eval_loss")}
 
 
 PENDING_ROW = "metrics.pending.json"

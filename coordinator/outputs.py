@@ -4,6 +4,7 @@ final model (safetensors) and accuracy.png. Files are written atomically (temp f
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,14 +21,34 @@ PLOT = "accuracy.png"
 MODEL = "model.safetensors"
 
 
+def finite_or_null(obj: Any) -> Any:
+    """`obj` with every NaN/Infinity float (inside dicts, lists, tuples) replaced by None.
+
+    Python's json writes them as the bare words NaN and Infinity, which are not JSON: strict parsers
+    (jq, JavaScript, most other languages) refuse the whole file. A diverged loss or a failed
+    evaluation is "no number", which JSON spells null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON text that is valid for every parser: non-finite floats as null, and allow_nan=False to be sure."""
+    return json.dumps(finite_or_null(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (strict_json(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(strict_json(row) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -6,8 +6,10 @@ Kept for comparison and debugging only: the coordinator sees every individual up
 from __future__ import annotations
 
 import logging
+import math
 import time
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -80,10 +82,11 @@ class PlainRounds:
         replies = sorted(
             (r for r in everything if rec.UPDATE in r.content), key=lambda r: int(r.content["who"]["member"])
         )
+        replies = _finite_only(round_, replies, result)
         members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
         result.incoming_eval = _eval_of(everything)
         if not replies:
-            result.skipped = "no participant replied"
+            result.skipped = "no finite update" if result.faults else "no participant replied"
             return result
         arrays, metrics = self.fedavg.aggregate_train(round_, replies)
         result.mean_update = arrays[rec.VECTOR].numpy()
@@ -98,6 +101,36 @@ class PlainRounds:
         build = self._message(round_, model, MessageType.EVALUATE)
         exchange(self.grid, self.nodes, build, self.plan.stage_timeout, replies.append, self.plan.reconnect_grace)
         return _eval_of(replies)
+
+
+def _finite_only(round_: int, replies: list[Message], result: RoundResult) -> list[Message]:
+    """The replies whose update and weight are finite numbers; the others are faults of their sender.
+
+    One NaN or Inf in one member's update makes the mean NaN/Inf in every coordinate it touches, and
+    the optimizer carries it into the global model for good: such a member is left out of this round
+    (logged, and recorded in the round's faults) and the round goes on with the rest."""
+    kept = []
+    for reply in replies:
+        member = int(reply.content["who"]["member"])
+        why = _non_finite(reply)
+        if why is None:
+            kept.append(reply)
+            continue
+        log.warning("round %d: member %d left out of the aggregate: %s", round_, member, why)
+        result.faults.append({"member": member, "rule": "non-finite-update", "reason": why})
+    return kept
+
+
+def _non_finite(reply: Message) -> str | None:
+    """Why a plaintext reply cannot enter the mean (None: it can)."""
+    vector = reply.content[rec.UPDATE][rec.VECTOR].numpy()
+    bad = int(np.size(vector) - np.count_nonzero(np.isfinite(vector)))
+    if bad:
+        return f"{bad} of {np.size(vector)} update coordinates are NaN or infinite"
+    weight = float(reply.content[rec.FIT][rec.NUM_EXAMPLES])
+    if not math.isfinite(weight) or weight < 0:
+        return f"its example count {weight} is not a finite non-negative number"
+    return None
 
 
 def _eval_of(replies: list[Message]) -> EvalSummary | None:

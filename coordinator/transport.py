@@ -16,6 +16,8 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from .stop import STOP
+
 log = logging.getLogger("fedloom.coordinator")
 
 
@@ -24,10 +26,13 @@ class NotEnoughNodes(RuntimeError):
 
 
 def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, poll: float = 0.2) -> list[int]:
-    """Node ids once `wanted` nodes are connected, or what is there after `timeout` (>= minimum)."""
+    """Node ids once `wanted` nodes are connected, or what is there after `timeout` (>= minimum).
+
+    Raises coordinator.stop.RunInterrupted when a stop is requested while it waits."""
     start = time.monotonic()
     deadline, next_note = start + timeout, start + 10.0
     while True:
+        STOP.check()
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= wanted:
             return nodes
@@ -86,7 +91,9 @@ def exchange(
     a reply whose upload was cut off becomes a "Message Unavailable" error. Such a node gets
     `grace` seconds (within the deadline) to be online again; then its message is built and sent
     again (members answer a repeated request with the same reply, see `participant.replay`). A
-    node that does not return, or whose ClientApp failed, is dropped as before."""
+    node that does not return, or whose ClientApp failed, is dropped as before.
+
+    A stop request (Ctrl-C) raises coordinator.stop.RunInterrupted at the next poll."""
     out = Exchange()
     waiting: dict[str, int] = {}  # message id -> node
 
@@ -104,6 +111,7 @@ def exchange(
     deadline = time.monotonic() + timeout
     next_check = 0.0
     while (waiting or away) and time.monotonic() < deadline:
+        STOP.check()
         got = list(grid.pull_messages(list(waiting))) if waiting else []
         for reply in got:
             node = waiting.pop(reply.metadata.reply_to_message_id, None)

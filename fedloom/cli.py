@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -89,7 +90,7 @@ def _fail(exc: BaseException) -> None:
 
 
 def _final_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
-    table = Table(title=f"fedloom · {summary['scenario']} · {summary['task']}")
+    table = Table(title=f"fedloom · {summary.get('scenario', '')} · {summary.get('task', '')}")
     for col in ("round", "accuracy", "eval loss", "train loss", "participants", "seconds"):
         table.add_column(col, justify="right")
     shown = rows if len(rows) <= 12 else rows[:3] + rows[-8:]
@@ -138,13 +139,15 @@ def simulate(
         plan = sc.plan.with_overrides(rounds=rounds, participants=participants)
         _check_data_fits(plan)
         sc = sc.with_plan(plan)
+        out_dir = _writable_dir((out or Path(default_out_dir())).resolve())
     except UserError as exc:
         _fail(exc)
-    out_dir = (out or Path(default_out_dir())).resolve()
     from simulations.runner import run_scenario
 
     observer = RichObserver()
     summary = run_scenario(sc, out_dir, observer)
+    if summary.get("interrupted"):
+        _report_interrupted(observer.rows, summary, out_dir)
     if baseline:
         from simulations.baseline import centralized_baseline
 
@@ -168,6 +171,25 @@ def simulate(
             console.print(Text.from_markup(f"{mark} {name}: ") + Text(check["summary"]), soft_wrap=True)
         console.print(f"report: {summary['report']['report']} · plot: {summary['report']['plot']}", soft_wrap=True)
     console.print(f"outputs: {out_dir}")
+
+
+def _report_interrupted(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> None:
+    """What a stopped simulation kept, then exit 128 + the signal number (130 Ctrl-C, 143 SIGTERM)."""
+    import signal
+
+    if rows:
+        console.print(_final_table(rows, summary))
+    by = str(summary.get("interrupted_by", "SIGINT"))
+    console.print(
+        f"[bold yellow]interrupted ({by})[/] after {summary.get('rounds_completed', 0)} completed round(s); "
+        f"partial outputs: {out_dir}",
+        soft_wrap=True,
+    )
+    try:
+        code = 128 + signal.Signals[by].value
+    except KeyError:
+        code = 130
+    raise typer.Exit(code)
 
 
 coordinator_app = _typer(no_args_is_help=True, help="Run the coordinator service.")
@@ -207,6 +229,7 @@ def coordinator_start(
         address = bind or fed.get("address")
         if not address:
             raise UserError(f"no --bind given and no address in {kit / 'federation.json'}")
+        _check_host_port(address, "--bind" if bind else f"address in {kit / 'federation.json'}")
 
         def on_round(row: dict[str, Any]) -> None:
             acc = row.get("eval_accuracy")
@@ -345,6 +368,27 @@ def bench_all(ctx: typer.Context) -> None:
     from fedloom.bench.suite import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
+
+
+def _writable_dir(path: Path) -> Path:
+    """The output directory, created now: a file in its place or no write permission is a user error
+    before Ray starts, not a traceback after the first round."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output directory {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the output directory {path}")
+    return path
+
+
+def _check_host_port(address: str, what: str) -> None:
+    """HOST:PORT with a port in 1..65535 (IPv6 hosts in brackets), checked before any server starts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"{what} must be HOST:PORT with a port in 1..65535 (got {address!r})")
 
 
 def _check_data_fits(plan) -> None:

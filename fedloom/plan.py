@@ -20,6 +20,7 @@ from .errors import UserError
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "diloco")
 PARTITIONS = ("iid", "dirichlet", "shards", "groups")
 OPTIMIZERS = ("sgd", "adamw")
+MAX_ROUNDS = 100_000  # far beyond any real federation; a typo'd 10**9 would otherwise run (and log) for ever
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Plan:
         need(bool(self.federation.strip()), "federation name must not be empty")
         need(self.participants >= 1, f"participants must be at least 1 (got {self.participants})")
         need(self.rounds >= 1, f"rounds must be at least 1 (got {self.rounds})")
+        need(self.rounds <= MAX_ROUNDS, f"rounds must be at most {MAX_ROUNDS} (got {self.rounds})")
         need(self.stage_timeout > 0, "stage_timeout must be positive")
         need(self.reconnect_grace >= 0, f"reconnect_grace must be >= 0 seconds (got {self.reconnect_grace})")
         t = self.task
@@ -180,6 +182,10 @@ class Plan:
                 "by the coordinator; see protocol/SECURITY.md)",
             )
             need(sec.colluders >= -1, "secure.colluders must be -1 (auto) or a number of members")
+            need(
+                sec.max_weight >= 0,
+                f"secure.max_weight must be 0 (the largest that fits) or a positive weight (got {sec.max_weight})",
+            )
             self._check_protocol_params()
 
         c = self.contribution
@@ -254,6 +260,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{key} must be a number (got {value!r})")
+        if not math.isfinite(value):  # TOML has inf and nan; no plan setting means anything with them
+            raise UserError(f"{key} must be a finite number (got {value!r})")
         return float(value)
     if kind is str:
         if not isinstance(value, str):

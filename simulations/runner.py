@@ -11,17 +11,22 @@ import json
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from coordinator.driver import RunObserver, RunSettings
 from coordinator.outputs import SUMMARY
 from coordinator.server_app import make_server_app
+from coordinator.stop import STOP
 from fedloom.localray import keep_ray_on_loopback
 from participant.client_app import app as client_app
 
 from .harness import hooks_for, prepare
+from .interrupt import SignalGuard, write_minimal_summary
 from .scenario import Scenario
 
 
@@ -43,8 +48,30 @@ def ray_backend_config(scenario: Scenario, ray_dir: str) -> dict[str, Any]:
     }
 
 
+def start_ray(init_args: dict[str, Any]) -> None:
+    """ray.init as Flower's RayBackend would do it (it skips its own when Ray is up), but here, so
+    that the signal handlers installed after it are the ones that count (see simulations.interrupt)."""
+    import ray
+
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath  # Ray's workers need the driver's import path
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> dict[str, Any]:
-    """Run the whole federation; returns summary.json's content."""
+    """Run the whole federation; returns summary.json's content.
+
+    Ctrl-C or SIGTERM stops it within seconds (simulations.interrupt): the summary returned is then
+    marked "interrupted" and no report is built."""
     # The public flwr.simulation.run_simulation only adds a deprecation notice (and a telemetry
     # event) around this function; flwr is pinned to 1.41.0, so call it directly.
     from flwr.simulation.run_simulation import _run_simulation
@@ -54,33 +81,49 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     keep_ray_on_loopback()  # again, right before Ray starts: holds even if ray was imported before fedloom
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    workspace = prepare(scenario, out_dir)
-    settings = RunSettings(
-        plan=scenario.plan,
-        out_dir=out_dir,
-        scenario=scenario.name,
-        node_wait=scenario.simulation.node_wait,
-        observer=observer,
-        roster=workspace.roster,
-        hooks=hooks_for(scenario, workspace),
-    )
+    out_dir.mkdir(parents=True, exist_ok=True)
     ray_dir = tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    try:
-        _run_simulation(
-            server_app=make_server_app(settings),
-            client_app=client_app,
-            num_supernodes=scenario.plan.participants,
-            backend_config=ray_backend_config(scenario, ray_dir),
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        )
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
-        workspace.close()  # the throwaway federation's private keys go with it
+    private: list[Callable[[], None]] = [lambda: shutil.rmtree(ray_dir, ignore_errors=True)]
+
+    def cleanup() -> None:
+        for step in private:
+            step()
+
+    with SignalGuard(out_dir, scenario.name, cleanup) as guard:
+        try:
+            workspace = prepare(scenario, out_dir)
+            private.append(workspace.close)  # the throwaway federation's private keys go with it
+            settings = RunSettings(
+                plan=scenario.plan,
+                out_dir=out_dir,
+                scenario=scenario.name,
+                node_wait=scenario.simulation.node_wait,
+                observer=observer,
+                roster=workspace.roster,
+                hooks=hooks_for(scenario, workspace),
+            )
+            backend = ray_backend_config(scenario, ray_dir)
+            if not guard.interrupted:
+                start_ray(backend["init_args"])
+                guard.install()
+            if not guard.interrupted:
+                _run_simulation(
+                    server_app=make_server_app(settings),
+                    client_app=client_app,
+                    num_supernodes=scenario.plan.participants,
+                    backend_config=backend,
+                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                )
+        finally:
+            stop_ray()
+            cleanup()
+        if guard.interrupted:
+            write_minimal_summary(out_dir, scenario.name, STOP.signum or signal.SIGINT, guard.started)
     summary_path = out_dir / SUMMARY
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text())
-    if scenario.report.enabled:
+    if scenario.report.enabled and not summary.get("interrupted"):
         from coordinator.outputs import write_json
 
         from .tapestry import build_report

@@ -84,6 +84,15 @@ def _from_import_path(spec: str) -> Task:
         raise UnknownTaskError(f"task spec {spec!r}: {obj.__qualname__} is not a Task subclass")
     if not callable(obj):
         raise UnknownTaskError(f"task spec {spec!r}: {obj!r} is not a Task, class or factory")
+    try:  # a factory takes no arguments: anything else (json:dumps, a class needing arguments) is not one
+        inspect.signature(obj).bind()
+    except TypeError:
+        name = getattr(obj, "__qualname__", repr(obj))
+        raise UnknownTaskError(
+            f"task spec {spec!r}: {name} needs arguments; name a Task, a Task class or a factory that takes none"
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): let the call decide
+        pass
     task = obj()
     if not isinstance(task, Task):
         raise UnknownTaskError(f"task spec {spec!r}: factory returned {type(task).__name__}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,7 @@ def test_real_process_exit_code_and_single_line(tmp_path):
 
 CRASHING_CLI = """
 import sys
+import time
 import fedloom.cli as cli
 
 def crash():
@@ -107,3 +109,75 @@ def test_an_unexpected_error_does_not_print_local_variables(argv):
         [sys.executable, "-c", CRASHING_CLI, "--debug", *argv], capture_output=True, text=True, env=env, timeout=120
     )
     assert "SENTINEL" in debug.stdout + debug.stderr  # --debug is the developer's explicit choice
+
+
+# --- refused before anything starts (issue 13 item 2): one line, exit 2, fast, no Ray, no SuperLink ---------
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch):
+    """Fail the test if the command gets as far as starting Ray (a simulation) or a SuperLink (a coordinator)."""
+    import coordinator.service
+    import simulations.runner
+
+    def started(*args, **kwargs):
+        raise AssertionError("a user error must be refused before anything starts")
+
+    monkeypatch.setattr(simulations.runner, "run_scenario", started)
+    monkeypatch.setattr(simulations.runner, "start_ray", started, raising=False)
+    monkeypatch.setattr(coordinator.service, "start", started)
+
+
+def refused(*args: str, needle: str) -> None:
+    t0 = time.monotonic()
+    result = run(*args)
+    elapsed = time.monotonic() - t0
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+    assert elapsed < 20, f"{elapsed:.1f} s: a refusal must not wait for anything"  # loaded CI box: generous
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("participants = 3\n[secure]\nclip = inf\n", "secure.clip must be a finite number (got inf)"),
+        ("participants = 3\n[secure]\nclip = nan\n", "secure.clip must be a finite number (got nan)"),
+        ("[training]\nlr = inf\n", "training.lr must be a finite number"),
+        ("participants = 4\n[secure]\nneighbours = 3\n", "secure.neighbours must be 0"),
+        ("participants = 4\n[secure]\nneighbours = 2\n", "secure.neighbours must be 0"),
+        ("participants = 3\n[secure]\nmax_weight = -5\n", "secure.max_weight must be 0"),
+        ('[task]\nname = "json:dumps"\n', "dumps needs arguments"),
+        ('[task]\nname = "collections:OrderedDict"\n', "OrderedDict is not a Task subclass"),
+        ('[task]\nname = "os:sep"\n', "is not a Task, class or factory"),
+        ("rounds = 1000000000\n", "rounds must be at most 100000"),
+    ],
+)
+def test_impossible_plans_are_refused_before_ray_starts(tmp_path, nothing_starts, text, needle):
+    refused("simulate", scenario(tmp_path, text), "--out", str(tmp_path / "out"), needle=needle)
+
+
+def test_rounds_override_beyond_the_bound(tmp_path, nothing_starts):
+    refused("simulate", "--rounds", "100001", "--out", str(tmp_path / "out"), needle="rounds must be at most 100000")
+
+
+def test_out_that_is_a_file(tmp_path, nothing_starts):
+    (tmp_path / "afile").write_text("x")
+    refused("simulate", "--out", str(tmp_path / "afile"), needle="is not a directory")
+
+
+def test_out_that_cannot_be_created(tmp_path, nothing_starts):
+    (tmp_path / "afile").write_text("x")
+    refused("simulate", "--out", str(tmp_path / "afile" / "run"), needle="cannot create the output directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_out_without_write_permission(tmp_path, nothing_starts):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    refused("simulate", "--out", str(locked), needle="cannot write to the output directory")
+
+
+@pytest.mark.parametrize("bind", ["notaport", "host:", ":8443", "host:http", "host:0", "host:70000"])
+def test_coordinator_bind_that_is_not_host_port(tmp_path, nothing_starts, bind):
+    refused("coordinator", "start", "--kit", str(tmp_path), "--bind", bind, needle="--bind must be HOST:PORT")

@@ -1,0 +1,146 @@
+"""Ctrl-C and SIGTERM stop a real `fedloom simulate` within seconds, keep its partial outputs and leave no process.
+
+The simulation runs as a subprocess in its own process group, as a shell runs a foreground job, and
+the signal goes to the whole group (what Ctrl-C does), mid-round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+SCENARIO = """name = "interrupt"
+participants = 3
+rounds = 1000
+[task]
+name = "digits"
+partition = "iid"
+[training]
+epochs = 1
+[secure]
+enabled = false
+"""
+STARTED = "participants connected"  # printed when round 1 starts
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (the test's own walk: it must not trust the code it tests)."""
+    parents: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_simulation_and_keeps_partial_outputs(tmp_path, signum, code):
+    scenario, out, log = tmp_path / "s.toml", tmp_path / "out", tmp_path / "log"
+    scenario.write_text(SCENARIO)
+    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", str(scenario), "--out", str(out)]
+    env = os.environ | {"COLUMNS": "200"}
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        _wait_for(lambda: STARTED in log.read_text() or proc.poll() is not None, 300, "round 1 to start")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        ray_up = lambda: any("raylet" in _cmdline(p) for p in descendants(proc.pid))  # noqa: E731
+        _wait_for(lambda: ray_up() or proc.poll() is not None, 120, "Ray to start under fedloom")
+        time.sleep(1.0)  # round 1 underway: the members' first training is running in Ray's workers
+        assert proc.poll() is None, log.read_text()[-3000:]
+        children = descendants(proc.pid)
+        os.killpg(proc.pid, signum)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert rc == code, output[-3000:]
+    print(f"{signal.Signals(signum).name}: exit {rc} after {elapsed:.1f} s")
+    assert elapsed < 15, f"took {elapsed:.1f} s to stop"
+    _wait_for(lambda: not any(_alive(p) for p in children), 3, "fedloom's child processes to be gone")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["interrupted_by"] == signal.Signals(signum).name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert summary["rounds_completed"] == sum(1 for r in rows if r["round"] >= 1 and not r.get("skipped"))
+    assert (out / "model.safetensors").exists() and (out / "accuracy.png").exists()
+    assert "Traceback" not in output and "SIGTERM received" not in output, output[-3000:]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class _SilentGrid:
+    """Two connected nodes that never answer: without a stop request, exchange would wait out its timeout."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+    def push_messages(self, messages):
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, ids):
+        return []
+
+
+def _message(node: int) -> SimpleNamespace:
+    """Just what exchange reads of a message: its id."""
+    return SimpleNamespace(metadata=SimpleNamespace(message_id=f"m{node}"))
+
+
+@pytest.fixture
+def stop_requested():
+    from coordinator.stop import STOP
+
+    STOP.request(signal.SIGTERM)
+    yield STOP
+    STOP.clear()
+
+
+def test_the_coordinators_waiting_loops_notice_a_stop_request(stop_requested):
+    from coordinator.stop import RunInterrupted
+    from coordinator.transport import exchange, wait_for_nodes
+
+    t0 = time.monotonic()
+    with pytest.raises(RunInterrupted, match="SIGTERM"):
+        exchange(_SilentGrid(), [1, 2], _message, 600.0, lambda reply: None)
+    with pytest.raises(RunInterrupted):
+        wait_for_nodes(_SilentGrid(), 5, 600.0)
+    assert time.monotonic() - t0 < 5
