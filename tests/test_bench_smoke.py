@@ -171,7 +171,7 @@ def test_rounds_scenario_is_a_valid_scenario_with_dropout_faults():
 def test_flower_parameters_match_fedloom_graph():
     assert flower.flower_params(10, 10**5) == {"num_shares": 10, "threshold": 6, "degree": 9}
     assert flower.flower_params(30, 10**6) == {"num_shares": 30, "threshold": 20, "degree": 29}
-    assert flower.flower_params(100, 10**5) == {"num_shares": 15, "threshold": 10, "degree": 14}
+    assert flower.flower_params(100, 10**5) == {"num_shares": 100, "threshold": 66, "degree": 99}  # complete graph
 
 
 def _flower_run(secs: list[float], ok: bool = True, status: str = "ok") -> dict:
