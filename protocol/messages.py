@@ -7,6 +7,7 @@ untrusted bytes raises nothing but `ProtocolError(Rule.ENCODING | Rule.VERSION)`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -29,24 +30,33 @@ M = TypeVar("M", bound="Message")
 _REGISTRY: dict[int, type[Message]] = {}
 
 
-class Message:
-    """Base of all protocol messages; subclasses define TYPE, _write and _read."""
+class Message(ABC):
+    """Base of all protocol messages; subclasses define TYPE, _write and _read.
+
+    A subclass that lacks either hook is refused when it is defined, before it can enter the
+    decoder's registry: a message type the decoder knows but cannot read would be a trap.
+    """
 
     TYPE: ClassVar[int]
     round: int
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        missing = [hook for hook in ("_write", "_read") if getattr(getattr(cls, hook), "__isabstractmethod__", False)]
+        if missing:
+            raise TypeError(f"message {cls.__name__} does not define {', '.join(missing)}")
         if cls.TYPE in _REGISTRY:
             raise TypeError(f"duplicate message type {cls.TYPE}")
         _REGISTRY[cls.TYPE] = cls
 
+    @abstractmethod
     def _write(self, w: Writer) -> None:
-        raise NotImplementedError  # pragma: no cover - every subclass defines it
+        """Write this message's fields after the frame header."""
 
     @classmethod
+    @abstractmethod
     def _read(cls: type[M], r: Reader) -> M:
-        raise NotImplementedError  # pragma: no cover
+        """Read this message's fields after the frame header (the reader checks lengths and bounds)."""
 
     def encode(self) -> bytes:
         w = Writer().fixed(MAGIC, 4).u8(VERSION).u8(self.TYPE)

@@ -481,3 +481,22 @@ def test_fuzz_roster_decode(data):
         assert err.rule is Rule.ENCODING
     else:
         assert isinstance(roster, Roster)
+
+
+def test_a_message_class_without_its_codec_hooks_is_refused_before_it_is_registered():
+    before = dict(msgs._REGISTRY)
+    free_type = max(msgs._REGISTRY) + 1
+    with pytest.raises(TypeError, match="does not define _write, _read"):
+
+        class Incomplete(msgs.Message):
+            TYPE = free_type
+
+    with pytest.raises(TypeError, match="does not define _read"):
+
+        class WriteOnly(msgs.Message):
+            TYPE = free_type
+
+            def _write(self, w):
+                pass
+
+    assert before == msgs._REGISTRY
