@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedloom.bench import common
+from console.bench import common
 
 TASKS = {10**5: "synthetic-1e5", 10**6: "synthetic-1e6"}
 FULL_SIZES = ((10, 10**5), (30, 10**6), (100, 10**5))
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _profile(con, root: Path, sizes, rounds: int, secure_only: bool, dropout: float) -> int:
-    from fedloom.bench import profile
+    from console.bench import profile
 
     for n, d in sizes:
         for secure in (True,) if secure_only else (False, True):

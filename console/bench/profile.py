@@ -111,7 +111,7 @@ def profiled_server_app_factory(out_dir: Path):
 def profile_run(n: int, d: int, secure: bool, rounds: int, out_dir: Path, dropout: float = 0.0) -> dict[str, Any]:
     """One profiled run of the rounds benchmark's scenario; returns the run and the report."""
     import simulations.runner as runner
-    from fedloom.bench import rounds as rounds_bench
+    from console.bench import rounds as rounds_bench
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in out_dir.glob("client-*"):
