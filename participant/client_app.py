@@ -34,6 +34,8 @@ import tasks
 from fedloom import records as rec
 from fedloom.kits import POLICY_FILE, ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
 from fedloom.plan import Plan
+from fedloom.policy import Policy, PolicyRefusal
+from fedloom.session import protocol_params
 from protocol.errors import ProtocolError, Rule
 from protocol.local import garble_share_bundle
 from protocol.messages import ShareBundle, decode
@@ -42,8 +44,7 @@ from . import replay
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
 from .models import ModelKeeper
-from .policy import Policy, PolicyRefusal
-from .secure import answer, load_participant, protocol_params, save_participant
+from .secure import answer, load_participant, save_participant
 from .trainer import LocalTrainer
 
 log = logging.getLogger("fedloom.participant")

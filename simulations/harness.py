@@ -24,7 +24,7 @@ import numpy as np
 from coordinator.results import RoundResult
 from coordinator.secure import RunHooks
 from fedloom.kits import POLICY_FILE, provision_members
-from participant.policy import Policy
+from fedloom.policy import Policy
 from protocol.roster import Roster
 
 from .adversary import Adversary

@@ -137,7 +137,7 @@ def test_no_module_on_the_server_path_imports_the_client_app_later(server_closur
 def test_lazy_import_scan_sees_the_client_app_import(server_closure):
     """The scan above could pass vacuously; it does find the import where one is known to be."""
     assert CLIENT_APP in _lazy_imports_of("simulations.runner")  # `fedloom simulate` passes the app itself
-    assert "participant.policy" in _lazy_imports_of("simulations.scenario")  # a function-level import
+    assert "fedloom.policy" in _lazy_imports_of("simulations.scenario")  # a function-level import
 
 
 def test_client_app_loads_while_the_server_app_reads_its_run_config(tmp_path):
