@@ -54,4 +54,3 @@ def make_server_app(settings: RunSettings | Callable[[dict], RunSettings]) -> Se
                 run_settings.cleanup()
 
     return server
-
