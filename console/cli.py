@@ -447,7 +447,8 @@ def ledger_verify(
 
     A ledger cut off after a complete entry, or rewritten from some entry on and signed again, still verifies on
     its own: only another copy shows it. With --against, LEDGER must hold every entry of that copy (same hashes)."""
-    from fedloom.ledger import LEDGER_PUB_FILE, compare, read_public_key, verify
+    from fedloom.kits import LEDGER_PUB_FILE
+    from fedloom.ledger import compare, read_public_key, verify
 
     try:
         if key is not None and kit is not None:

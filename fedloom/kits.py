@@ -279,10 +279,6 @@ class CoordinatorKit:
     server_key: Path
     node_keys: dict[str, bytes] = field(default_factory=dict)  # member name -> OpenSSH public key line
 
-    @property
-    def node_key_files(self) -> list[Path]:
-        return [self.directory / NODES_DIR / f"{name}.pub" for name in self.node_keys]
-
 
 def load_coordinator_kit(directory: str | Path) -> CoordinatorKit:
     """The coordinator's kit: checks it is complete and consistent (no key is trusted that the roster lacks)."""

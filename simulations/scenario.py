@@ -69,12 +69,6 @@ class FaultPlan:
     def drops(self, round_: int, stage: str, member: int) -> bool:
         return any(round_ in f.rounds and f.stage == stage and member in f.members for f in self.faults)
 
-    def stage_of(self, round_: int, member: int) -> str | None:
-        for f in self.faults:
-            if round_ in f.rounds and member in f.members:
-                return f.stage
-        return None
-
 
 @dataclass(frozen=True)
 class Scenario:
