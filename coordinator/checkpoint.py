@@ -28,8 +28,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from fedloom.errors import UserError
+from fedloom.files import atomic_write_bytes
 
-from .outputs import atomic_write_bytes, save_model
+from .outputs import save_model
 
 POINTER = "checkpoint.json"
 KEEP = 2

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from fedloom.files import atomic_write_bytes, umask_mode
+from fedloom.files import atomic_write, atomic_write_bytes
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -61,15 +59,8 @@ def save_model(path: Path, tensors: np.ndarray | dict[str, np.ndarray], metadata
     """A safetensors file, atomically (a bare vector is stored as "vector")."""
     if isinstance(tensors, np.ndarray):
         tensors = {"vector": tensors}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def plot_run(out_dir: Path) -> Path:

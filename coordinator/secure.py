@@ -31,8 +31,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedloom import records as rec
-from fedloom.kits import session_context
 from fedloom.plan import Plan
+from fedloom.session import protocol_params, session_context
 from protocol.coordinator import CoordinatorRound, Stage
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -124,8 +124,6 @@ class SecureRounds:
         restart: int = 0,
         ledger: LedgerFeed | None = None,
     ) -> None:
-        from participant.secure import protocol_params
-
         self.grid, self.plan, self.nodes, self.roster = grid, plan, nodes, roster
         self.params: ProtocolParams = protocol_params(plan, vector_length, len(roster))
         self.context = session_context(plan)

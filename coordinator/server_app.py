@@ -1,12 +1,14 @@
 """The ServerApp: Flower starts it; it loads the plan and drives the rounds.
 
 `fedloom simulate` builds one with its scenario and a progress display already attached
-(`make_server_app(settings)`); `flwr run .` uses the module-level `app`, which reads the
-scenario from the run config (`scenario`, `out-dir`, `rounds`).
+(`make_server_app(settings)`). The app `flwr run` loads is composed one floor up
+(`console/server_app.py`), which picks deployment (`deployment_settings`, here) or a simulation
+scenario from the run config; the coordinator never imports simulations.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
@@ -15,39 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 from .driver import RunSettings, initial_model, model_hash, run_federation
 
 
-def settings_from_run_config(run_config: dict) -> RunSettings:
-    """Deployment when the run config names a coordinator kit; else a simulation scenario."""
-    if str(run_config.get("kit", "")):
-        return deployment_settings(run_config)
-    from dataclasses import replace
-
-    # runs while Flower loads participant.client_app on another thread: nothing imported here may
-    # import that module (issue 17; tests/test_import_race.py)
-    from simulations.harness import hooks_for, prepare
-    from simulations.scenario import default_out_dir, load_scenario
-
-    scenario = load_scenario(str(run_config.get("scenario", "default")))
-    rounds = int(run_config.get("rounds", 0) or 0)
-    participants = int(run_config.get("participants", 0) or 0)
-    plan = scenario.plan.with_overrides(rounds=rounds or None, participants=participants or None)
-    scenario = replace(scenario, plan=plan)
-    out = str(run_config.get("out-dir", "") or "") or default_out_dir()
-    wait = float(run_config.get("node-wait", 120.0))
-    # a simulation through `flwr run`: provision a throwaway federation, as `fedloom simulate` does
-    workspace = prepare(scenario)
-    settings = RunSettings(
-        plan=plan,
-        out_dir=Path(out).resolve(),
-        scenario=scenario.name,
-        node_wait=wait,
-        roster=workspace.roster,
-        hooks=hooks_for(scenario, workspace),
-    )
-    settings.cleanup = workspace.close
-    return settings
-
-
 def deployment_settings(run_config: dict) -> RunSettings:
+    """A real federation: the coordinator kit and state dir the run config names."""
     from fedloom.kits import load_coordinator_kit
     from fedloom.ledger import LedgerWriter
 
@@ -69,12 +40,13 @@ def deployment_settings(run_config: dict) -> RunSettings:
     )
 
 
-def make_server_app(settings: RunSettings | None = None) -> ServerApp:
+def make_server_app(settings: RunSettings | Callable[[dict], RunSettings]) -> ServerApp:
+    """A ServerApp for these settings, or for the settings a function builds from the run config."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_settings = settings or settings_from_run_config(dict(context.run_config))
+        run_settings = settings(dict(context.run_config)) if callable(settings) else settings
         try:
             run_federation(grid, run_settings)
         finally:
@@ -82,6 +54,3 @@ def make_server_app(settings: RunSettings | None = None) -> ServerApp:
                 run_settings.cleanup()
 
     return server
-
-
-app = make_server_app()

@@ -10,7 +10,7 @@ Deployment kits (`fedloom provision`, see fedloom.provision) add:
     node.key         its SuperNode's node-auth key (EC P-384, OpenSSH format, mode 0600); node.pub
     ledger.pub       the coordinator's ledger key (hex Ed25519), to check the round ledger against
     federation.json  {"name", "address"}: the federation and the address its node dials
-    policy.toml      its own policy (participant.policy), which the member may tighten
+    policy.toml      its own policy (fedloom.policy), which the member may tighten
 Simulations provision a throwaway federation with `provision_members` (no TLS, no node keys) and
 `load_member_kit` loads both kinds. The coordinator's kit (`load_coordinator_kit`) holds the
 server certificate and key, the ledger key, roster, plan, and every member's node-auth public key.
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedloom.errors import UserError
 from fedloom.plan import Plan
+from fedloom.session import session_context
 from protocol.crypto import SessionContext, ed25519_public_bytes
 from protocol.roster import Member, Roster
 
@@ -72,10 +73,6 @@ class MemberKit:
     @property
     def context(self) -> SessionContext:
         return session_context(self.plan)
-
-
-def session_context(plan: Plan) -> SessionContext:
-    return SessionContext(plan.federation, plan.digest())
 
 
 def roster_to_json(roster: Roster) -> str:
@@ -281,10 +278,6 @@ class CoordinatorKit:
     server_cert: Path
     server_key: Path
     node_keys: dict[str, bytes] = field(default_factory=dict)  # member name -> OpenSSH public key line
-
-    @property
-    def node_key_files(self) -> list[Path]:
-        return [self.directory / NODES_DIR / f"{name}.pub" for name in self.node_keys]
 
 
 def load_coordinator_kit(directory: str | Path) -> CoordinatorKit:

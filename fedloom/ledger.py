@@ -52,8 +52,6 @@ except ImportError:  # pragma: no cover - not POSIX
 
 DOMAIN = b"fedloom/ledger/v1\n"
 GENESIS_PREV = "0" * 64
-LEDGER_FILE = "ledger.jsonl"  # a member's copy, in its state directory
-LEDGER_PUB_FILE = "ledger.pub"  # the coordinator's ledger public key, in every member kit
 KINDS = ("genesis", "round", "resume")
 HEADER = ("index", "kind", "time", "prev")
 TRAILER = ("hash", "signature")
@@ -184,11 +182,6 @@ def encode_entry(entry: dict[str, Any]) -> str:
     payload = sorted(k for k in entry if k not in HEADER and k not in TRAILER)
     keys = [k for k in HEADER if k in entry] + payload + [k for k in TRAILER if k in entry]
     return "{" + ",".join(f"{_dumps(k)}:{_dumps(entry[k])}" for k in keys) + "}"
-
-
-def sha256_hex(data: bytes) -> str:
-    """`model_hash` for model bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _utc_now() -> str:

@@ -120,7 +120,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "plan") -> Plan:
-        plan = _build(cls, data, where)
+        plan = dataclass_from_table(cls, data, where)
         plan.validate()
         return plan
 
@@ -227,7 +227,7 @@ class Plan:
         return (self.seed * 1_000_003 + round_ * 10_007 + member) % (1 << 31)
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def dataclass_from_table(cls: type, data: dict[str, Any], where: str) -> Any:
     """Dataclass from a dict, refusing unknown keys and wrong types with a message naming them."""
     if not isinstance(data, dict):
         raise UserError(f"[{where}] must be a table")
@@ -241,7 +241,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         default = getattr(defaults, name)
         key = f"{where}.{name}" if where != "plan" else name
         if hasattr(default, "__dataclass_fields__"):
-            kwargs[name] = _build(type(default), value, key)
+            kwargs[name] = dataclass_from_table(type(default), value, key)
         else:
             kwargs[name] = _coerce(value, default, key)
     return cls(**kwargs)

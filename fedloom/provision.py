@@ -14,7 +14,7 @@ federation.toml (strict: unknown keys are errors; see examples/federation.toml):
     [plan]                              # the plan's keys as in a scenario (rounds, seed, stage_timeout,
     rounds = 20                         # [plan.task], [plan.training], [plan.strategy], [plan.secure]);
                                         # federation, participants and app_hash are filled in here
-    [policy]                            # each member's starting policy.toml (participant.policy)
+    [policy]                            # each member's starting policy.toml (fedloom.policy)
     min_cohort = 3
 
 Kits written under OUT (private keys 0600, kit directories 0700; see fedloom.kits for the files):
@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedloom import kits, tls
 from fedloom.errors import UserError
-from fedloom.plan import Plan, _build
-from participant.policy import Policy
+from fedloom.plan import Plan, dataclass_from_table
+from fedloom.policy import Policy
 
 TOP_KEYS = ("federation", "members", "plan", "policy")
 FEDERATION_KEYS = ("address", "name", "sans")
@@ -216,7 +216,7 @@ def _plan(table: Any, federation: str, participants: int) -> Plan:
     defaults = Plan()
     for key, value in table.items():  # nested tables first, so errors name [plan.task] etc.
         if hasattr(getattr(defaults, key, None), "__dataclass_fields__"):
-            _build(type(getattr(defaults, key)), value, f"plan.{key}")
+            dataclass_from_table(type(getattr(defaults, key)), value, f"plan.{key}")
     return Plan.from_dict({**table, "federation": federation, "participants": participants})
 
 

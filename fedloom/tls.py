@@ -178,10 +178,3 @@ def verify_issued_by(cert_pem: bytes, ca_pem: bytes) -> None:
             f"certificate {cert.subject.rfc4514_string()} is not valid now "
             f"({cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d})"
         )
-
-
-def certificate_names(cert_pem: bytes) -> list[str]:
-    """The SAN entries of a certificate, as text (DNS names and IP addresses)."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(n.value) for n in san]

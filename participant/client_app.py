@@ -32,8 +32,10 @@ from flwr.clientapp import ClientApp
 
 import tasks
 from fedloom import records as rec
-from fedloom.kits import POLICY_FILE, ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
+from fedloom.kits import LEDGER_PUB_FILE, POLICY_FILE, ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
 from fedloom.plan import Plan
+from fedloom.policy import Policy, PolicyRefusal
+from fedloom.session import protocol_params
 from protocol.errors import ProtocolError, Rule
 from protocol.local import garble_share_bundle
 from protocol.messages import ShareBundle, decode
@@ -42,8 +44,7 @@ from . import replay
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
 from .models import ModelKeeper
-from .policy import Policy, PolicyRefusal
-from .secure import answer, load_participant, protocol_params, save_participant
+from .secure import answer, load_participant, save_participant
 from .trainer import LocalTrainer
 
 log = logging.getLogger("fedloom.participant")
@@ -162,11 +163,11 @@ def _check_policy(view: NodeView, msg: Message) -> None:
 def _sync_ledger(view: NodeView, msg: Message) -> None:
     """Deployment: verify and keep the coordinator's ledger entries; a rewritten history (a fork)
     is evidence the coordinator lied, and this member stops taking part."""
-    if view.state_dir is None or view.kit_dir is None or not (view.kit_dir / "ledger.pub").exists():
+    if view.state_dir is None or view.kit_dir is None or not (view.kit_dir / LEDGER_PUB_FILE).exists():
         return
     from fedloom.ledger import LedgerCopy, LedgerError, LedgerGap, LedgerTruncated, read_public_key
 
-    copy = LedgerCopy(view.state_dir / "ledger.jsonl", read_public_key(view.kit_dir / "ledger.pub"))
+    copy = LedgerCopy(view.state_dir / "ledger.jsonl", read_public_key(view.kit_dir / LEDGER_PUB_FILE))
     lines = [x for x in str(msg.content[rec.CONFIG].get("ledger", "")).split("\n") if x]
     try:
         if lines:

@@ -15,9 +15,9 @@ import logging
 import numpy as np
 
 from fedloom.ledger import LedgerCopy, LedgerError, signed_models
+from fedloom.policy import PolicyRefusal
 
 from .models import vector_hash
-from .policy import PolicyRefusal
 
 log = logging.getLogger("fedloom.participant")
 RULE = "ledger.model"

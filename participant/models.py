@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
+
+from fedloom.files import atomic_write, atomic_write_bytes
 
 BASE, LOCAL, SOVEREIGN = "base", "local", "sovereign"
 KINDS = (BASE, LOCAL, SOVEREIGN)
@@ -82,28 +82,11 @@ class Saved:
     card: dict[str, Any]
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+OWNER_ONLY = 0o600  # a member's models and cards derive from its private data
 
 
 def write_json(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2) + "\n").encode()
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic(path, write)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), mode=OWNER_ONLY)
 
 
 def write_model(directory: Path, kind: str, model: torch.nn.Module, vector: np.ndarray, card: dict[str, Any]) -> Path:
@@ -119,7 +102,7 @@ def write_model(directory: Path, kind: str, model: torch.nn.Module, vector: np.n
     metadata = {k: str(card[k]) for k in ("kind", "task", "round", "plan_hash", "sha256") if k in card}
     tensors = named_tensors(model, vector)
     path = directory / f"{kind}.safetensors"
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), mode=OWNER_ONLY)
     write_json(directory / f"{kind}.json", card)
     return path
 

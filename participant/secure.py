@@ -16,7 +16,6 @@ from flwr.app import ConfigRecord, Context
 
 from fedloom.files import atomic_write_bytes
 from fedloom.kits import MemberKit
-from fedloom.plan import Plan
 from protocol.errors import ProtocolError, Rule
 from protocol.messages import MaskRequest, Refusal, decode
 from protocol.params import ProtocolParams
@@ -24,23 +23,6 @@ from protocol.participant import MAX_MODEL_USES, Participant
 
 log = logging.getLogger("fedloom.participant")
 STATE_KEY = "fedloom.secagg"
-
-
-def protocol_params(plan: Plan, vector_length: int, members: int) -> ProtocolParams:
-    """The plan's secure-aggregation parameters for a model of `vector_length` parameters."""
-    s = plan.secure
-    return ProtocolParams.for_federation(
-        vector_length,
-        members,
-        bits=s.bits,
-        max_weight=s.max_weight or None,
-        clip=s.clip,
-        threshold_fraction=s.threshold,
-        neighbours=s.neighbours,
-        colluders=s.colluders,
-        min_cohort=s.min_cohort,
-        max_share=plan.contribution.cap if plan.contribution.enabled else 1.0,
-    )
 
 
 STATE_FILE = "secagg.state"

@@ -96,10 +96,6 @@ class ProtocolParams:
         n, c = self.max_members, self.collusion_bound
         return max((n + c) // 2 + 1, math.ceil(self.threshold_fraction * n), self.min_cohort)
 
-    def min_cohort_for_collusion(self) -> int:
-        """The smallest cohort in which every dealer's threshold t fits its holders (t <= n0 - 1)."""
-        return self.collusion_bound + 2
-
     # -- validation -----------------------------------------------------------------------
     def check(self) -> None:
         def bad(msg: str) -> ProtocolError:

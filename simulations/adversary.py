@@ -201,8 +201,7 @@ class Adversary:
     @classmethod
     def for_scenario(cls, scenario: Any, roster: Roster, verify_dir: Path) -> Adversary:
         from fedloom.errors import UserError
-        from fedloom.kits import session_context
-        from participant.secure import protocol_params
+        from fedloom.session import protocol_params, session_context
 
         spec = scenario.adversary
         if spec["kind"] == "replay" and spec["round"] < 2:

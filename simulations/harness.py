@@ -6,9 +6,10 @@ directory, to check the secure sum against the plaintext one, and an adversary (
 simulations.adversary) rewrites, replays and adds messages at the same boundary.
 
 Never import participant.client_app here (or from anything imported here): under `flwr run` the
-ServerApp imports this module on one thread while Flower loads the ClientApp on another, and Flower
-takes a half-initialised participant.client_app from sys.modules and fails (issue 17). Shared names
-such as POLICY_FILE live in fedloom/; tests/test_import_race.py keeps it that way.
+ServerApp (console/server_app.py) imports this module on one thread while Flower loads the ClientApp
+on another, and Flower takes a half-initialised participant.client_app from sys.modules and fails
+(issue 17). Shared names such as POLICY_FILE live in fedloom/; tests/test_import_race.py keeps it
+that way.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from coordinator.driver import RunSettings
 from coordinator.results import RoundResult
 from coordinator.secure import RunHooks
 from fedloom.kits import POLICY_FILE, provision_members
-from participant.policy import Policy
+from fedloom.policy import Policy
 from protocol.roster import Roster
 
 from .adversary import Adversary
@@ -60,6 +63,20 @@ def prepare(scenario: Scenario, out_dir: Path | None = None) -> Workspace:
         (kits / m.name / POLICY_FILE).write_text(policy.to_toml())
     models = Path(out_dir) / "members" if out_dir is not None and scenario.keep_models else None
     return Workspace(root, kits, verify, roster, models=models)
+
+
+def run_settings(scenario: Scenario, ws: Workspace, out_dir: Path, node_wait: float, **extra: Any) -> RunSettings:
+    """The coordinator's settings for a simulated run of `scenario` in workspace `ws` (one place for
+    `fedloom simulate` and the run-config path of `flwr run`)."""
+    return RunSettings(
+        plan=scenario.plan,
+        out_dir=out_dir,
+        scenario=scenario.name,
+        node_wait=node_wait,
+        roster=ws.roster,
+        hooks=hooks_for(scenario, ws),
+        **extra,
+    )
 
 
 @dataclass

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.driver import RunObserver, RunSettings
+from coordinator.driver import RunObserver
 from coordinator.outputs import SUMMARY
 from coordinator.server_app import make_server_app
 from coordinator.stop import STOP
 from fedloom.localray import keep_ray_on_loopback
 from participant.client_app import app as client_app
 
-from .harness import hooks_for, prepare
+from .harness import prepare, run_settings
 from .interrupt import SignalGuard, write_minimal_summary
 from .scenario import Scenario
 
@@ -93,15 +93,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
         try:
             workspace = prepare(scenario, out_dir)
             private.append(workspace.close)  # the throwaway federation's private keys go with it
-            settings = RunSettings(
-                plan=scenario.plan,
-                out_dir=out_dir,
-                scenario=scenario.name,
-                node_wait=scenario.simulation.node_wait,
-                observer=observer,
-                roster=workspace.roster,
-                hooks=hooks_for(scenario, workspace),
-            )
+            settings = run_settings(scenario, workspace, out_dir, scenario.simulation.node_wait, observer=observer)
             backend = ray_backend_config(scenario, ray_dir)
             if not guard.interrupted:
                 start_ray(backend["init_args"])

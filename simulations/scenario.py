@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.errors import UserError
-from fedloom.plan import Plan, _build
+from fedloom.plan import Plan, dataclass_from_table
 
 SCENARIO_DIR = Path(__file__).parent
 
@@ -69,12 +69,6 @@ class FaultPlan:
     def drops(self, round_: int, stage: str, member: int) -> bool:
         return any(round_ in f.rounds and f.stage == stage and member in f.members for f in self.faults)
 
-    def stage_of(self, round_: int, member: int) -> str | None:
-        for f in self.faults:
-            if round_ in f.rounds and member in f.members:
-                return f.stage
-        return None
-
 
 @dataclass(frozen=True)
 class Scenario:
@@ -83,7 +77,7 @@ class Scenario:
     description: str = ""
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
     faults: FaultPlan = field(default_factory=FaultPlan)
-    policies: dict = field(default_factory=dict)  # member id -> participant.policy.Policy
+    policies: dict = field(default_factory=dict)  # member id -> fedloom.policy.Policy
     adversary: dict | None = None  # {"kind", "round", "target"}
     source: str = "built-in"
     members: tuple = ()  # fedloom.provision.MemberSpec per participant (name, country); () = default names
@@ -140,7 +134,7 @@ def parse_scenario(raw: bytes, source: str = "<string>") -> Scenario:
         raise UserError(f"invalid TOML in {source}: {exc}") from exc
     name = data.pop("name", Path(source).stem)
     description = data.pop("description", "")
-    sim = _build(SimulationSpec, data.pop("simulation", {}), "simulation")
+    sim = dataclass_from_table(SimulationSpec, data.pop("simulation", {}), "simulation")
     if sim.cpus_per_participant < 1:
         raise UserError("simulation.cpus_per_participant must be at least 1")
     if not isinstance(name, str) or not isinstance(description, str):
@@ -195,7 +189,7 @@ def _report(entry: Any) -> ReportSpec:
         return ReportSpec()
     if not isinstance(entry, dict):
         raise UserError("[report] must be a table")
-    spec = _build(ReportSpec, {"enabled": True, **entry}, "report")
+    spec = dataclass_from_table(ReportSpec, {"enabled": True, **entry}, "report")
     if spec.sovereign_steps < 0:
         raise UserError(f"report.sovereign_steps must be >= 0 (got {spec.sovereign_steps})")
     if spec.sovereign_lr < 0 or spec.workers < 0:
@@ -262,7 +256,7 @@ def _faults(entries: list, plan: Plan) -> FaultPlan:
 
 
 def _policies(entries: list, plan: Plan) -> dict:
-    from participant.policy import Policy
+    from fedloom.policy import Policy
 
     if not isinstance(entries, list):
         raise UserError("policies must be an array of tables: [[policies]]")

@@ -60,9 +60,3 @@ def windows(data: bytes, context: int, stride: int, *, pad_tail: bool) -> np.nda
     if starts_list[-1] != len(arr) - size:
         starts_list.append(len(arr) - size)
     return np.stack([arr[s : s + size] for s in starts_list])
-
-
-def count_chars(targets: np.ndarray) -> int:
-    """Characters whose first byte is among ``targets`` (PAD bytes excluded)."""
-    targets = np.asarray(targets)
-    return int(np.count_nonzero(is_lead_byte(targets) & (targets != PAD)))

@@ -18,7 +18,7 @@ import tasks
 from fedloom.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-FEDLOOM = [sys.executable, "-m", "fedloom.cli"]
+FEDLOOM = [sys.executable, "-m", "console.cli"]
 
 
 def env(**extra: str) -> dict[str, str]:

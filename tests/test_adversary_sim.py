@@ -204,7 +204,7 @@ ROUND_SURVIVES = {"double-request", "garbage-shares"}  # the attacked round stil
 
 def _simulate(kind: str, out: Path) -> dict:
     scenario = SCENARIO_DIR / f"attack-{kind}.toml"
-    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", str(scenario), "--out", str(out)]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", str(scenario), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"adversary {kind}" in proc.stdout and "failed" in proc.stdout

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fedloom.bench import common, communication, flower, primitives, rounds, suite
+from console.bench import common, communication, flower, primitives, rounds, suite
 
 # ---------------------------------------------------------------------------- primitives
 
@@ -297,7 +297,7 @@ def test_targets_are_read_from_the_sections_rows():
 def test_cli_bench_all_runs_a_section_and_writes_targets(tmp_path):
     from typer.testing import CliRunner
 
-    from fedloom.cli import app
+    from console.cli import app
 
     out = tmp_path / "all.json"
     res = CliRunner().invoke(app, ["bench", "all", "--quick", "--only", "communication", "--json", str(out)])
@@ -322,7 +322,7 @@ def test_stats_and_spans():
 def test_profile_report_splits_each_trip_into_participants_and_the_rest(tmp_path):
     import cProfile
 
-    from fedloom.bench import profile
+    from console.bench import profile
 
     prof = cProfile.Profile()
     prof.runcall(sum, range(1000))

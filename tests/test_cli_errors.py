@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedloom.cli import app
+from console.cli import app
 
 runner = CliRunner()
 
@@ -70,7 +70,7 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     """The installed console script, as a user runs it."""
     bad = scenario(tmp_path, "[task]\nalpha = 0\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "fedloom.cli", "simulate", bad], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "console.cli", "simulate", bad], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -81,7 +81,7 @@ def test_real_process_exit_code_and_single_line(tmp_path):
 CRASHING_CLI = """
 import sys
 import time
-import fedloom.cli as cli
+import console.cli as cli
 
 def crash():
     private_key_pem = "SENTINEL-" + "9f3c" * 4  # a secret in a local variable of the failing frame

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file
 
 from fedloom.kits import load_member_kit
 from fedloom.processes import free_port
-from participant.secure import protocol_params
+from fedloom.session import protocol_params
 
 SECURE_PLAN = """rounds = 2
 reconnect_grace = 60

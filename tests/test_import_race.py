@@ -21,13 +21,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_APP = "participant.client_app"
-PROJECT_PACKAGES = ("fedloom", "protocol", "coordinator", "participant", "simulations", "tasks")
+PROJECT_PACKAGES = ("console", "fedloom", "protocol", "coordinator", "participant", "simulations", "tasks")
 
 # The ServerApp's own path in `flwr run`: import it, then build its settings from a run config
 # (a simulation: the branch that provisions throwaway kits through simulations.harness).
 SERVER_PATH = """
 import json, sys
-import coordinator.server_app as server_app
+import console.server_app as server_app
 settings = server_app.settings_from_run_config({"rounds": 1, "participants": 3, "out-dir": sys.argv[1]})
 settings.cleanup()
 print(json.dumps(sorted(sys.modules)))
@@ -44,7 +44,7 @@ from importlib.machinery import PathFinder
 from flwr.clientapp import ClientApp
 from flwr.clientapp.utils import get_load_client_app_fn
 
-import coordinator.server_app as server_app
+import console.server_app as server_app
 
 entered, loaded = threading.Event(), threading.Event()
 
@@ -137,7 +137,7 @@ def test_no_module_on_the_server_path_imports_the_client_app_later(server_closur
 def test_lazy_import_scan_sees_the_client_app_import(server_closure):
     """The scan above could pass vacuously; it does find the import where one is known to be."""
     assert CLIENT_APP in _lazy_imports_of("simulations.runner")  # `fedloom simulate` passes the app itself
-    assert "participant.policy" in _lazy_imports_of("simulations.scenario")  # a function-level import
+    assert "fedloom.policy" in _lazy_imports_of("simulations.scenario")  # a function-level import
 
 
 def test_client_app_loads_while_the_server_app_reads_its_run_config(tmp_path):

@@ -68,7 +68,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 def test_a_signal_stops_the_simulation_and_keeps_partial_outputs(tmp_path, signum, code):
     scenario, out, log = tmp_path / "s.toml", tmp_path / "out", tmp_path / "log"
     scenario.write_text(SCENARIO)
-    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", str(scenario), "--out", str(out)]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", str(scenario), "--out", str(out)]
     env = os.environ | {"COLUMNS": "200"}
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)

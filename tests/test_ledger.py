@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from typer.testing import CliRunner
 
+from console.cli import app
 from fedloom import ledger
-from fedloom.cli import app
 from fedloom.errors import UserError
 from fedloom.ledger import LedgerCopy, LedgerError, LedgerGap, LedgerWriter, entries_since, verify
 

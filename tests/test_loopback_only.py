@@ -87,7 +87,7 @@ def test_ray_keeps_a_loopback_node_address():
 @pytest.mark.slow
 def test_fedloom_simulate_listens_on_loopback_only(tmp_path):
     (tmp_path / "s.toml").write_text(SMALL_SCENARIO)
-    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]
     log = tmp_path / "simulate.log"
     rc, seen = run_watched(cmd, child_env(), log, timeout=400)
     assert rc == 0, log.read_text(errors="replace")[-3000:]
@@ -100,14 +100,14 @@ def test_bench_flower_run_listens_on_loopback_only(tmp_path):
     process with its own init args (`bench rounds`/`profile` and fedloom's side of `bench flower` go through
     `simulations.runner`, checked above). Plain, n = 3, d = 1000, 2 rounds: the smallest run it makes."""
     code = (
-        "from fedloom.bench.flower import run_flower\n"
+        "from console.bench.flower import run_flower\n"
         "r = run_flower(3, 1000, 2, secure=False, timeout=540)\n"
         "assert r['status'] == 'ok', r\n"
     )
     log = tmp_path / "bench.log"
     rc, seen = run_watched([sys.executable, "-c", code], child_env(), log, timeout=600)
     assert rc == 0, log.read_text(errors="replace")[-3000:]
-    assert_loopback_only(seen, log, ("gcs_server", "raylet", "fedloom.bench.flower --worker"))
+    assert_loopback_only(seen, log, ("gcs_server", "raylet", "console.bench.flower --worker"))
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.ledger_feed import LedgerFeed
 from fedloom import ledger as ledger_module
 from fedloom.ledger import LedgerCopy, LedgerWriter, entries_since
+from fedloom.policy import PolicyRefusal
 from participant.models import vector_hash
-from participant.policy import PolicyRefusal
 
 
 def check_received_model(copy: LedgerCopy, model: np.ndarray, after_round: int) -> None:

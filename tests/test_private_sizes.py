@@ -12,9 +12,9 @@ import pytest
 import tasks
 from fedloom import records as rec
 from fedloom.plan import ContributionSpec, Plan, SecureSpec
+from fedloom.policy import Policy
 from participant.client_app import NodeView, _eval, _who, sizes_are_public
 from participant.local_data import simulated
-from participant.policy import Policy
 
 SECURE = Plan(participants=4, rounds=1)
 PLAIN = dataclasses.replace(SECURE, secure=SecureSpec(enabled=False))

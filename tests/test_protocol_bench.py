@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedloom.bench import protocol as bench
+from console.bench import protocol as bench
 
 TIMINGS = ("client_seconds", "client_mask_seconds", "server_seconds", "server_unmask_seconds")
 

@@ -17,7 +17,7 @@ PACKAGE = Path(protocol.__file__).parent
 SOURCES = sorted(PACKAGE.glob("*.py"))
 # Tooling that lives beside the protocol but is no part of it: exempt from the sans-IO rules,
 # and no protocol module may import it (checked below).
-TOOLING: dict[str, str] = {}  # none: benchmarks live in fedloom/bench, outside the sans-IO package
+TOOLING: dict[str, str] = {}  # none: benchmarks live in console/bench, outside the sans-IO package
 CORE = [p for p in SOURCES if p.name not in TOOLING]
 FORBIDDEN = {
     "flwr",

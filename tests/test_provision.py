@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
+from console.cli import app
 from fedloom import kits, tls
 from fedloom.appbundle import app_bundle_hash, build_app_bundle
-from fedloom.cli import app
 from fedloom.errors import UserError
 from fedloom.plan import Plan
 

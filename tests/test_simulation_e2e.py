@@ -21,7 +21,7 @@ METRIC_KEYS = {"round", "wall_seconds", "train_loss", "eval_loss", "eval_accurac
 
 
 def simulate(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", *args, "--out", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

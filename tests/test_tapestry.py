@@ -15,9 +15,9 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 import tasks
+from console.cli import app as cli_app
 from coordinator.driver import model_hash
 from coordinator.outputs import save_model
-from fedloom.cli import app as cli_app
 from fedloom.errors import UserError
 from fedloom.plan import Plan
 from participant.client_app import _load_inner_state, _save_inner_state
@@ -319,7 +319,7 @@ def test_tiny_tapestry_end_to_end(tmp_path):
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", str(scenario), "--out", str(out)]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", str(scenario), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "report:" in proc.stdout and "base_within_10pct_of_centralized" in proc.stdout

@@ -6,7 +6,7 @@
 
 Per case, one after the other in this run:
 
-* fedloom: the rounds benchmark's secure scenario (`fedloom.bench.rounds`: synthetic task of
+* fedloom: the rounds benchmark's secure scenario (`console.bench.rounds`: synthetic task of
   exactly d parameters, trivial training, iid, 1 epoch) through `simulations.runner.run_scenario`;
   dropouts are the scenario's `[[faults]]` at the mask stage (the same members every round).
 * Flower SecAgg+: `flwr.server.workflow.SecAggPlusWorkflow` inside the legacy `DefaultWorkflow`
@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.bench import common
-from fedloom.bench import rounds as rounds_bench
+from console.bench import common
+from console.bench import rounds as rounds_bench
 from fedloom.localray import keep_ray_on_loopback
 
 DROP_ENV = "FEDLOOM_BENCH_FLOWER_DROP"
@@ -232,7 +232,7 @@ def run_flower(
     status = "ok"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fedloom.bench.flower", "--worker", json.dumps(spec)],
+            [sys.executable, "-m", "console.bench.flower", "--worker", json.dumps(spec)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a timeout ends Ray's processes with it

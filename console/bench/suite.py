@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fedloom.bench import common
+from console.bench import common
 
 SECTIONS = ("primitives", "communication", "protocol", "rounds", "flower")
 
@@ -176,8 +176,8 @@ def run(
 
 
 def _section(name: str, quick: bool, echo: Callable[[Any], None]) -> tuple[list[dict[str, Any]], Any]:
-    from fedloom.bench import communication, flower, primitives, rounds
-    from fedloom.bench import protocol as protocol_bench
+    from console.bench import communication, flower, primitives, rounds
+    from console.bench import protocol as protocol_bench
 
     if name == "primitives":
         rows = primitives.run(quick)

@@ -325,7 +325,7 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_
 @bench_app.command("protocol", context_settings=_PASSTHROUGH)
 def bench_protocol(ctx: typer.Context) -> None:
     """Client and server seconds per round at (n, d, dropout) in-process, coordinator memory (--help)."""
-    from fedloom.bench.protocol import main as bench_main
+    from console.bench.protocol import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -333,7 +333,7 @@ def bench_protocol(ctx: typer.Context) -> None:
 @bench_app.command("primitives", context_settings=_PASSTHROUGH)
 def bench_primitives(ctx: typer.Context) -> None:
     """Mask path, quantization, X25519, Ed25519, Shamir, each beside this machine's bound (--help: options)."""
-    from fedloom.bench.primitives import main as bench_main
+    from console.bench.primitives import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -341,7 +341,7 @@ def bench_primitives(ctx: typer.Context) -> None:
 @bench_app.command("communication", context_settings=_PASSTHROUGH)
 def bench_communication(ctx: typer.Context) -> None:
     """Bytes a participant uploads and downloads per round, and the expansion over plaintext (--help)."""
-    from fedloom.bench.communication import main as bench_main
+    from console.bench.communication import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -349,7 +349,7 @@ def bench_communication(ctx: typer.Context) -> None:
 @bench_app.command("rounds", context_settings=_PASSTHROUGH)
 def bench_rounds(ctx: typer.Context) -> None:
     """Secure vs plain round wall time in the Simulation Engine, same scenario both ways (--help)."""
-    from fedloom.bench.rounds import main as bench_main
+    from console.bench.rounds import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -357,7 +357,7 @@ def bench_rounds(ctx: typer.Context) -> None:
 @bench_app.command("flower", context_settings=_PASSTHROUGH)
 def bench_flower(ctx: typer.Context) -> None:
     """fedloom vs Flower 1.41's own SecAgg+ per round, same (n, d, dropout), same run (--help)."""
-    from fedloom.bench.flower import main as bench_main
+    from console.bench.flower import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -365,7 +365,7 @@ def bench_flower(ctx: typer.Context) -> None:
 @bench_app.command("all", context_settings=_PASSTHROUGH)
 def bench_all(ctx: typer.Context) -> None:
     """Every section (--quick: a few minutes) and the issue's targets checked (--help)."""
-    from fedloom.bench.suite import main as bench_main
+    from console.bench.suite import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
@@ -447,7 +447,8 @@ def ledger_verify(
 
     A ledger cut off after a complete entry, or rewritten from some entry on and signed again, still verifies on
     its own: only another copy shows it. With --against, LEDGER must hold every entry of that copy (same hashes)."""
-    from fedloom.ledger import LEDGER_PUB_FILE, compare, read_public_key, verify
+    from fedloom.kits import LEDGER_PUB_FILE
+    from fedloom.ledger import compare, read_public_key, verify
 
     try:
         if key is not None and kit is not None:

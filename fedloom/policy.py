@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedloom.errors import UserError
-from fedloom.plan import Plan, _build
+from fedloom.plan import Plan, dataclass_from_table
 
 
 class PolicyRefusal(Exception):
@@ -51,7 +51,7 @@ class Policy:
         tasks = data.pop("allowed_tasks", [])
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
             raise UserError(f"{where}: allowed_tasks must be a list of task names")
-        policy = _build(_PolicyFields, data, where)
+        policy = dataclass_from_table(_PolicyFields, data, where)
         if policy.min_cohort < 2:
             raise UserError(f"{where}: min_cohort must be at least 2 (a sum of one is that member's input)")
         if policy.max_rounds < 0:

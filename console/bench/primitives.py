@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.bench import common
-from fedloom.bench.protocol import add_rates, hashlib_key, keystream_rates
+from console.bench import common
+from console.bench.protocol import add_rates, hashlib_key, keystream_rates
 
 SHAMIR_SIZES = (30, 100, 300)
 OPS_PER_RUN = 300  # crypto ops timed per run

@@ -32,10 +32,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from fedloom.bench import common
+from console.bench import common
 
 TASKS = {10**5: "synthetic-1e5", 10**6: "synthetic-1e6"}
 FULL_SIZES = ((10, 10**5), (30, 10**6), (100, 10**5))
@@ -342,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _profile(con, root: Path, sizes, rounds: int, secure_only: bool, dropout: float) -> int:
-    from fedloom.bench import profile
+    from console.bench import profile
 
     for n, d in sizes:
         for secure in (True,) if secure_only else (False, True):
             name = f"n{n}-d{common.fmt_d(d)}-{'secure' if secure else 'plain'}"
-            out = profile.profile_run(n, d, secure, rounds, root / name, dropout=dropout if secure else 0.0)
+            drop = dropout if secure else 0.0
+            out = profile.profile_run(partial(run_fedloom, n, d, secure, rounds, dropout=drop), root / name)
             per = [r["wall_seconds"] for r in steady(out["run"])]
             con.print(f"[bold]{name}[/bold]: rounds 2..{rounds}: {', '.join(f'{x:.2f}' for x in per)} s (profiled)")
             profile.print_report(con, name, out["report"])

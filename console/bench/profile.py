@@ -28,6 +28,7 @@ import pstats
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +109,10 @@ def profiled_server_app_factory(out_dir: Path):
     return make
 
 
-def profile_run(n: int, d: int, secure: bool, rounds: int, out_dir: Path, dropout: float = 0.0) -> dict[str, Any]:
-    """One profiled run of the rounds benchmark's scenario; returns the run and the report."""
+def profile_run(run_fedloom: Callable[..., dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """One profiled run of `run_fedloom()` (the rounds benchmark's scenario, which passes it in so
+    this module never imports the benchmark that imports it); returns the run and the report."""
     import simulations.runner as runner
-    from fedloom.bench import rounds as rounds_bench
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in out_dir.glob("client-*"):
@@ -120,7 +121,7 @@ def profile_run(n: int, d: int, secure: bool, rounds: int, out_dir: Path, dropou
     runner.client_app = ProfiledClientApp(str(out_dir))  # type: ignore[assignment]
     runner.make_server_app = profiled_server_app_factory(out_dir)  # type: ignore[assignment]
     try:
-        run = rounds_bench.run_fedloom(n, d, secure, rounds, dropout=dropout)
+        run = run_fedloom()
     finally:
         runner.client_app, runner.make_server_app = saved
     rep = report(out_dir, run)

@@ -15,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +133,3 @@ def header_lines(doc: dict[str, Any]) -> list[str]:
         f"{load if load else '?'}; python {m['python']}, numpy {m['numpy']}, cryptography "
         f"{m.get('cryptography', '?')}, flwr {m.get('flwr', '?')}",
     ]
-
-
-def parse_int_list(text: str) -> list[int]:
-    return [int(float(x)) for x in text.replace(";", ",").split(",") if x.strip()]
-
-
-def first(items: Iterable[Any], default: Any = None) -> Any:
-    return next(iter(items), default)

@@ -19,7 +19,7 @@ The encodings have no variable parts other than these counts, so the sums are ex
 member and every dropout pattern with the same counts. The model each member downloads (4d bytes
 of float32) is the same with and without secure aggregation and is not counted, nor is Flower's
 record framing around the protocol bytes. Cross-check: the same sums next to the bytes counted
-from the messages of a real round (`fedloom.bench.protocol`, the timed member).
+from the messages of a real round (`console.bench.protocol`, the timed member).
 
 Expansion: the secure traffic over what a member would send in the clear — the float32 update
 (4d bytes, what fedloom's plaintext mode uploads) and the 16-bit quantized update (2d bytes, the
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.bench import common
+from console.bench import common
 
 BONAWITZ = {(1 << 10, 1 << 20): 1.73, (1 << 14, 1 << 24): 1.98}
 
@@ -141,7 +141,7 @@ def setting_row(n: int, d: int, dropout: float = 0.0, graph: str = "complete") -
 
 def measured_row(n: int, d: int, dropout: float) -> dict[str, Any]:
     """Bytes counted from a real round's messages (the protocol bench's timed member) beside our sums."""
-    from fedloom.bench import protocol as pb
+    from console.bench import protocol as pb
 
     case = pb.Case(n, d, dropout)
     tf, pattern, degree, _ = pb.choose_threshold(case)
