@@ -69,11 +69,29 @@ def deployment_settings(run_config: dict) -> RunSettings:
     )
 
 
+def log_to_stdout() -> None:
+    """fedloom's INFO lines on stdout, which Flower's `flwr-serverapp` uploads to the run's log
+    (`flwr log RUN_ID`, `flwr run --stream`); without a handler Python drops everything below WARNING."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("fedloom")
+    if not any(getattr(h, "_fedloom", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)s fedloom: %(message)s"))
+        handler._fedloom = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False  # once, not again through a root handler someone configured
+    logger.setLevel(logging.INFO)
+
+
 def make_server_app(settings: RunSettings | None = None) -> ServerApp:
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        if settings is None:  # Flower's own process (deployment, `flwr run`): its output is the run's log
+            log_to_stdout()
         run_settings = settings or settings_from_run_config(dict(context.run_config))
         try:
             run_federation(grid, run_settings)

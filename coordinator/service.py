@@ -197,11 +197,14 @@ def run_status(svc: Service) -> str:
 
 
 def _record(svc: Service) -> None:
-    """Who is running where (for operators, and for tests that simulate a crash)."""
+    """Who is running where (for operators, `fedloom stop`, and tests that simulate a crash)."""
     import os
+
+    from .control import process_start_time
 
     info = {
         "pid": os.getpid(),
+        "pid_started": process_start_time(os.getpid()),  # `fedloom stop` checks it: a reused pid is not ours
         "superlink_pid": svc.superlink.pid if svc.superlink else None,
         "gateway_pid": svc.gateway.pid if svc.gateway else None,
         "superlink_port": svc.superlink_port,
@@ -211,20 +214,42 @@ def _record(svc: Service) -> None:
     (svc.state / "service.json").write_text(json.dumps(info) + "\n")
 
 
-def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_round=None) -> int:
+def finished_run(state: Path, plan_hash: str) -> dict | None:
+    """summary.json of a run of this plan that completed in `state` (None: there is work left).
+
+    Started again on a finished state directory the service must not run the final evaluation again
+    and overwrite the outputs: it says the run is complete instead."""
+    path = state / "outputs" / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("plan_hash") != plan_hash or summary.get("interrupted"):
+        return None
+    return summary
+
+
+def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_event=None) -> int:
+    """Run the service until the run ends: 0 finished, 1 failed, 2 refused (see status.json), 128+signal stopped.
+
+    `on_event(event)` hears each event of coordinator.journal (stage lines, refusals, rounds) as it is written."""
+    from .journal import EventTail, mark, read_status
+
     svc = Service(Path(kit).resolve(), Path(state_dir).resolve(), bind, Path(app).resolve())
     plan_text = _need(svc.kit / "plan.json").read_text()
     from fedloom.plan import Plan
 
     plan = Plan.from_json(plan_text)
     check_app(svc.app, plan.app_hash)
+    if finished_run(svc.state, plan.hash) is not None:
+        return 0
     check_resume(svc)
     svc.state.mkdir(parents=True, exist_ok=True)
-    stopping = False
+    stopping = 0
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = signum
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -243,17 +268,18 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
         )
         svc.run_id = submit(svc, node_wait)
         log.info("run %s submitted; state in %s", svc.run_id, svc.state)
-        metrics = svc.state / "outputs" / "metrics.jsonl"
-        seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0  # rows of earlier starts
+        events = EventTail(svc.state)  # only this start's events: earlier starts' are in the file already
         while not stopping:
-            if metrics.exists():
-                lines = metrics.read_text().splitlines()
-                for line in lines[seen:]:
-                    if on_round:
-                        on_round(json.loads(line))
-                seen = len(lines)
+            for event in events.new():
+                if on_event:
+                    on_event(event)
             status = run_status(svc)
             if "finished" in status:
+                for event in events.new():
+                    if on_event:
+                        on_event(event)
+                if (read_status(svc.state) or {}).get("state") == "refused":
+                    return 2
                 if "completed" in status or "success" in status:
                     return 0
                 tail = svc.flwr("log", str(svc.run_id), CONNECTION, "--show", check=False)
@@ -272,7 +298,8 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
         log.info("stopping: run %s, gateway, SuperLink", svc.run_id)
         if svc.run_id is not None:
             svc.flwr("stop", str(svc.run_id), CONNECTION, check=False)
-        return 130
+        mark(svc.state, "stopped", stopped_by=signal.Signals(stopping).name)
+        return 128 + stopping
     finally:
         stop(svc.gateway)
         stop(svc.superlink)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -219,8 +220,6 @@ def coordinator_start(
     """Start the SuperLink (loopback), the public gateway, register the members' nodes, run the plan.
 
     Started again on the same state directory, it resumes after the last checkpointed round."""
-    import json
-
     from coordinator import service
 
     _logging()
@@ -230,19 +229,66 @@ def coordinator_start(
         if not address:
             raise UserError(f"no --bind given and no address in {kit / 'federation.json'}")
         _check_host_port(address, "--bind" if bind else f"address in {kit / 'federation.json'}")
+        from coordinator.control import announce
 
-        def on_round(row: dict[str, Any]) -> None:
-            acc = row.get("eval_accuracy")
-            console.print(
-                f"round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
-                f"aggregated {row.get('participants_replied', '-')}"
-                + (f" [yellow]skipped: {row['skipped']}[/]" if row.get("skipped") else "")
-            )
-
-        code = service.start(str(kit), str(state_dir or kit / "state"), address, str(app_dir), node_wait, on_round)
+        for text, style in announce(kit, state_dir or kit / "state"):
+            console.print(Text(text, style=style), soft_wrap=True, highlight=False)
+        code = service.start(str(kit), str(state_dir or kit / "state"), address, str(app_dir), node_wait, _print_event)
     except UserError as exc:
         _fail(exc)
+    from coordinator.control import closing_line
+
+    text, style = closing_line(state_dir or kit / "state", code)
+    console.print(Text(text, style=style), soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+_EVENT_STYLE = {"refusal": "yellow", "refused": "bold red", "round": "bold", "resent": "yellow", "done": "bold green"}
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    """One coordinator event as one literal line: rule names like [cohort.too-small] must stay as they are."""
+    style = _EVENT_STYLE.get(str(event.get("kind")), "")
+    if event.get("kind") == "round" and event.get("skipped"):
+        style = "yellow"
+    console.print(Text(str(event.get("text", "")), style=style), soft_wrap=True, highlight=False)
+
+
+@app.command("status")
+def status_command(
+    state_dir: Annotated[Path, typer.Argument(help="The coordinator's state directory (its --state-dir).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print status.json (plus coordinator_running).")] = False,
+) -> None:
+    """Progress of a coordinator's run, from another terminal: rounds done, round and stage now, refusals."""
+    from coordinator.control import status, status_lines
+
+    try:
+        report = status(state_dir)
+    except UserError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for line in status_lines(report):
+        console.print(Text(line), soft_wrap=True, highlight=False)
+
+
+@app.command("stop")
+def stop_command(
+    state_dir: Annotated[Path, typer.Argument(help="The coordinator's state directory (its --state-dir).")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for it to exit.")] = 60.0,
+) -> None:
+    """Ask the coordinator running on STATE_DIR to stop cleanly (SIGTERM); start it again to resume."""
+    from coordinator.control import stop
+
+    try:
+        pid, exited = stop(state_dir, wait)
+    except UserError as exc:
+        _fail(exc)
+    if not exited:
+        print_error(f"the coordinator (pid {pid}) has not exited after {wait:.0f} s; it may still be stopping")
+        raise typer.Exit(1)
+    console.print(Text(f"stopped the coordinator (pid {pid}); start it again on {state_dir} to resume"))
 
 
 @participant_app.command("start")
