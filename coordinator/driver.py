@@ -22,7 +22,7 @@ import tasks
 from fedloom.plan import Plan
 from protocol.roster import Roster
 
-from . import checkpoint, outputs
+from . import checkpoint, outputs, provenance
 from .checkpoint import model_hash
 from .journal import FOREIGN_HISTORY_RULES, Journal
 from .ledger_feed import LedgerFeed
@@ -143,6 +143,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     ckpt, signed = _resume_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
     progress.first = first
+    provenance.keep_plan(out, plan)
     if ckpt is None:
         (out / outputs.METRICS).unlink(missing_ok=True)
     else:
@@ -217,6 +218,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
     summary = _summary(settings, history, final, len(nodes), journal.wall_seconds(), model.size, rounds.secure)
     summary["rounds_completed"] += done_before
+    summary.update(_provenance(journal))
     if ckpt:
         _add_rounds_before_resume(summary, outputs.read_jsonl(out / outputs.METRICS), first)
     (out / PENDING_ROW).unlink(missing_ok=True)
@@ -246,6 +248,7 @@ def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) 
     wall = progress.journal.wall_seconds()
     summary = _summary(settings, progress.history, None, progress.connected, wall, params, progress.secure)
     summary["rounds_completed"] += progress.done_before
+    summary.update(_provenance(progress.journal))
     summary.update(
         interrupted=True,
         interrupted_by=signal_name(signum),
@@ -255,6 +258,16 @@ def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) 
     outputs.write_json(out / outputs.SUMMARY, summary)
     outputs.plot_run(out)
     return summary
+
+
+def _provenance(journal: Journal) -> dict[str, Any]:
+    """When the run started (its first start, across restarts) and ended, what made it, what exactness means."""
+    return {
+        "started_at": journal.started_at,
+        "ended_at": provenance.now_iso(),
+        "versions": provenance.versions(),
+        "exactness_note": provenance.EXACTNESS_NOTE,
+    }
 
 
 def _last_evaluated(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -340,6 +353,7 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
         "resent": res.resent,
         "exactness": res.exactness,
         "clipped_coordinates": res.clipped,
+        "weights_capped": res.weights_capped,
         "contribution": res.contribution,
     }
 
@@ -375,6 +389,7 @@ def _summary(
         "refusals": [r for h in history for r in h.refusals],
         "resent": [{"round": h.round, **e} for h in history for e in h.resent],
         "faults": [{"round": h.round, **f} for h in history for f in h.faults],
+        "weights_capped": [{"round": h.round, **c} for h in history for c in h.weights_capped],
         "adversary": None,
         "out_dir": str(settings.out_dir),
     } | _hook_report(settings.hooks)

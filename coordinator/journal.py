@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,11 @@ class Journal:
         going_on = previous is not None and previous.get("state") not in ("done", None)
         self.seconds_before = float(previous.get("wall_seconds") or 0.0) if going_on else 0.0
         self._t0 = time.monotonic()
+        self.started_at = previous.get("started_at") if going_on and previous else None
+        self.started_at = self.started_at or datetime.now(UTC).isoformat(timespec="seconds")
         self.status: dict[str, Any] = {
             "state": "starting",
+            "started_at": self.started_at,
             "rounds_planned": rounds,
             "rounds_done": 0,
             "round": None,

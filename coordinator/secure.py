@@ -476,9 +476,10 @@ class SecureRounds:
                 res.clipped,
                 self.plan.secure.clip,
             )
+        refused = {r["member"] for r in res.refusals}
+        res.dropped = [d for d in res.dropped if d.get("member") not in refused]  # refusals are listed apart
         if agg is None:
-            err = s.proto.abort_reason
-            res.skipped = f"secure aggregation aborted: {err}" if err else "secure aggregation did not complete"
+            res.skipped = _why_skipped(s)
             return res
         total, weight = agg.weighted_sum(self.params)
         if weight <= 0:
@@ -487,9 +488,24 @@ class SecureRounds:
         res.mean_update = total / weight
         res.total_weight = float(weight)
         res.aggregated = list(agg.survivors)
+        res.weights_capped = self._capped(res.aggregated, s.contribution)
         if self.hooks.after_round is not None:
             self.hooks.after_round(s.round, s.proto, agg, res)
         return res
+
+    def _capped(self, members: list[int], contribution: dict | None) -> list[dict]:
+        """Members whose FedAvg weight (their example count) was capped at max_weight in the sum.
+
+        Known only where members declare their sizes (the plan makes them public); a contribution
+        policy sets public weights of its own, reported in `contribution`."""
+        if contribution is not None:
+            return []
+        cap = self.params.max_weight
+        return [
+            {"member": m, "examples": self.declared[m], "weight": cap}
+            for m in sorted(members)
+            if self.declared.get(m, 0) > cap
+        ]
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         self._evals = []
@@ -511,3 +527,11 @@ class SecureRounds:
         )
         self.journal.trip_done(round_, stage, self.nodes, trip)
         return EvalSummary.combine(self._evals)
+
+
+def _why_skipped(s: _Session) -> str:
+    """A skipped round's reason for rounds_skipped: the quality floor when it left nobody, else the abort."""
+    if s.contribution is not None and s.contribution.get("skipped"):
+        return f"quality floor: {s.contribution['skipped']}"
+    err = s.proto.abort_reason
+    return f"secure aggregation aborted: {err}" if err else "secure aggregation did not complete"
