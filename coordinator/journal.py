@@ -30,6 +30,7 @@ log = logging.getLogger("fedloom.coordinator")
 EVENTS = "events.jsonl"
 STATUS = "status.json"
 KEEP_REFUSALS = 10  # status.json keeps the latest few; events.jsonl and summary.json keep all
+REPEAT_WAITING = 60.0  # seconds between two identical "awaiting" lines
 
 # refusals that mean the members hold a history this state directory does not (issue 13, item 4)
 FOREIGN_HISTORY_RULES = ("round.replay", "ledger.fork", "ledger.truncated")
@@ -136,11 +137,17 @@ class Journal:
     def watcher(self, round_: int, stage: str) -> Callable[[str, Any, list[int]], None]:
         """The live view of one trip (coordinator.transport.exchange's `watch`)."""
 
+        last: dict[str, Any] = {"seen": None, "at": 0.0}
+
         def watch(what: str, exchange: Any, nodes: list[int]) -> None:
             if what == "resent":
                 for node in nodes:
                     self.resent(round_, stage, node)
-            else:
+                return
+            seen = (len(exchange.replied), tuple(nodes))
+            # a line when something changed, else once a minute: alive, not a flood
+            if nodes and (seen != last["seen"] or time.monotonic() - last["at"] >= REPEAT_WAITING):
+                last.update(seen=seen, at=time.monotonic())
                 self.waiting(round_, stage, sorted(exchange.replied), nodes)
 
         return watch

@@ -315,14 +315,13 @@ def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(t
     fed = Federation(tmp_path, ["ines", "jon", "kai"])
     fed.provision(SECURE_PLAN.replace("rounds = 2", "rounds = 3"))
     try:
-        t0 = time.monotonic()
         first = fed.start_coordinator("state")
         for m in fed.members:
             (fed.root / "verify" / m).mkdir(parents=True, exist_ok=True)
             fed.start_participant(m, f"nodes/{m}", FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
         fed.wait_for(tmp_path / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
         fed.crash_coordinator("state")
-        first_part = time.monotonic() - t0
+        before_crash = json.loads((tmp_path / "state" / "status.json").read_text())["wall_seconds"]
         assert first.returncode != 0
         time.sleep(2)
         second = fed.start_coordinator("state")
@@ -347,8 +346,8 @@ def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(t
             assert re.search(rf"round {r}: \w+ refused: \[contribution\.repeat\]", console), console[-3000:]
             assert f"round {r} skipped: " in console
     assert summary["rounds_completed"] == len(done) >= 2 and 3 in done
-    # the whole run's time: the first start's rounds too (less Flower's start-up before the ServerApp ran)
-    assert summary["wall_seconds"] >= first_part - 30, (summary["wall_seconds"], first_part)
+    # the whole run's time: what the first start had run until the crash, plus the resumed part
+    assert summary["wall_seconds"] > before_crash > 0, (summary["wall_seconds"], before_crash)
     assert max(largest_secure_error(fed, "state", done)) <= 1 + 1e-6
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "state" / "ledger.jsonl").read_text().splitlines()]
     assert kinds.count("resume") == 1 and kinds.count("round") == 3

@@ -252,3 +252,18 @@ def test_sigterm_signal_numbers_are_what_the_console_reports():
     text, _ = closing_line(Path("/nonexistent"), 128 + signal.SIGTERM)
     assert text.startswith("stopped (SIGTERM)")
     assert os.path.sep in text
+
+
+def test_the_awaiting_line_repeats_only_when_something_changed(tmp_path):
+    from types import SimpleNamespace
+
+    j = jr.Journal(tmp_path, 2)
+    watch = j.watcher(1, "train")
+    for replied in ({1}, {1}, {1}, {1, 2}):
+        watch("waiting", SimpleNamespace(replied=replied), sorted({1, 2, 3} - replied))
+    watch("waiting", SimpleNamespace(replied={1, 2, 3}), [])  # nobody left: no line
+    lines = [e["text"] for e in events(tmp_path) if e["kind"] == "waiting"]
+    assert lines == [
+        "round 1 · train: 1 answered, awaiting 2 (node 2, node 3)",
+        "round 1 · train: 2 answered, awaiting 1 (node 3)",
+    ]
