@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,11 +10,33 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from fedloom.errors import UserError
+
+
+def _keep_argument_help() -> None:
+    """Show positional arguments' help: Typer 0.20 stores it before click >= 8.5's Parameter.__init__
+    resets `help` to None, so `--help` listed SCENARIO, FEDERATION, TARGET with no description."""
+    import typer.core
+
+    original = typer.core.TyperArgument.__init__
+    if getattr(original, "_keeps_help", False):
+        return
+
+    def init(self: typer.core.TyperArgument, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        original(self, *args, help=help, **kwargs)
+        self.help = help
+
+    init._keeps_help = True  # type: ignore[attr-defined]
+    typer.core.TyperArgument.__init__ = init  # type: ignore[method-assign]
+
+
+_keep_argument_help()
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
 
 def _typer(**kwargs: Any) -> typer.Typer:
@@ -23,6 +46,7 @@ def _typer(**kwargs: Any) -> typer.Typer:
     CA keys and protocol secrets, an unexpected error would print them to the terminal and into
     whatever log collects it. `fedloom --debug` turns them back on for a developer who asks.
     """
+    kwargs.setdefault("context_settings", HELP_OPTIONS)
     return typer.Typer(pretty_exceptions_show_locals=False, **kwargs)
 
 
@@ -31,10 +55,23 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from coordinator.provenance import versions
+
+        v = versions()
+        console.print(f"fedloom {v['fedloom']} (flwr {v['flwr']}, torch {v['torch']}, python {v['python']})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="On an unexpected error, show local variables (may print secrets).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Show the versions and exit."),
     ] = False,
 ) -> None:
     """fedloom: consortium training on Flower with secure aggregation."""
@@ -62,15 +99,16 @@ class RichObserver:
         mode = "secure aggregation" if plan.secure.enabled else "[bold red]PLAINTEXT aggregation (secure OFF)[/]"
         console.print(f"{nodes} participants connected · {plan.task.name} · {plan.strategy.name} · {mode}")
         self.progress.start()
-        self.task = self.progress.add_task("", total=plan.rounds + 1)
+        self.task = self.progress.add_task("", total=plan.rounds)
 
     def round_done(self, row: dict[str, Any]) -> None:
+        """Row 0 is the initial model's evaluation: it fills the description, not the count of rounds."""
         self.rows.append(row)
         acc = row.get("eval_accuracy")
         desc = f"acc {acc:.3f}" if acc is not None else "acc -"
         if row.get("skipped"):
-            desc += f" [yellow](round skipped: {row['skipped']})[/]"
-        self.progress.update(self.task, advance=1, description=desc)
+            desc += f" [yellow](round skipped: {escape(str(row['skipped']))})[/]"
+        self.progress.update(self.task, advance=1 if int(row["round"]) >= 1 else 0, description=desc)
 
     def finished(self, summary: dict[str, Any]) -> None:
         self.progress.stop()
@@ -123,12 +161,14 @@ def _adversary_line(adv: dict[str, Any]) -> Text:
 @app.command()
 def simulate(
     scenario: Annotated[
-        str | None, typer.Argument(help="Scenario TOML file or built-in name (default: 'default').")
+        str | None,
+        typer.Argument(help=f"Scenario TOML file, or a built-in: {', '.join(_builtin_scenarios())} (default: default)"),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<timestamp>).")] = None,
     rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
     participants: Annotated[int | None, typer.Option(help="Override the number of participants.")] = None,
     baseline: Annotated[bool, typer.Option(help="Also train centrally on the pooled data, same budget.")] = False,
+    force: Annotated[bool, typer.Option(help="Write over the outputs of an earlier run in --out.")] = False,
 ) -> None:
     """Simulate a whole federation on this machine (Flower Simulation Engine)."""
     from coordinator.outputs import SUMMARY, plot_run, write_json
@@ -140,6 +180,8 @@ def simulate(
         _check_data_fits(plan)
         sc = sc.with_plan(plan)
         out_dir = _writable_dir((out or Path(default_out_dir())).resolve())
+        _not_a_previous_run(out_dir, force)
+        _keep_scenario(sc, out_dir)
     except UserError as exc:
         _fail(exc)
     from simulations.runner import run_scenario
@@ -219,8 +261,6 @@ def coordinator_start(
     """Start the SuperLink (loopback), the public gateway, register the members' nodes, run the plan.
 
     Started again on the same state directory, it resumes after the last checkpointed round."""
-    import json
-
     from coordinator import service
 
     _logging()
@@ -230,19 +270,66 @@ def coordinator_start(
         if not address:
             raise UserError(f"no --bind given and no address in {kit / 'federation.json'}")
         _check_host_port(address, "--bind" if bind else f"address in {kit / 'federation.json'}")
+        from coordinator.control import announce
 
-        def on_round(row: dict[str, Any]) -> None:
-            acc = row.get("eval_accuracy")
-            console.print(
-                f"round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
-                f"aggregated {row.get('participants_replied', '-')}"
-                + (f" [yellow]skipped: {row['skipped']}[/]" if row.get("skipped") else "")
-            )
-
-        code = service.start(str(kit), str(state_dir or kit / "state"), address, str(app_dir), node_wait, on_round)
+        for text, style in announce(kit, state_dir or kit / "state"):
+            console.print(Text(text, style=style), soft_wrap=True, highlight=False)
+        code = service.start(str(kit), str(state_dir or kit / "state"), address, str(app_dir), node_wait, _print_event)
     except UserError as exc:
         _fail(exc)
+    from coordinator.control import closing_line
+
+    text, style = closing_line(state_dir or kit / "state", code)
+    console.print(Text(text, style=style), soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+_EVENT_STYLE = {"refusal": "yellow", "refused": "bold red", "round": "bold", "resent": "yellow", "done": "bold green"}
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    """One coordinator event as one literal line: rule names like [cohort.too-small] must stay as they are."""
+    style = _EVENT_STYLE.get(str(event.get("kind")), "")
+    if event.get("kind") == "round" and event.get("skipped"):
+        style = "yellow"
+    console.print(Text(str(event.get("text", "")), style=style), soft_wrap=True, highlight=False)
+
+
+@app.command("status")
+def status_command(
+    state_dir: Annotated[Path, typer.Argument(help="The coordinator's state directory (its --state-dir).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print status.json (plus coordinator_running).")] = False,
+) -> None:
+    """Progress of a coordinator's run, from another terminal: rounds done, round and stage now, refusals."""
+    from coordinator.control import status, status_lines
+
+    try:
+        report = status(state_dir)
+    except UserError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for line in status_lines(report):
+        console.print(Text(line), soft_wrap=True, highlight=False)
+
+
+@app.command("stop")
+def stop_command(
+    state_dir: Annotated[Path, typer.Argument(help="The coordinator's state directory (its --state-dir).")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for it to exit.")] = 60.0,
+) -> None:
+    """Ask the coordinator running on STATE_DIR to stop cleanly (SIGTERM); start it again to resume."""
+    from coordinator.control import stop
+
+    try:
+        pid, exited = stop(state_dir, wait)
+    except UserError as exc:
+        _fail(exc)
+    if not exited:
+        print_error(f"the coordinator (pid {pid}) has not exited after {wait:.0f} s; it may still be stopping")
+        raise typer.Exit(1)
+    console.print(Text(f"stopped the coordinator (pid {pid}); start it again on {state_dir} to resume"))
 
 
 @participant_app.command("start")
@@ -382,6 +469,33 @@ def _writable_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the output directory {path}")
     return path
+
+
+def _builtin_scenarios() -> list[str]:
+    """Names of the scenarios shipped in simulations/ (without importing the simulation stack)."""
+    import simulations
+
+    return sorted(p.stem for p in Path(simulations.__file__).parent.glob("*.toml"))
+
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "model.safetensors")
+
+
+def _not_a_previous_run(out_dir: Path, force: bool) -> None:
+    """--out on a directory that holds a run's outputs: refused unless --force (they would be overwritten)."""
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found and not force:
+        raise UserError(f"--out {out_dir} already holds a run ({', '.join(found)}); give --force to write over it")
+
+
+def _keep_scenario(scenario: Any, out_dir: Path) -> None:
+    """A copy of the scenario file beside its outputs (the effective plan goes to plan.json at start)."""
+    from simulations.scenario import SCENARIO_DIR
+
+    source = str(scenario.source)
+    path = SCENARIO_DIR / f"{source.split(':', 1)[1]}.toml" if source.startswith("built-in:") else Path(source)
+    if path.is_file():
+        (out_dir / "scenario.toml").write_bytes(path.read_bytes())
 
 
 def _check_host_port(address: str, what: str) -> None:
@@ -532,16 +646,20 @@ def provision(
             result = write_kits(spec, out, app_dir, force)
     except UserError as exc:
         _fail(exc)
-    table = Table(title=f"fedloom · {spec.name} · kits in {result.out}")
-    for col in ("kit", "directory", "give to", "private keys (0600)"):
-        table.add_column(col)
-    table.add_row("ca", str(result.ca_dir), "[bold red]nobody: keep offline[/]", "ca.key")
-    table.add_row(
-        "coordinator", str(result.coordinator_dir), f"the coordinator host ({spec.address})", "server.key, ledger.key"
-    )
+    console.print(Text(f"fedloom · {spec.name} · kits in {result.out}", style="bold"), soft_wrap=True)
+    # directories relative to OUT, every cell folded rather than cut: readable at 80 columns
+    table = Table()
+    for col in ("directory", "give to", "private keys (0600)"):
+        table.add_column(col, overflow="fold")
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, result.out) + "/"
+
+    table.add_row(rel(result.ca_dir), "[bold red]nobody: keep offline[/]", "ca.key")
+    table.add_row(rel(result.coordinator_dir), f"the coordinator host ({spec.address})", "server.key, ledger.key")
     for m in spec.members:
         who = f"member {m.name}" + (f" ({m.country})" if m.country else "")
-        table.add_row(m.name, str(result.member_dirs[m.name]), who, "identity.pem, node.key")
+        table.add_row(rel(result.member_dirs[m.name]), who, "identity.pem, node.key")
     console.print(table)
     console.print(f"app hash (FAB sha256): [bold]{result.plan.app_hash}[/]", soft_wrap=True)
     console.print(

@@ -22,8 +22,9 @@ import tasks
 from fedloom.plan import Plan
 from protocol.roster import Roster
 
-from . import checkpoint, outputs
+from . import checkpoint, outputs, provenance
 from .checkpoint import model_hash
+from .journal import FOREIGN_HISTORY_RULES, Journal
 from .ledger_feed import LedgerFeed
 from .optimizers import make_optimizer
 from .plain import PlainRounds
@@ -85,6 +86,32 @@ class _Progress:
     first: int = 1  # the first round this process runs
     history: list[RoundResult] = field(default_factory=list)
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows still waiting for their evaluation
+    journal: Journal = field(default_factory=lambda: Journal(None, 0))
+
+
+class ForeignHistory(RuntimeError):
+    """Members refuse a round because they hold a history this state directory does not."""
+
+
+def foreign_history(res: RoundResult, names: dict[int, str]) -> str | None:
+    """The operator's one line when a round got nothing because members already ran with another
+    state directory (a lost, fresh or restored-from-old-backup one); None otherwise.
+
+    Members count the protocol rounds they answered (`round.replay`) and keep their own ledger copy
+    (`ledger.fork`, `ledger.truncated`): a coordinator that forgot its history is refused every round,
+    so going on would only waste them all."""
+    if res.mean_update is not None:
+        return None
+    hits = [r for r in res.refusals if r["rule"] in FOREIGN_HISTORY_RULES]
+    if not hits:
+        return None
+    who = ", ".join(sorted({names.get(r["member"], f"member {r['member']}") for r in hits}))
+    rules = ", ".join(sorted({f"[{r['rule']}]" for r in hits}))
+    return (
+        f"round {res.round}: members already ran with another coordinator state directory ({rules} from {who}); "
+        "stopping. Restore the original --state-dir, or re-provision the federation, or have every member start "
+        "a new ledger epoch deliberately (see README, 'A lost coordinator state directory')"
+    )
 
 
 def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
@@ -94,13 +121,19 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     next poll: the rounds completed so far, the last model and a summary marked "interrupted" are
     written, and the summary is returned like a finished run's."""
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(t_start=time.perf_counter())
+    names = {m.id: m.name for m in settings.roster} if settings.roster is not None else {}
+    journal = Journal(settings.state_dir, settings.plan.rounds, names)
+    progress = _Progress(t_start=time.perf_counter(), journal=journal)
     try:
         summary = _run_rounds(grid, settings, progress)
     except RunInterrupted as stop:
         log.warning("run %s after %d round(s): writing partial outputs", stop, len(progress.history))
         summary = _write_interrupted(settings, progress, stop.signum)
         STOP.handled.set()
+    except ForeignHistory as refused:
+        journal.refused_to_go_on(str(refused))
+        return {"refused": str(refused), "out_dir": str(settings.out_dir)}
+    journal.finished(summary)
     settings.observer.finished(summary)
     return summary
 
@@ -110,6 +143,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     ckpt, signed = _resume_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
     progress.first = first
+    provenance.keep_plan(out, plan)
     if ckpt is None:
         (out / outputs.METRICS).unlink(missing_ok=True)
     else:
@@ -122,17 +156,19 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     progress.model = model
     nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
     progress.connected = len(nodes)
+    journal = progress.journal
+    journal.started(len(nodes), first, plan.secure.enabled, out)
     settings.observer.started(plan, len(nodes))
     feed = LedgerFeed(settings.ledger.path) if settings.ledger is not None else None
     if plan.secure.enabled:
         if settings.roster is None:
             raise ValueError("secure aggregation needs the federation's roster")
         rounds: PlainRounds | SecureRounds = SecureRounds(
-            grid, plan, nodes, settings.roster, model.size, settings.hooks, restart=epoch, ledger=feed
+            grid, plan, nodes, settings.roster, model.size, settings.hooks, restart=epoch, ledger=feed, journal=journal
         )
     else:
         log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
-        rounds = PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed)
+        rounds = PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed, journal=journal)
     progress.secure = rounds.secure
     optimizer = make_optimizer(plan.strategy)
     if ckpt:
@@ -159,6 +195,8 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
         STOP.check()
         t0 = time.perf_counter()
         res = rounds.train_round(r, model)
+        if (stale := foreign_history(res, journal.names)) is not None:
+            raise ForeignHistory(stale)
         if res.mean_update is not None:
             model = optimizer.step(model, res.mean_update.astype(np.float32))
         else:
@@ -170,6 +208,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
         if settings.state_dir:  # round r's evaluation comes with the next round: keep the row across a crash
             outputs.write_json(out / PENDING_ROW, rows[r])
         completed = done_before + sum(1 for h in history if h.mean_update is not None)
+        journal.round_done(rows[r], completed, res.incoming_eval.accuracy if res.incoming_eval else None)
         if settings.ledger is not None:  # before the checkpoint: a checkpoint is only resumed if the ledger signs it
             settings.ledger.append("round", _ledger_entry(plan, res, model, rows[r]))
         if settings.state_dir:
@@ -177,10 +216,9 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
-    summary = _summary(
-        settings, history, final, len(nodes), time.perf_counter() - progress.t_start, model.size, rounds.secure
-    )
+    summary = _summary(settings, history, final, len(nodes), journal.wall_seconds(), model.size, rounds.secure)
     summary["rounds_completed"] += done_before
+    summary.update(_provenance(journal))
     if ckpt:
         _add_rounds_before_resume(summary, outputs.read_jsonl(out / outputs.METRICS), first)
     (out / PENDING_ROW).unlink(missing_ok=True)
@@ -207,9 +245,10 @@ def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) 
         meta = {"plan_hash": settings.plan.hash, "round": str(last), "interrupted": "true"}
         outputs.save_model(out / outputs.MODEL, progress.model, meta)
     params = progress.model.size if progress.model is not None else 0
-    wall = time.perf_counter() - progress.t_start
+    wall = progress.journal.wall_seconds()
     summary = _summary(settings, progress.history, None, progress.connected, wall, params, progress.secure)
     summary["rounds_completed"] += progress.done_before
+    summary.update(_provenance(progress.journal))
     summary.update(
         interrupted=True,
         interrupted_by=signal_name(signum),
@@ -219,6 +258,16 @@ def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) 
     outputs.write_json(out / outputs.SUMMARY, summary)
     outputs.plot_run(out)
     return summary
+
+
+def _provenance(journal: Journal) -> dict[str, Any]:
+    """When the run started (its first start, across restarts) and ended, what made it, what exactness means."""
+    return {
+        "started_at": journal.started_at,
+        "ended_at": provenance.now_iso(),
+        "versions": provenance.versions(),
+        "exactness_note": provenance.EXACTNESS_NOTE,
+    }
 
 
 def _last_evaluated(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -304,6 +353,7 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
         "resent": res.resent,
         "exactness": res.exactness,
         "clipped_coordinates": res.clipped,
+        "weights_capped": res.weights_capped,
         "contribution": res.contribution,
     }
 
@@ -339,6 +389,7 @@ def _summary(
         "refusals": [r for h in history for r in h.refusals],
         "resent": [{"round": h.round, **e} for h in history for e in h.resent],
         "faults": [{"round": h.round, **f} for h in history for f in h.faults],
+        "weights_capped": [{"round": h.round, **c} for h in history for c in h.weights_capped],
         "adversary": None,
         "out_dir": str(settings.out_dir),
     } | _hook_report(settings.hooks)

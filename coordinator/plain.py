@@ -17,10 +17,11 @@ from flwr.serverapp.strategy import FedAvg
 from fedloom import records as rec
 from fedloom.plan import Plan
 
+from .journal import Journal
 from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks
-from .transport import exchange
+from .transport import Exchange, exchange
 
 log = logging.getLogger("fedloom.coordinator")
 
@@ -29,11 +30,18 @@ class PlainRounds:
     secure = False
 
     def __init__(
-        self, grid: Grid, plan: Plan, nodes: list[int], hooks: RunHooks | None = None, ledger: LedgerFeed | None = None
+        self,
+        grid: Grid,
+        plan: Plan,
+        nodes: list[int],
+        hooks: RunHooks | None = None,
+        ledger: LedgerFeed | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.grid, self.plan, self.nodes = grid, plan, nodes
         self.hooks = hooks or RunHooks()
         self.ledger = ledger
+        self.journal = journal or Journal(None, plan.rounds)
         self.fedavg = FedAvg(arrayrecord_key=rec.UPDATE, weighted_by_key=rec.NUM_EXAMPLES)
 
     def _config(self, round_: int, node: int | None = None) -> ConfigRecord:
@@ -56,9 +64,7 @@ class PlainRounds:
         t0 = time.perf_counter()
         everything: list[Message] = []
         build = self._message(round_, model, MessageType.TRAIN)
-        trip = exchange(
-            self.grid, self.nodes, build, self.plan.stage_timeout, everything.append, self.plan.reconnect_grace
-        )
+        trip = self._exchange(round_, "train", build, everything.append)
         result = RoundResult(round_, None, asked=sorted(self.nodes))
         result.dropped = [{"node": n, "stage": "train", "error": e} for n, e in trip.errors.items()]
         result.dropped += [
@@ -70,14 +76,14 @@ class PlainRounds:
                 self.ledger.observe(r.metadata.src_node_id, dict(r.content["who"]))
             if rec.REFUSAL in r.content:
                 ref = r.content[rec.REFUSAL]
-                result.refusals.append(
-                    {
-                        "member": int(ref["member"]),
-                        "round": int(ref["round"]),
-                        "rule": str(ref["rule"]),
-                        "reason": str(ref["detail"]),
-                    }
-                )
+                entry = {
+                    "member": int(ref["member"]),
+                    "round": int(ref["round"]),
+                    "rule": str(ref["rule"]),
+                    "reason": str(ref["detail"]),
+                }
+                result.refusals.append(entry)
+                self.journal.refusal(entry["round"], entry["member"], entry["rule"], entry["reason"])
         # sorted by member: floating-point sums depend on order, and reruns (resume) must match
         replies = sorted(
             (r for r in everything if rec.UPDATE in r.content), key=lambda r: int(r.content["who"]["member"])
@@ -86,7 +92,7 @@ class PlainRounds:
         members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
         result.incoming_eval = _eval_of(everything)
         if not replies:
-            result.skipped = "no finite update" if result.faults else "no participant replied"
+            result.skipped = _why_nothing(result)
             return result
         arrays, metrics = self.fedavg.aggregate_train(round_, replies)
         result.mean_update = arrays[rec.VECTOR].numpy()
@@ -99,8 +105,39 @@ class PlainRounds:
     def evaluate(self, round_: int, model) -> EvalSummary | None:
         replies: list[Message] = []
         build = self._message(round_, model, MessageType.EVALUATE)
-        exchange(self.grid, self.nodes, build, self.plan.stage_timeout, replies.append, self.plan.reconnect_grace)
+        self._exchange(round_, "final evaluation", build, replies.append)
         return _eval_of(replies)
+
+    def _exchange(self, round_: int, stage: str, build, on_reply) -> Exchange:
+        """One trip to every node, told on the operator's console (names learned from replies)."""
+
+        def take(reply: Message) -> None:
+            if "who" in reply.content:
+                self.journal.member_of[reply.metadata.src_node_id] = int(reply.content["who"]["member"])
+            on_reply(reply)
+
+        self.journal.stage(round_, stage, self.nodes)
+        trip = exchange(
+            self.grid,
+            self.nodes,
+            build,
+            self.plan.stage_timeout,
+            take,
+            self.plan.reconnect_grace,
+            watch=self.journal.watcher(round_, stage),
+        )
+        self.journal.trip_done(round_, stage, self.nodes, trip)
+        return trip
+
+
+def _why_nothing(result: RoundResult) -> str:
+    """A skipped plaintext round's reason: refusals name their rules (not "no participant replied")."""
+    if result.faults:
+        return "no finite update"
+    if result.refusals:
+        rules = ", ".join(sorted({f"[{r['rule']}]" for r in result.refusals}))
+        return f"every participant that answered refused ({rules})"
+    return "no participant replied"
 
 
 def _finite_only(round_: int, replies: list[Message], result: RoundResult) -> list[Message]:

@@ -43,4 +43,5 @@ class RoundResult:
     skipped: str | None = None  # why no aggregate was produced
     exactness: float | None = None  # max |secure - plaintext| (verification mode)
     clipped: int = 0  # coordinates clipped by participants' quantizers
+    weights_capped: list[dict] = field(default_factory=list)  # {"member", "examples", "weight"}: FedAvg weight capped
     contribution: dict | None = None  # floor, cap, scores, public weights and exclusions (if governed)

@@ -52,6 +52,7 @@ from protocol.params import ProtocolParams
 from protocol.roster import Roster
 
 from .contribution import assign
+from .journal import Journal
 from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
 from .transport import exchange
@@ -123,6 +124,7 @@ class SecureRounds:
         hooks: RunHooks | None = None,
         restart: int = 0,
         ledger: LedgerFeed | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.grid, self.plan, self.nodes, self.roster = grid, plan, nodes, roster
         self.params: ProtocolParams = protocol_params(plan, vector_length, len(roster))
@@ -139,6 +141,8 @@ class SecureRounds:
         self.restart = restart  # protocol rounds stay fresh across coordinator restarts
         self._attempts: dict[int, int] = {}
         self.ledger = ledger
+        self.journal = journal or Journal(None, plan.rounds)
+        self.journal.member_of = self.member_of  # the same map: names appear as bundles authenticate nodes
 
     # ------------------------------------------------------------------ plumbing
     def _new_session(self, round_: int) -> _Session:
@@ -183,8 +187,11 @@ class SecureRounds:
                 return None
         return msg.encode()
 
-    def _trip(self, round_: int, kind: str, payload: dict[int, list[bytes]], with_model: np.ndarray | None) -> None:
-        """One round trip: node -> encoded protocol messages (plus the model on a training trip)."""
+    def _trip(
+        self, round_: int, kind: str, payload: dict[int, list[bytes]], with_model: np.ndarray | None, stage: str = ""
+    ) -> None:
+        """One round trip: node -> encoded protocol messages (plus the model on a training trip).
+        `stage` names it on the operator's console."""
 
         def build(node: int) -> Message | None:
             if kind != "train" and not payload.get(node):
@@ -196,9 +203,19 @@ class SecureRounds:
             mtype = MessageType.TRAIN if kind == "train" else rec.SECAGG_ACTION
             return Message(content, dst_node_id=node, message_type=mtype)
 
+        asked = [n for n in self.nodes if kind == "train" or payload.get(n)]
+        stage = stage or kind
+        self.journal.stage(round_, stage, asked)
         trip = exchange(
-            self.grid, self.nodes, build, self.plan.stage_timeout, self._on_reply, self.plan.reconnect_grace
+            self.grid,
+            self.nodes,
+            build,
+            self.plan.stage_timeout,
+            self._on_reply,
+            self.plan.reconnect_grace,
+            watch=self.journal.watcher(round_, stage),
         )
+        self.journal.trip_done(round_, stage, asked, trip)
         if trip.resent and (s := self._session(round_)) is not None:
             s.resent += [
                 {"member": self.member_of.get(n), "node": n, "trip": kind, "times": k} for n, k in trip.resent.items()
@@ -245,7 +262,7 @@ class SecureRounds:
         target = s.refusals if s else self._orphan_refusals
         if entry not in target:
             target.append(entry)
-        log.warning("member %d refused round %d: [%s] %s", member, round_, rule, detail)
+            self.journal.refusal(round_, member, rule, detail)
 
     def _route(self, node: int, claimed: int | None, raw: bytes) -> None:
         try:
@@ -339,12 +356,13 @@ class SecureRounds:
         t0 = time.perf_counter()
         payload: dict[int, list[bytes]] = {}
         self._advertise_payload(s, payload)
-        self._trip(round_, "secagg", payload, None)
+        self._trip(round_, "secagg", payload, None, "set-up 1/3: advertise keys")
         bset = self._close(s, s.proto.bundle_set)
-        self._trip(round_, "secagg", self._per_member(s, "share", lambda m: bset) if bset else {}, None)
+        payload = self._per_member(s, "share", lambda m: bset) if bset else {}
+        self._trip(round_, "secagg", payload, None, "set-up 2/3: share keys")
         deliveries = self._close(s, s.proto.deliveries)
         payload = self._per_member(s, "receive", lambda m: deliveries.get(m)) if deliveries else {}
-        self._trip(round_, "secagg", payload, None)
+        self._trip(round_, "secagg", payload, None, "set-up 3/3: deliver shares")
         self._close_mask_request(s)
         s.seconds["setup"] = time.perf_counter() - t0
         return s
@@ -387,7 +405,7 @@ class SecureRounds:
         payload = self._per_member(cur, "mask", lambda m: mreq, cur.proto.shared) if mreq else {}
         if nxt is not None:
             self._advertise_payload(nxt, payload)
-        self._trip(round_, "train", payload, model)
+        self._trip(round_, "train", payload, model, "train + mask")
         incoming_eval = EvalSummary.combine(self._evals)
         fit = dict(self._fit)
         t1 = time.perf_counter()
@@ -400,7 +418,7 @@ class SecureRounds:
             if bset is not None:
                 for node, encs in self._per_member(nxt, "share", lambda m: bset).items():
                     payload.setdefault(node, []).extend(encs)
-        self._trip(round_, "secagg", payload, None)
+        self._trip(round_, "secagg", payload, None, "sign survivors")
         self._injected(cur, "sign")
         t2 = time.perf_counter()
 
@@ -412,7 +430,7 @@ class SecureRounds:
             if deliveries:
                 for node, encs in self._per_member(nxt, "receive", lambda m: deliveries.get(m)).items():
                     payload.setdefault(node, []).extend(encs)
-        self._trip(round_, "secagg", payload, None)
+        self._trip(round_, "secagg", payload, None, "unmask")
         self._injected(cur, "unmask")
         t3 = time.perf_counter()
         agg = self._close(cur, cur.proto.finish)
@@ -432,7 +450,7 @@ class SecureRounds:
             if node is not None and member not in s.gone:
                 payload[node] = [m.encode() for m in msgs]
         if payload:
-            self._trip(s.round, "secagg", payload, None)
+            self._trip(s.round, "secagg", payload, None, f"extra trip after {after}")
 
     def _result(self, s: _Session, agg, fit: dict[int, tuple[int, float, int]], incoming_eval) -> RoundResult:
         res = RoundResult(s.round, None, asked=list(s.proto.shared) or list(s.proto.cohort))
@@ -456,9 +474,10 @@ class SecureRounds:
                 res.clipped,
                 self.plan.secure.clip,
             )
+        refused = {r["member"] for r in res.refusals}
+        res.dropped = [d for d in res.dropped if d.get("member") not in refused]  # refusals are listed apart
         if agg is None:
-            err = s.proto.abort_reason
-            res.skipped = f"secure aggregation aborted: {err}" if err else "secure aggregation did not complete"
+            res.skipped = _why_skipped(s)
             return res
         total, weight = agg.weighted_sum(self.params)
         if weight <= 0:
@@ -467,9 +486,24 @@ class SecureRounds:
         res.mean_update = total / weight
         res.total_weight = float(weight)
         res.aggregated = list(agg.survivors)
+        res.weights_capped = self._capped(res.aggregated, s.contribution)
         if self.hooks.after_round is not None:
             self.hooks.after_round(s.round, s.proto, agg, res)
         return res
+
+    def _capped(self, members: list[int], contribution: dict | None) -> list[dict]:
+        """Members whose FedAvg weight (their example count) was capped at max_weight in the sum.
+
+        Known only where members declare their sizes (the plan makes them public); a contribution
+        policy sets public weights of its own, reported in `contribution`."""
+        if contribution is not None:
+            return []
+        cap = self.params.max_weight
+        return [
+            {"member": m, "examples": self.declared[m], "weight": cap}
+            for m in sorted(members)
+            if self.declared.get(m, 0) > cap
+        ]
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         self._evals = []
@@ -478,5 +512,24 @@ class SecureRounds:
             content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
             return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
 
-        exchange(self.grid, self.nodes, build, self.plan.stage_timeout, self._on_reply, self.plan.reconnect_grace)
+        stage = "final evaluation"
+        self.journal.stage(round_, stage, self.nodes)
+        trip = exchange(
+            self.grid,
+            self.nodes,
+            build,
+            self.plan.stage_timeout,
+            self._on_reply,
+            self.plan.reconnect_grace,
+            watch=self.journal.watcher(round_, stage),
+        )
+        self.journal.trip_done(round_, stage, self.nodes, trip)
         return EvalSummary.combine(self._evals)
+
+
+def _why_skipped(s: _Session) -> str:
+    """A skipped round's reason for rounds_skipped: the quality floor when it left nobody, else the abort."""
+    if s.contribution is not None and s.contribution.get("skipped"):
+        return f"quality floor: {s.contribution['skipped']}"
+    err = s.proto.abort_reason
+    return f"secure aggregation aborted: {err}" if err else "secure aggregation did not complete"

@@ -40,12 +40,30 @@ def deployment_settings(run_config: dict) -> RunSettings:
     )
 
 
+def log_to_stdout() -> None:
+    """fedloom's INFO lines on stdout, which Flower's `flwr-serverapp` uploads to the run's log
+    (`flwr log RUN_ID`, `flwr run --stream`); without a handler Python drops everything below WARNING."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("fedloom")
+    if not any(getattr(h, "_fedloom", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)s fedloom: %(message)s"))
+        handler._fedloom = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False  # once, not again through a root handler someone configured
+    logger.setLevel(logging.INFO)
+
+
 def make_server_app(settings: RunSettings | Callable[[dict], RunSettings]) -> ServerApp:
     """A ServerApp for these settings, or for the settings a function builds from the run config."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        if callable(settings):  # Flower's own process (deployment, `flwr run`): its output is the run's log
+            log_to_stdout()
         run_settings = settings(dict(context.run_config)) if callable(settings) else settings
         try:
             run_federation(grid, run_settings)

@@ -197,34 +197,45 @@ def run_status(svc: Service) -> str:
 
 
 def _record(svc: Service) -> None:
-    """Who is running where (for operators, and for tests that simulate a crash)."""
+    """Who is running where (for operators, `fedloom stop`, and tests that simulate a crash)."""
     import os
+
+    from .control import SERVICE, process_start_time
 
     info = {
         "pid": os.getpid(),
+        "pid_started": process_start_time(os.getpid()),  # `fedloom stop` checks it: a reused pid is not ours
         "superlink_pid": svc.superlink.pid if svc.superlink else None,
         "gateway_pid": svc.gateway.pid if svc.gateway else None,
         "superlink_port": svc.superlink_port,
         "fleet_port": svc.fleet_port,
         "bind": svc.bind,
     }
-    (svc.state / "service.json").write_text(json.dumps(info) + "\n")
+    (svc.state / SERVICE).write_text(json.dumps(info) + "\n")
 
 
-def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_round=None) -> int:
+def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_event=None) -> int:
+    """Run the service until the run ends: 0 finished, 1 failed, 2 refused (see status.json), 128+signal stopped.
+
+    `on_event(event)` hears each event of coordinator.journal (stage lines, refusals, rounds) as it is written."""
+    from .control import finished_run
+    from .journal import EventTail, mark, read_status
+
     svc = Service(Path(kit).resolve(), Path(state_dir).resolve(), bind, Path(app).resolve())
     plan_text = _need(svc.kit / "plan.json").read_text()
     from fedloom.plan import Plan
 
     plan = Plan.from_json(plan_text)
     check_app(svc.app, plan.app_hash)
+    if finished_run(svc.state, plan.hash) is not None:
+        return 0
     check_resume(svc)
     svc.state.mkdir(parents=True, exist_ok=True)
-    stopping = False
+    stopping = 0
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = signum
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -243,17 +254,18 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
         )
         svc.run_id = submit(svc, node_wait)
         log.info("run %s submitted; state in %s", svc.run_id, svc.state)
-        metrics = svc.state / "outputs" / "metrics.jsonl"
-        seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0  # rows of earlier starts
+        events = EventTail(svc.state)  # only this start's events: earlier starts' are in the file already
         while not stopping:
-            if metrics.exists():
-                lines = metrics.read_text().splitlines()
-                for line in lines[seen:]:
-                    if on_round:
-                        on_round(json.loads(line))
-                seen = len(lines)
+            for event in events.new():
+                if on_event:
+                    on_event(event)
             status = run_status(svc)
             if "finished" in status:
+                for event in events.new():
+                    if on_event:
+                        on_event(event)
+                if (read_status(svc.state) or {}).get("state") == "refused":
+                    return 2
                 if "completed" in status or "success" in status:
                     return 0
                 tail = svc.flwr("log", str(svc.run_id), CONNECTION, "--show", check=False)
@@ -272,7 +284,8 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ro
         log.info("stopping: run %s, gateway, SuperLink", svc.run_id)
         if svc.run_id is not None:
             svc.flwr("stop", str(svc.run_id), CONNECTION, check=False)
-        return 130
+        mark(svc.state, "stopped", stopped_by=signal.Signals(stopping).name)
+        return 128 + stopping
     finally:
         stop(svc.gateway)
         stop(svc.superlink)

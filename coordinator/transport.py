@@ -82,6 +82,8 @@ def exchange(
     grace: float = 120.0,
     poll: float = 0.05,
     max_resends: int = 5,
+    watch: Callable[[str, Exchange, list[int]], None] | None = None,
+    watch_every: float = 15.0,
 ) -> Exchange:
     """Send `build(node)` to each node (None: nothing for it); call `on_reply` for each good reply
     as it arrives, until all are answered or `timeout`.
@@ -93,7 +95,10 @@ def exchange(
     again (members answer a repeated request with the same reply, see `participant.replay`). A
     node that does not return, or whose ClientApp failed, is dropped as before.
 
-    A stop request (Ctrl-C) raises coordinator.stop.RunInterrupted at the next poll."""
+    A stop request (Ctrl-C) raises coordinator.stop.RunInterrupted at the next poll.
+
+    `watch(what, exchange, nodes)`, if given, hears "resent" (nodes sent again) as it happens and
+    "waiting" (nodes still awaited) every `watch_every` seconds: the operator's live view."""
     out = Exchange()
     waiting: dict[str, int] = {}  # message id -> node
 
@@ -110,6 +115,7 @@ def exchange(
     away: dict[int, tuple[str, float]] = {}  # node -> (the error it got, when to stop waiting for it)
     deadline = time.monotonic() + timeout
     next_check = 0.0
+    next_note = time.monotonic() + watch_every
     while (waiting or away) and time.monotonic() < deadline:
         STOP.check()
         got = list(grid.pull_messages(list(waiting))) if waiting else []
@@ -140,6 +146,11 @@ def exchange(
                 log.warning("participant node %s is back; sending its message again", node)
             if back:
                 push(back)
+                if watch is not None:
+                    watch("resent", out, back)
+        if watch is not None and time.monotonic() >= next_note:
+            next_note = time.monotonic() + watch_every
+            watch("waiting", out, sorted({*waiting.values(), *away}))
         if waiting or away:
             time.sleep(poll)
     out.errors.update({node: reason for node, (reason, _) in away.items()})

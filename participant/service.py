@@ -101,6 +101,18 @@ def supernode_command(kit_dir: Path, data: Path, device: str, state_dir: Path, s
     ]
 
 
+def _warn_about_scale(task_name: str, local, data_path: Path) -> None:
+    """Data scaled unlike the task expects (0..255 pixels for a 0..1 task) is allowed, but said."""
+    import tasks
+    from tasks.base import range_warning
+
+    task = tasks.get_task(task_name)
+    for split, ds in (("training data", local.train), ("test data", local.test)):
+        warning = range_warning(task, ds, f"{data_path} ({split})")
+        if warning:
+            log.warning("%s", warning)
+
+
 def start(kit: str, data: str, device: str = "auto", state_dir: str | None = None, superlink: str | None = None) -> int:
     kit_dir = Path(kit).resolve()
     member = load_member_kit(kit_dir)
@@ -119,6 +131,7 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
         local = from_path(member.plan.task.name, str(data_path))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    _warn_about_scale(member.plan.task.name, local, data_path)
     resolve_device(device)  # a bad or unavailable device is a user error now, not a failed round later
     address = superlink or json.loads((kit_dir / "federation.json").read_text())["address"]
     state = Path(state_dir).resolve() if state_dir else kit_dir / "state"

@@ -28,6 +28,7 @@ from coordinator.results import RoundResult
 from coordinator.secure import RunHooks
 from fedloom.kits import POLICY_FILE, provision_members
 from fedloom.policy import Policy
+from protocol.params import ProtocolParams
 from protocol.roster import Roster
 
 from .adversary import Adversary
@@ -96,7 +97,8 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
 
     def after_round(round_: int, proto, agg, result: RoundResult) -> None:
         if truth:
-            result.exactness = _exactness(ws, round_, agg.survivors, result.mean_update, proto.params.max_weight)
+            weights = (result.contribution or {}).get("weights")
+            result.exactness = _exactness(ws, round_, agg.survivors, result.mean_update, proto.params, weights)
             ws.exactness[round_] = result.exactness
         if adversary is not None:  # before the true updates of the round are deleted
             adversary.after_round(round_, proto, agg, result)
@@ -118,16 +120,27 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
     return hooks
 
 
-def _exactness(ws: Workspace, round_: int, survivors, mean_update: np.ndarray, max_weight: int) -> float | None:
-    """max |secure mean - plaintext mean| over coordinates, from the true updates (out of band)."""
+def _exactness(
+    ws: Workspace,
+    round_: int,
+    survivors,
+    mean_update: np.ndarray,
+    params: ProtocolParams,
+    weights: dict[int, int] | None = None,
+) -> float | None:
+    """max |secure mean - plaintext mean| over coordinates, from the true updates (out of band).
+
+    The plaintext mean is of what the round aggregated: each update clipped to `params.clip` (as the
+    member's quantizer did) and weighted as in the sum: the public contribution weights when a policy
+    set them, else the example count capped at `params.max_weight`."""
     total, weight = None, 0
     for m in survivors:
         path = ws.verify / f"r{round_}-m{m}.npz"
         if not path.exists():
             return None
         with np.load(path) as f:
-            w = min(int(f["examples"]), max_weight)
-            x = f["update"].astype(np.float64) * w
+            w = int(weights[m]) if weights and m in weights else min(int(f["examples"]), params.max_weight)
+            x = np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
         total = x if total is None else total + x
         weight += w
     if total is None or weight == 0:

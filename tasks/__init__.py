@@ -12,6 +12,7 @@ from tasks.mnist5k import Mnist5kTask
 from tasks.params import model_to_vector, num_parameters, vector_to_model
 from tasks.participants import (
     TEST_FILE,
+    export_member_data,
     export_partitions,
     load_partition,
     load_pool,
@@ -39,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "UnknownTaskError",
+    "export_member_data",
     "export_partitions",
     "get_task",
     "load_partition",

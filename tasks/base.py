@@ -172,6 +172,8 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    # the range the model's inputs are scaled to (None: not stated); data far outside it gets a warning
+    input_range: ClassVar[tuple[float, float] | None] = None
 
     def label_index(self, label: str) -> int:
         """The integer label that ``label`` names (e.g. a language code), for label-group partitions.
@@ -208,3 +210,20 @@ class Task(ABC):
         self, model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 512
     ) -> EvalResult:
         """Loss and accuracy of ``model`` on ``data``, without changing the model's weights."""
+
+
+def range_warning(task: Task, data: Dataset, where: str) -> str | None:
+    """A warning when `data`'s inputs lie far outside the range the task expects (e.g. pixels in
+    0..255 where 0..1 is expected): such data trains badly and drags the shared model, and nothing
+    else would tell the member. "Far" is more than twice the expected span beyond either end."""
+    if task.input_range is None or len(data) == 0 or not np.issubdtype(data.x.dtype, np.floating):
+        return None
+    lo, hi = task.input_range
+    span = hi - lo
+    seen_lo, seen_hi = float(np.min(data.x)), float(np.max(data.x))
+    if seen_lo >= lo - 2 * span and seen_hi <= hi + 2 * span:
+        return None
+    return (
+        f"{where}: inputs range from {seen_lo:g} to {seen_hi:g}, but task {task.name!r} expects {lo:g} to {hi:g} "
+        f"(e.g. pixels divided by 255): scale the data the way the task's own loader does, or training will suffer"
+    )

@@ -23,6 +23,7 @@ class DigitsTask(ClassificationTask):
     name = "digits"
     input_shape = (1, 8, 8)
     num_classes = 10
+    input_range = (0.0, 1.0)
     test_fraction = 0.2
 
     def load(self, seed: int = 0) -> tuple[Dataset, Dataset]:

@@ -59,6 +59,7 @@ class Mnist5kTask(ClassificationTask):
     name = "mnist5k"
     input_shape = (1, SIDE, SIDE)
     num_classes = 10
+    input_range = (0.0, 1.0)
     test_fraction = 0.2
 
     def load(self, seed: int = 0) -> tuple[Dataset, Dataset]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks.base import Dataset, Task
 from tasks.npz import save_npz
-from tasks.partition import partition
+from tasks.partition import iid, partition
 from tasks.registry import get_task, is_registered
 
 TEST_FILE = "test.npz"
@@ -180,3 +180,31 @@ def export_partitions(
     paths = [save_npz(participant_file(out_dir, i), pool.subset(p)) for i, p in enumerate(parts)]
     save_npz(Path(out_dir) / TEST_FILE, test)
     return paths
+
+
+def export_member_data(
+    task: Task | str,
+    out_dir: str | Path,
+    members: Sequence[str],
+    scheme: str = "iid",
+    *,
+    alpha: float = 0.3,
+    shards: int = 2,
+    seed: int = 0,
+    groups: Groups | None = None,
+) -> list[Path]:
+    """Write ``<out_dir>/<member>/train.npz`` and ``test.npz`` per member: the layout
+    `fedloom participant start --data <out_dir>/<member>` and the compose volumes take (a rehearsal
+    with a public dataset; real members write their own files the same way, arrays ``x`` and ``y``).
+
+    Each member's test.npz is its own slice of the held-out split. Returns the member directories."""
+    pool, test = load_splits(task, seed)
+    parts = partition_indices(task, len(members), scheme, alpha, shards, seed, groups)
+    slices = iid(len(test), len(members), seed=seed + 1) if len(test) >= len(members) else None
+    dirs = []
+    for i, name in enumerate(members):
+        where = Path(out_dir) / name
+        save_npz(where / "train.npz", pool.subset(parts[i]))
+        save_npz(where / TEST_FILE, test.subset(slices[i]) if slices else test)
+        dirs.append(where)
+    return dirs

@@ -14,6 +14,7 @@ fleet-only TLS gateway) and participant nodes as real processes.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -128,6 +129,26 @@ def test_two_secure_rounds_complete_with_a_member_killed_mid_round(secure_run):
     assert by_round[2]["skipped"] is None and {1, 2, 3} <= set(by_round[2]["aggregated"])
     if 4 not in by_round[2]["aggregated"]:  # killed before its masked input got out
         assert {"member": 4, "stage": "mask"} in by_round[2]["dropped"]
+
+
+def test_the_console_tells_the_story_and_status_reads_it(secure_run):
+    """The coordinator's console: a line per stage as it happens (who was asked, who answered, who
+    not), the resend after chen's freeze, each round's line when it ends, the final line; the same
+    lines reach Flower's run log (`flwr log`); `fedloom status` reads the finished run."""
+    fed, _, _ = secure_run
+    console = (fed.root / "state.out").read_text(errors="replace")
+    assert "round 1 · set-up 1/3: advertise keys: asked 4" in console
+    assert "round 1 · train + mask: asked 4 (amara, bo, chen, dara)" in console
+    assert "round 2 · sign survivors: asked" in console and "round 2 · unmask: " in console
+    assert "chen is back online; its message was sent again" in console
+    assert "no answer from dara" in console
+    first_round = console.index("round 1 done in ")
+    assert "aggregated 4 (amara, bo, chen, dara)" in console[first_round:].splitlines()[0]
+    assert first_round < console.index("round 2 · train + mask: asked")  # not printed during the next round
+    assert f"done: 2 of 2 rounds, outputs in {fed.root / 'state' / 'outputs'}" in console
+    assert fed.run_log_mentions("state", "round 1 · train + mask: asked 4")  # INFO lines reach `flwr log`
+    status = subprocess.run([*FEDLOOM, "status", str(fed.root / "state")], capture_output=True, text=True, env=env())
+    assert status.returncode == 0 and "state: done" in status.stdout and "rounds done: 2 of 2" in status.stdout
 
 
 def test_a_member_frozen_past_its_heartbeats_is_waited_for_and_answers_once(secure_run):
@@ -255,6 +276,11 @@ def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_pa
         assert ref.wait(900) == 0, fed.tail("coordinator:ref")
         for m in fed.members:
             fed.crash_participant(f"ref-nodes/{m}")
+        summary = tmp_path / "ref" / "outputs" / "summary.json"
+        before = (summary.stat().st_mtime_ns, summary.read_bytes())
+        again = fed.start_coordinator("ref")  # a finished state dir: says so, re-runs nothing
+        assert again.wait(120) == 0, fed.tail("coordinator:ref")
+        assert (summary.stat().st_mtime_ns, summary.read_bytes()) == before
         # the same plan, with the coordinator killed once round 1 is checkpointed
         first = fed.start_coordinator("crash")
         for m in fed.members:
@@ -267,6 +293,9 @@ def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_pa
         assert second.wait(900) == 0, fed.tail("coordinator:crash")
     finally:
         fed.stop_all()
+    console = (tmp_path / "ref.out").read_text(errors="replace")
+    assert "WARNING: secure aggregation is OFF in this plan" in console
+    assert "is already complete: nothing is run again" in console.split("done: 3 of 3 rounds")[1]
     resumed = load_file(tmp_path / "crash" / "outputs" / "model.safetensors")["vector"]
     reference = load_file(tmp_path / "ref" / "outputs" / "model.safetensors")["vector"]
     assert np.array_equal(resumed, reference)
@@ -292,6 +321,7 @@ def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(t
             fed.start_participant(m, f"nodes/{m}", FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
         fed.wait_for(tmp_path / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
         fed.crash_coordinator("state")
+        before_crash = json.loads((tmp_path / "state" / "status.json").read_text())["wall_seconds"]
         assert first.returncode != 0
         time.sleep(2)
         second = fed.start_coordinator("state")
@@ -311,7 +341,13 @@ def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(t
             # to it again (a second sum over the same round and model would reveal who was in which)
             assert r == in_flight and by_round[r]["refusals"], by_round[r]
             assert {x["rule"] for x in by_round[r]["refusals"]} == {"contribution.repeat"}, by_round[r]
+            # the console gives each refusal with its rule, literally, and the skipped round's reason
+            console = (tmp_path / "state.out").read_text(errors="replace")
+            assert re.search(rf"round {r}: \w+ refused: \[contribution\.repeat\]", console), console[-3000:]
+            assert f"round {r} skipped: " in console
     assert summary["rounds_completed"] == len(done) >= 2 and 3 in done
+    # the whole run's time: what the first start had run until the crash, plus the resumed part
+    assert summary["wall_seconds"] > before_crash > 0, (summary["wall_seconds"], before_crash)
     assert max(largest_secure_error(fed, "state", done)) <= 1 + 1e-6
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "state" / "ledger.jsonl").read_text().splitlines()]
     assert kinds.count("resume") == 1 and kinds.count("round") == 3

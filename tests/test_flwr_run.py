@@ -107,6 +107,10 @@ def test_flwr_run_local_simulation(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["rounds_completed"] == 2 and summary["participants_connected"] == 3
         assert summary["final"]["accuracy"] is not None
+        # fedloom's own INFO lines (stages, rounds, the end) reach the stream, as README says
+        assert "fedloom: round 1 · train + mask: asked 3" in output, output[-3000:]
+        assert "fedloom: round 2 done in " in output
+        assert "fedloom: done: 2 of 2 rounds completed" in output
     finally:
         # `flwr run` leaves its auto-started SuperLink running: stop the one under this FLWR_HOME
         for pid in _processes_mentioning(str(home)):

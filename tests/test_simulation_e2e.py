@@ -54,6 +54,24 @@ def test_outputs_exist_with_their_keys(plain_run):
     assert (plain_run / "model.safetensors").exists()
 
 
+def test_the_run_directory_says_how_it_was_made(plain_run):
+    """A copy of the scenario and the effective plan, the versions, start and end times, what exactness means."""
+    from fedloom.plan import Plan
+
+    summary = json.loads((plain_run / "summary.json").read_text())
+    assert (plain_run / "scenario.toml").read_text().startswith('name = "e2e"')
+    assert Plan.from_json((plain_run / "plan.json").read_text()).hash == summary["plan_hash"]
+    assert set(summary["versions"]) == {"fedloom", "flwr", "torch", "numpy", "python"}
+    assert summary["started_at"] <= summary["ended_at"]
+    assert "quantization step" in summary["exactness_note"]
+
+
+def test_out_on_an_earlier_run_is_refused_without_force(plain_run):
+    proc = simulate(plain_run, "default", "--rounds", "1")
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--force" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
 def test_accuracy_rises(plain_run):
     rows = [json.loads(line) for line in (plain_run / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0]["eval_accuracy"], rows[-1]["eval_accuracy"]
