@@ -1,8 +1,10 @@
-"""Test-wide setup: no telemetry from Flower or Ray, quiet Ray, hypothesis profiles."""
+"""Test-wide setup: no telemetry from Flower or Ray, quiet Ray, hypothesis profiles, and the Flower
+runs several modules share (tests/shared_runs.py)."""
 
 import os
 
 import profiles
+from shared_runs import flwr_local_run, simulate_run  # noqa: F401  (session-wide Flower runs)
 
 import fedloom  # noqa: F401  (sets FLWR_TELEMETRY_ENABLED=0 and RAY_USAGE_STATS_ENABLED=0 first)
 

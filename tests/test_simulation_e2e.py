@@ -1,10 +1,9 @@
-"""A short federation end to end through the real CLI and Flower's Simulation Engine."""
+"""A short federation end to end through the real CLI and Flower's Simulation Engine (the run is
+shared with tests/test_loopback_only.py: see tests/shared_runs.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,24 +19,14 @@ SUMMARY_KEYS = {
 METRIC_KEYS = {"round", "wall_seconds", "train_loss", "eval_loss", "eval_accuracy", "participants_replied"}
 
 
-def simulate(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fedloom.cli", "simulate", *args, "--out", str(out)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def plain_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("plain")
-    scenario = out / "s.toml"
-    scenario.write_text(
-        'name = "e2e"\nparticipants = 4\nrounds = 3\n[task]\nname = "digits"\npartition = "dirichlet"\nalpha = 0.5\n'
-        "[training]\nepochs = 2\n[secure]\nenabled = false\n"
-    )
-    proc = simulate(out / "run", str(scenario), "--baseline")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out / "run"
+def plain_run(simulate_run) -> Path:
+    """The session's `fedloom simulate --baseline` run (tests/shared_runs.py): 4 members, 3 plaintext rounds."""
+    assert simulate_run.returncode == 0, simulate_run.output[-6000:]
+    return simulate_run.out
 
 
+@pytest.mark.slow
 def test_outputs_exist_with_their_keys(plain_run):
     summary = json.loads((plain_run / "summary.json").read_text())
     assert summary.keys() >= SUMMARY_KEYS
@@ -54,6 +43,7 @@ def test_outputs_exist_with_their_keys(plain_run):
     assert (plain_run / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_accuracy_rises(plain_run):
     rows = [json.loads(line) for line in (plain_run / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0]["eval_accuracy"], rows[-1]["eval_accuracy"]
