@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from coordinator.contribution import assign, capped_shares, integer_weights
 from protocol.local import make_federation, stand_in_model_digest
@@ -31,7 +32,7 @@ def test_an_infeasible_cap_gives_equal_shares():
     assert capped_shares({1: 9, 2: 1}, cap=0.3) == pytest.approx({1: 0.5, 2: 0.5})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(
     raw=st.dictionaries(st.integers(1, 50), st.integers(1, 10_000), min_size=1, max_size=20),
     cap=st.floats(0.05, 1.0),

@@ -28,8 +28,14 @@ from fedloom.kits import load_member_kit
 from fedloom.processes import free_port
 from fedloom.session import protocol_params
 
+pytestmark = pytest.mark.slow  # every test here starts a coordinator service and nodes
+
+# reconnect_grace: how long the coordinator waits for a node that missed its heartbeats (within a
+# stage) before dropping it. The frozen member is let go 2 s after the coordinator starts waiting, so
+# 30 s is ample; the member killed in round 2 costs Flower's heartbeat patience (2 x 30 s, fixed in
+# Flower 1.41) plus this grace, so a short one keeps the module fast. The default is 120 s.
 SECURE_PLAN = """rounds = 2
-reconnect_grace = 60
+reconnect_grace = 30
 [plan.task]
 name = "digits"
 partition = "iid"
@@ -266,43 +272,44 @@ enabled = false
 
 
 def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_path):
-    fed = Federation(tmp_path, ["ines", "jon", "kai"])
-    fed.provision(PLAIN_PLAN, policy_toml="require_secure_aggregation = false")
+    """The reference, an uninterrupted run, goes on beside the crashed one, on a federation of its own
+    (the same plan, members and data; its own keys and port): deployment rounds mostly wait on
+    Flower's polls, so running the two together costs little more than one."""
+    ref, fed = (Federation(tmp_path / name, ["ines", "jon", "kai"]) for name in ("reference", "resumed"))
+    for f in (ref, fed):
+        f.root.mkdir()
+        f.provision(PLAIN_PLAN, policy_toml="require_secure_aggregation = false")
     try:
-        # reference: an uninterrupted run
-        ref = fed.start_coordinator("ref")
+        reference = ref.start_coordinator("ref")
+        first = fed.start_coordinator("crash")  # the same plan; its coordinator is killed after round 1
         for m in fed.members:
-            fed.start_participant(m, f"ref-nodes/{m}")
-        assert ref.wait(900) == 0, fed.tail("coordinator:ref")
-        for m in fed.members:
-            fed.crash_participant(f"ref-nodes/{m}")
-        summary = tmp_path / "ref" / "outputs" / "summary.json"
-        before = (summary.stat().st_mtime_ns, summary.read_bytes())
-        again = fed.start_coordinator("ref")  # a finished state dir: says so, re-runs nothing
-        assert again.wait(120) == 0, fed.tail("coordinator:ref")
-        assert (summary.stat().st_mtime_ns, summary.read_bytes()) == before
-        # the same plan, with the coordinator killed once round 1 is checkpointed
-        first = fed.start_coordinator("crash")
-        for m in fed.members:
+            ref.start_participant(m, f"ref-nodes/{m}")
             fed.start_participant(m, f"nodes/{m}")
-        fed.wait_for(tmp_path / "crash" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("crash") >= 1)
+        fed.wait_for(fed.root / "crash" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("crash") >= 1)
         fed.crash_coordinator("crash")
         assert first.returncode != 0
         time.sleep(2)
         second = fed.start_coordinator("crash")
         assert second.wait(900) == 0, fed.tail("coordinator:crash")
+        assert reference.wait(900) == 0, ref.tail("coordinator:ref")
+        summary = ref.root / "ref" / "outputs" / "summary.json"
+        before = (summary.stat().st_mtime_ns, summary.read_bytes())
+        again = ref.start_coordinator("ref")  # a finished state dir: says so, re-runs nothing
+        assert again.wait(120) == 0, ref.tail("coordinator:ref")
+        assert (summary.stat().st_mtime_ns, summary.read_bytes()) == before
     finally:
         fed.stop_all()
-    console = (tmp_path / "ref.out").read_text(errors="replace")
+        ref.stop_all()
+    console = (ref.root / "ref.out").read_text(errors="replace")
     assert "WARNING: secure aggregation is OFF in this plan" in console
     assert "is already complete: nothing is run again" in console.split("done: 3 of 3 rounds")[1]
-    resumed = load_file(tmp_path / "crash" / "outputs" / "model.safetensors")["vector"]
-    reference = load_file(tmp_path / "ref" / "outputs" / "model.safetensors")["vector"]
+    resumed = load_file(fed.root / "crash" / "outputs" / "model.safetensors")["vector"]
+    reference = load_file(ref.root / "ref" / "outputs" / "model.safetensors")["vector"]
     assert np.array_equal(resumed, reference)
-    kinds = [json.loads(line)["kind"] for line in (tmp_path / "crash" / "ledger.jsonl").read_text().splitlines()]
+    kinds = [json.loads(line)["kind"] for line in (fed.root / "crash" / "ledger.jsonl").read_text().splitlines()]
     assert kinds.count("resume") == 1 and kinds.count("round") == 3
     metric_rounds = [
-        r["round"] for r in map(json.loads, (tmp_path / "crash" / "outputs" / "metrics.jsonl").read_text().splitlines())
+        r["round"] for r in map(json.loads, (fed.root / "crash" / "outputs" / "metrics.jsonl").read_text().splitlines())
     ]
     assert metric_rounds == [0, 1, 2, 3]
 

@@ -64,6 +64,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_the_simulation_and_keeps_partial_outputs(tmp_path, signum, code):
     scenario, out, log = tmp_path / "s.toml", tmp_path / "out", tmp_path / "log"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from tasks.partition import dirichlet, iid, label_shards, label_skew, partition
 
@@ -118,7 +119,7 @@ def test_dirichlet_gives_up_after_bounded_tries() -> None:
         dirichlet(labels, 5, alpha=1e-3, seed=0, min_size=10)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(
     n=st.integers(1, 300),
     num_classes=st.integers(1, 12),

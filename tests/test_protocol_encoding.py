@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from protocol import keys
 from protocol import messages as msgs
@@ -382,7 +383,7 @@ def _decodes_cleanly(data: bytes) -> None:
         assert m.encode() == data  # the encoding is canonical: one message, one byte string
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

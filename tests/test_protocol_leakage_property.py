@@ -16,6 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from leakage import Attack, Knowledge, Span
+from profiles import SLOW_EXAMPLE, examples
 
 from protocol import keys
 from protocol.local import make_federation
@@ -233,8 +234,11 @@ def _play(fed, know: Knowledge, s: dict, tr: int) -> Attack:
     return att
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=examples(30),
+    deadline=SLOW_EXAMPLE,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(attacks())
 def test_no_malicious_coordinator_isolates_an_honest_member(s):
     fed = make_federation(s["n"], _params(s["n"]), seed=s["n"])

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 from scipy.stats import chisquare
 
 from protocol import graph, shamir
@@ -31,7 +32,7 @@ from protocol.params import ProtocolParams
 from protocol.quantize import dequantize, quantize
 from protocol.shamir import ELEMENT_BYTES, PRIME
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(60), suppress_health_check=[HealthCheck.too_slow])
 P_MIN = 1e-4  # chi-square p-value below which a distribution is called non-uniform
 
 

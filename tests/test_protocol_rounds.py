@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import SLOW_EXAMPLE, examples
 
 from protocol.errors import ProtocolError, Rule
 from protocol.local import STAGES, make_federation, run_round, stand_in_model_digest
@@ -106,7 +107,7 @@ def honest_round_completes(n: int, params: ProtocolParams, drop: dict[str, set[i
     return responders >= 1 and responders - 1 >= t
 
 
-@settings(max_examples=20, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(20), deadline=SLOW_EXAMPLE, suppress_health_check=[HealthCheck.too_slow])
 @given(federations_with_dropouts())
 def test_property_exact_sum_or_clean_abort(case):
     """Any dropout pattern: either the bit-exact sum of the survivors, or an abort that never
@@ -148,7 +149,7 @@ def test_property_exact_sum_or_clean_abort(case):
     assert (out.error is None) is honest_round_completes(n, params, drop), out.error
 
 
-@settings(max_examples=15, deadline=10_000)
+@settings(max_examples=examples(15), deadline=SLOW_EXAMPLE)
 @given(n=st.integers(3, 16), seed=st.integers(0, 2**16), data=st.data())  # complete graph: n^2 shares
 def test_property_dropouts_within_threshold_always_recover(n, seed, data):
     """With fewer total dropouts than the thresholds allow, every round completes exactly."""

@@ -26,6 +26,7 @@ def faults_run(tmp_path_factory):
     return summary, rows(out)
 
 
+@pytest.mark.slow
 def test_dropout_at_every_stage_is_recovered(faults_run):
     summary, by_round = faults_run
     assert summary["secure_aggregation"] is True
@@ -43,6 +44,7 @@ def test_dropout_at_every_stage_is_recovered(faults_run):
     assert stages == {"advertise", "share", "receive", "mask", "sign", "unmask"}
 
 
+@pytest.mark.slow
 def test_too_many_dropouts_skip_the_round_and_training_continues(faults_run):
     summary, by_round = faults_run
     assert by_round[8]["skipped"] and "threshold" in by_round[8]["skipped"]
@@ -52,6 +54,7 @@ def test_too_many_dropouts_skip_the_round_and_training_continues(faults_run):
     assert summary["final"]["accuracy"] > by_round[0]["eval_accuracy"] + 0.3
 
 
+@pytest.mark.slow
 def test_participants_whose_policy_forbids_the_run_refuse_and_the_rest_continue(tmp_path):
     summary = run_scenario(load_scenario(ROOT / "simulations" / "policy.toml"), tmp_path, LogObserver())
     by_round = rows(tmp_path)
@@ -68,6 +71,7 @@ def test_participants_whose_policy_forbids_the_run_refuse_and_the_rest_continue(
     assert summary["rounds_completed"] == 3
 
 
+@pytest.mark.slow
 def test_secure_off_is_said_loudly(tmp_path):
     sc = parse_scenario(b"participants = 3\nrounds = 1\n[training]\nepochs = 1\n[secure]\nenabled = false\n")
     summary = run_scenario(sc, tmp_path, LogObserver())

@@ -1,4 +1,5 @@
-"""A short federation end to end through the real CLI and Flower's Simulation Engine."""
+"""A short federation end to end through the real CLI and Flower's Simulation Engine (the run is
+shared with tests/test_loopback_only.py: see tests/shared_runs.py)."""
 
 from __future__ import annotations
 
@@ -26,18 +27,13 @@ def simulate(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def plain_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("plain")
-    scenario = out / "s.toml"
-    scenario.write_text(
-        'name = "e2e"\nparticipants = 4\nrounds = 3\n[task]\nname = "digits"\npartition = "dirichlet"\nalpha = 0.5\n'
-        "[training]\nepochs = 2\n[secure]\nenabled = false\n"
-    )
-    proc = simulate(out / "run", str(scenario), "--baseline")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out / "run"
+def plain_run(simulate_run) -> Path:
+    """The session's `fedloom simulate --baseline` run (tests/shared_runs.py): 4 members, 3 plaintext rounds."""
+    assert simulate_run.returncode == 0, simulate_run.output[-6000:]
+    return simulate_run.out
 
 
+@pytest.mark.slow
 def test_outputs_exist_with_their_keys(plain_run):
     summary = json.loads((plain_run / "summary.json").read_text())
     assert summary.keys() >= SUMMARY_KEYS
@@ -54,6 +50,7 @@ def test_outputs_exist_with_their_keys(plain_run):
     assert (plain_run / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_run_directory_says_how_it_was_made(plain_run):
     """A copy of the scenario and the effective plan, the versions, start and end times, what exactness means."""
     from fedloom.plan import Plan
@@ -66,12 +63,14 @@ def test_the_run_directory_says_how_it_was_made(plain_run):
     assert "quantization step" in summary["exactness_note"]
 
 
+@pytest.mark.slow
 def test_out_on_an_earlier_run_is_refused_without_force(plain_run):
     proc = simulate(plain_run, "default", "--rounds", "1")
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--force" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_accuracy_rises(plain_run):
     rows = [json.loads(line) for line in (plain_run / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0]["eval_accuracy"], rows[-1]["eval_accuracy"]
