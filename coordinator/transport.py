@@ -16,6 +16,8 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedloom import triplog
+
 from .stop import STOP
 
 log = logging.getLogger("fedloom.coordinator")
@@ -31,6 +33,7 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, po
     Raises coordinator.stop.RunInterrupted when a stop is requested while it waits."""
     start = time.monotonic()
     deadline, next_note = start + timeout, start + 10.0
+    triplog.note("waiting_for_nodes")
     while True:
         STOP.check()
         nodes = sorted(grid.get_node_ids())
@@ -99,6 +102,7 @@ def exchange(
 
     def push(targets: list[int]) -> None:
         msgs = [(n, m) for n in targets if (m := build(n)) is not None]
+        triplog.note("push", nodes=[n for n, _ in msgs])
         pushed = set(grid.push_messages([m for _, m in msgs]))  # pushing gives each message its id
         for node, msg in msgs:
             if msg.metadata.message_id in pushed:
@@ -117,6 +121,7 @@ def exchange(
             node = waiting.pop(reply.metadata.reply_to_message_id, None)
             if node is None:
                 continue
+            triplog.note("reply", node=node)
             if not reply.has_error():
                 out.replied.add(node)
                 on_reply(reply)

@@ -85,7 +85,9 @@ def install_guard(bin_dir: Path) -> Path:
 def supernode_command(kit_dir: Path, data: Path, device: str, state_dir: Path, superlink: str, port: int) -> list[str]:
     node_config = f'kit="{kit_dir}" data-path="{data}" device="{device}" state-dir="{state_dir}"'
     return [
-        "flower-supernode",
+        sys.executable,
+        "-m",
+        "participant.supernode",  # Flower's flower-supernode with shorter waits between pulls
         "--superlink",
         superlink,
         "--root-certificates",
