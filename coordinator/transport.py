@@ -27,7 +27,7 @@ class NotEnoughNodes(RuntimeError):
     pass
 
 
-def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, poll: float = 0.2) -> list[int]:
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, poll: float = 0.5) -> list[int]:
     """Node ids once `wanted` nodes are connected, or what is there after `timeout` (>= minimum).
 
     Raises coordinator.stop.RunInterrupted when a stop is requested while it waits."""
@@ -85,6 +85,7 @@ def exchange(
     grace: float = 120.0,
     poll: float = 0.05,
     max_resends: int = 5,
+    max_poll: float = 0.25,
 ) -> Exchange:
     """Send `build(node)` to each node (None: nothing for it); call `on_reply` for each good reply
     as it arrives, until all are answered or `timeout`.
@@ -95,6 +96,10 @@ def exchange(
     `grace` seconds (within the deadline) to be online again; then its message is built and sent
     again (members answer a repeated request with the same reply, see `participant.replay`). A
     node that does not return, or whose ClientApp failed, is dropped as before.
+
+    Replies are polled `poll` seconds after a pull that brought one, backing off (x1.5 per empty
+    pull) to `max_poll`: a reply waits at most `max_poll` to be collected, and a long trip does
+    not cost the SuperLink 20 pulls a second.
 
     A stop request (Ctrl-C) raises coordinator.stop.RunInterrupted at the next poll."""
     out = Exchange()
@@ -113,7 +118,7 @@ def exchange(
     push(list(nodes))
     away: dict[int, tuple[str, float]] = {}  # node -> (the error it got, when to stop waiting for it)
     deadline = time.monotonic() + timeout
-    next_check = 0.0
+    next_check, wait = 0.0, poll
     while (waiting or away) and time.monotonic() < deadline:
         STOP.check()
         got = list(grid.pull_messages(list(waiting))) if waiting else []
@@ -132,6 +137,7 @@ def exchange(
             else:
                 out.errors[node] = reply.error.reason
                 log.warning("participant node %s failed: %s", node, reply.error.reason)
+        wait = poll if got else min(max_poll, wait * 1.5)
         del got
         if away and time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
@@ -146,6 +152,6 @@ def exchange(
             if back:
                 push(back)
         if waiting or away:
-            time.sleep(poll)
+            time.sleep(wait)
     out.errors.update({node: reason for node, (reason, _) in away.items()})
     return out

@@ -93,7 +93,8 @@ def time_the_app() -> None:
     runner.get_load_client_app_fn = timed_loader
 
 
-def main() -> None:
+def run() -> None:
+    """What `flwr-clientapp` does, with the bundle check installed first (exits like Flower's)."""
     import fedloom  # noqa: F401  (telemetry off before flwr loads)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedloom-guard %(levelname)s %(message)s")
@@ -107,6 +108,17 @@ def main() -> None:
 
     sys.argv[0] = "flwr-clientapp"
     flwr_clientapp()
+
+
+def main() -> None:
+    """Hand the task to the member's warm ClientApp process if it runs (participant.warm: a fork
+    with everything imported, the same check in it), else run it here."""
+    from .warm import delegate
+
+    code = delegate(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    run()
 
 
 if __name__ == "__main__":

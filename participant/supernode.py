@@ -30,9 +30,9 @@ from fedloom import triplog
 
 FLOWER_PULL_SLEEP = 3.0  # what Flower sleeps after an empty pull
 FLOWER_LOCAL_SLEEP = 0.5  # what Flower sleeps between looks at its own state
-PULL_FAST = 3.0  # BEFORE-MEASUREMENT: Flower's own
+PULL_FAST = 0.2
 BUSY_WINDOW = 30.0
-LOCAL_POLL = 0.5  # BEFORE-MEASUREMENT
+LOCAL_POLL = 0.05
 
 
 class PullClock(types.SimpleNamespace):
@@ -78,9 +78,17 @@ def _noting(fn: Callable[..., Any], clock: PullClock, event: str, when: Callable
 
 
 def install(module: types.ModuleType, clock: PullClock) -> None:
-    """Give Flower's SuperNode loop our clock, and note received messages and sent replies."""
+    """Give Flower's SuperNode loop our clock, and note pulled messages (the message itself, then
+    with its objects downloaded: "received") and sent replies."""
     module.time = clock  # type: ignore[attr-defined]
-    module._pull_and_store_message = _noting(module._pull_and_store_message, clock, "received", lambda r: r is not None)
+    pull = _noting(module._pull_and_store_message, clock, "received", lambda r: r is not None)
+
+    def pull_noting_arrival(*args: Any, **kwargs: Any) -> Any:
+        if "receive" in kwargs:
+            kwargs["receive"] = _noting(kwargs["receive"], clock, "pulled", lambda r: r is not None)
+        return pull(*args, **kwargs)
+
+    module._pull_and_store_message = pull_noting_arrival
     module._push_messages = _noting(module._push_messages, clock, "sent", lambda _r: True)
 
 

@@ -15,7 +15,7 @@ Figures:
 * trip seconds: the coordinator's push of a trip to its last reply (`FEDLOOM_TRIP_LOG` timestamps
   from the ServerApp's transport).
 * where a member's part of a trip goes, from timestamps the member's SuperNode wrapper and app
-  guard note: pull wait (push -> message received by the node, download included), launch (->
+  guard note: pull wait (push -> the node has pulled the message), launch (->
   Flower's `flwr-clientapp` process exists: SuperExec's task poll), start + imports (-> the app is
   loaded: interpreter, flwr, torch, fedloom, app bundle check), handler (the ClientApp's work;
   train = local training inside it, the rest is evaluation + protocol), reply (handler done -> the
@@ -287,8 +287,11 @@ def _after(events: list[dict], name: str, t: float, until: float) -> float | Non
     return next((e["t"] for e in events if e["event"] == name and t <= e["t"] <= until), None)
 
 
+STEP_EVENTS = ("clientapp_start", "app_loaded", "handler_start", "train_start", "train_end", "handler_end")
+
+
 def member_steps(trips: list[dict[str, Any]], logs: list[list[dict]]) -> list[dict[str, float]]:
-    """One dict of step durations per (trip, member) whose timestamps are all there."""
+    """One dict of step durations per (trip, member) that the member's log shows taking part."""
     out = []
     for trip in trips:
         steps, sent_times = [], []
@@ -298,11 +301,14 @@ def member_steps(trips: list[dict[str, Any]], logs: list[list[dict]]) -> list[di
             if got is None:
                 continue
             sent = _after(events, "sent", got, trip["end"] + 5)
-            marks = {k: _after(events, k, got, sent or trip["end"]) for k in STEP_EVENTS}
-            # the ClientApp process may have started a moment before the node noted "received"
-            start = next((e["t"] for e in events if e["event"] == "clientapp_start" and got - 1 <= e["t"]), None)
-            marks["clientapp_start"] = start if start is not None and (sent is None or start <= sent) else None
-            steps.append(_durations(trip["push"], got, marks, sent))
+            until = sent if sent is not None else trip["end"]
+            marks = {k: _after(events, k, trip["push"], until) for k in STEP_EVENTS}
+            # Flower creates the task (and SuperExec may start the ClientApp) before the node has
+            # downloaded the message's objects: "pulled" is when the node had the message itself
+            pulled = _after(events, "pulled", trip["push"], got)
+            if pulled is None:  # older logs: the earliest sign that the node had it
+                pulled = min(t for t in (got, marks["clientapp_start"]) if t is not None)
+            steps.append(_durations(trip["push"], pulled, marks, sent))
             if sent is not None:
                 sent_times.append(sent)
         if sent_times:
@@ -312,16 +318,13 @@ def member_steps(trips: list[dict[str, Any]], logs: list[list[dict]]) -> list[di
     return out
 
 
-STEP_EVENTS = ("app_loaded", "handler_start", "train_start", "train_end", "handler_end")
-
-
-def _durations(push: float, got: float, m: dict[str, float | None], sent: float | None) -> dict[str, float]:
+def _durations(push: float, pulled: float, m: dict[str, float | None], sent: float | None) -> dict[str, float]:
     def gap(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else b - a
 
     d = {
-        "pull_wait": got - push,
-        "launch": gap(got, m["clientapp_start"]),
+        "pull_wait": pulled - push,
+        "launch": gap(pulled, m["clientapp_start"]),
         "start_imports": gap(m["clientapp_start"], m["app_loaded"]),
         "handler": gap(m["handler_start"], m["handler_end"]),
         "train": gap(m["train_start"], m["train_end"]),
