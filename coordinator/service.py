@@ -199,6 +199,7 @@ class RunWatch:
         from flwr.supercore.control import ControlHttpClient
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per look
         self.client = ControlHttpClient.from_server_address(
             server_address=address,
             insecure=False,

@@ -200,7 +200,8 @@ def serve(path: Path) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s fedloom-warm %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s fedloom-warm %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)  # our own lines; not the libraries' import chatter
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m participant.warm SOCKET")
     with contextlib.suppress(KeyboardInterrupt):

@@ -3,6 +3,7 @@
     fedloom bench deployment                         # 3 members, 3 rounds each way, 20 s idle window
     fedloom bench deployment --rounds 4 --json deployment.json --label after
     fedloom bench deployment --quick                 # 1 plaintext round, 5 s idle: a smoke run
+    fedloom bench deployment --again DIR             # recompute the row from a --keep DIR
 
 Per mode (plaintext, then secure) it provisions a federation of `--members` members with the same
 plan apart from `secure.enabled` (digits CNN, iid, 1 epoch), and runs it exactly as operators do:
@@ -255,18 +256,32 @@ def run_mode(work: Path, secure: bool, members: int, rounds: int, idle: float, t
             raise RuntimeError(f"the coordinator exited with {coord.returncode}: {fed.tail('coordinator')}")
     finally:
         fed.stop_all()
-    metrics = fed.root / "state" / "outputs" / "metrics.jsonl"
+    cpu = {
+        "idle_cpu_per_min": sampler.per_minute(idle_start, idle_end),
+        "round_cpu_per_min": None,
+        "idle_window": [idle_start, idle_end],
+        "samples": sampler.samples,
+    }
+    (fed.root / "cpu.json").write_text(json.dumps(cpu) + "\n")
+    return analyze(fed.root)
+
+
+def analyze(root: Path) -> dict[str, Any]:
+    """A mode's raw measurements from what its run left in `root` (also for `--from DIR`)."""
+    metrics = root / "state" / "outputs" / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
-    coord_log = triplog.read(fed.root / "trips-coordinator.jsonl")
-    member_logs = [triplog.read(fed.root / f"trips-{m}.jsonl") for m in fed.members]
+    coord_log = triplog.read(root / "trips-coordinator.jsonl")
+    member_logs = [triplog.read(p) for p in sorted(root.glob("trips-m*.jsonl"))]
     trips = split_trips(coord_log)
-    rounds_window = (trips[0]["push"], trips[-1]["end"]) if trips else (idle_end, idle_end)
+    cpu = json.loads((root / "cpu.json").read_text()) if (root / "cpu.json").exists() else {}
+    sampler = CpuSampler(0, [tuple(x) for x in cpu.get("samples", [])])
+    round_cpu = sampler.per_minute(trips[0]["push"], trips[-1]["end"]) if trips else None
     return {
         "metrics": rows,
         "trips": trips,
         "steps": member_steps(trips, member_logs),
-        "idle_cpu_per_min": sampler.per_minute(idle_start, idle_end),
-        "round_cpu_per_min": sampler.per_minute(*rounds_window),
+        "idle_cpu_per_min": cpu.get("idle_cpu_per_min"),
+        "round_cpu_per_min": round_cpu if round_cpu is not None else cpu.get("round_cpu_per_min"),
     }
 
 
@@ -351,18 +366,21 @@ def summarize(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
     return row
 
 
-def run(members: int, rounds: int, idle: float, modes: list[str], timeout: float, keep: str | None) -> dict[str, Any]:
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="fedloom-bench-deploy-"))
+def run(
+    members: int, rounds: int, idle: float, modes: list[str], timeout: float, keep: str | None, again: str | None = None
+) -> dict[str, Any]:
+    """One row: each mode run (or, with `again`, re-read from a kept work directory)."""
+    work = Path(again or keep or tempfile.mkdtemp(prefix="fedloom-bench-deploy-"))
     work.mkdir(parents=True, exist_ok=True)
     row: dict[str, Any] = {"members": members, "rounds": rounds}
     trips: list[float] = []
     try:
         for mode in modes:
-            raw = run_mode(work, mode == "secure", members, rounds, idle, timeout)
+            raw = analyze(work / mode) if again else run_mode(work, mode == "secure", members, rounds, idle, timeout)
             row.update(summarize(raw, mode))
             trips += [t["seconds"] for t in raw["trips"]]
     finally:
-        if not keep:
+        if not keep and not again:
             shutil.rmtree(work, ignore_errors=True)
     row.update(common.stats("trip_seconds", trips))
     if row.get("plain_round_seconds") and row.get("secure_round_seconds"):
@@ -415,10 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds a mode's run may take")
     ap.add_argument("--label", default="", help="a name for this row (e.g. before / after)")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep kits, logs and trip logs")
+    ap.add_argument("--again", metavar="DIR", help="no run: recompute the row from a --keep directory")
     ap.add_argument("--quick", action="store_true", help="1 plaintext round, 5 s idle window: a smoke run")
     ap.add_argument("--json", metavar="PATH", help="write the row as a JSON document ('-': stdout)")
     a = ap.parse_args(argv)
     modes = ["plain"] if a.quick else [m.strip() for m in a.modes.split(",") if m.strip()]
+    if a.again:
+        modes = [m for m in modes if (Path(a.again) / m).is_dir()]
     if a.quick:
         a.rounds, a.idle = 1, 5.0
     bad = [m for m in modes if m not in ("plain", "secure")]
@@ -427,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     con = common.console(a.json == "-")
     try:
-        row = {"label": a.label, **run(a.members, a.rounds, a.idle, modes, a.timeout, a.keep)}
+        row = {"label": a.label, **run(a.members, a.rounds, a.idle, modes, a.timeout, a.keep, a.again)}
     except (RuntimeError, TimeoutError) as exc:
         con.print(f"[red]fedloom bench deployment: {exc}[/red]")
         return 1
