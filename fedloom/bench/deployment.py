@@ -239,7 +239,8 @@ def run_mode(work: Path, secure: bool, members: int, rounds: int, idle: float, t
         sampler = CpuSampler(coord.pid)
         # idle = the ServerApp is up and waiting for members (its start-up is not idle)
         waiting = fed.root / "trips-coordinator.jsonl"
-        _wait(lambda: waiting.exists() and "waiting_for_nodes" in waiting.read_text(), 300, "no ServerApp", fed)
+        _wait(lambda: (fed.root / "state" / "run.json").exists(), timeout, "no run was submitted", fed)
+        _wait(lambda: waiting.exists() and "waiting_for_nodes" in waiting.read_text(), timeout, "no ServerApp", fed)
         idle_start = time.time()
         _wait(lambda: time.time() - idle_start >= idle, idle + 60, "idle window", fed, sampler)
         sampler.sample()
