@@ -449,6 +449,14 @@ def bench_flower(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(list(ctx.args)))
 
 
+@bench_app.command("deployment", context_settings=_PASSTHROUGH)
+def bench_deployment(ctx: typer.Context) -> None:
+    """A real deployment on loopback (SuperLink, gateway, TLS, SuperNodes): round, trip and CPU figures."""
+    from console.bench.deployment import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 @bench_app.command("all", context_settings=_PASSTHROUGH)
 def bench_all(ctx: typer.Context) -> None:
     """Every section (--quick: a few minutes) and the issue's targets checked (--help)."""

@@ -32,6 +32,7 @@ from flwr.clientapp import ClientApp
 
 import tasks
 from fedloom import records as rec
+from fedloom import triplog
 from fedloom.kits import LEDGER_PUB_FILE, POLICY_FILE, ROSTER_FILE, MemberKit, load_member_kit, roster_from_json
 from fedloom.plan import Plan
 from fedloom.policy import Policy, PolicyRefusal
@@ -245,7 +246,9 @@ def train(msg: Message, context: Context) -> Message:
 
     def train_once() -> tuple[np.ndarray, int]:
         inner = _load_inner_state(context, view.plan)
+        triplog.note("train_start")
         result = trainer.train(vector, view.round, view.member, inner)
+        triplog.note("train_end")
         _save_inner_state(context, view.plan, inner)
         _keep_models(view, trainer, vector)
         fit.update(examples=result.num_examples, loss=result.train_loss)

@@ -60,12 +60,47 @@ def install_guard() -> None:
     runner.install_from_fab = guarded_install
 
 
-def main() -> None:
+def time_the_app() -> None:
+    """For `fedloom bench deployment` (FEDLOOM_TRIP_LOG set): note when this process started, when
+    the app is loaded (imports done) and when its handler starts and ends."""
+    import flwr.supernode.runtime.run_clientapp as runner
+
+    from fedloom import triplog
+
+    if not triplog.enabled():
+        return
+    triplog.note("clientapp_start", at=triplog.process_start_time())
+    original = runner.get_load_client_app_fn
+
+    def timed_loader(*args, **kwargs):
+        load = original(*args, **kwargs)
+
+        def loaded(*a, **kw):
+            app = load(*a, **kw)
+            triplog.note("app_loaded")
+
+            def call(message, context):
+                triplog.note("handler_start", kind=message.metadata.message_type)
+                try:
+                    return app(message=message, context=context)
+                finally:
+                    triplog.note("handler_end")
+
+            return call
+
+        return loaded
+
+    runner.get_load_client_app_fn = timed_loader
+
+
+def run() -> None:
+    """What `flwr-clientapp` does, with the bundle check installed first (exits like Flower's)."""
     import fedloom  # noqa: F401  (telemetry off before flwr loads)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedloom-guard %(levelname)s %(message)s")
     try:
         install_guard()
+        time_the_app()
     except UnapprovedApp as exc:
         log.error("%s", exc)
         sys.exit(3)
@@ -73,6 +108,17 @@ def main() -> None:
 
     sys.argv[0] = "flwr-clientapp"
     flwr_clientapp()
+
+
+def main() -> None:
+    """Hand the task to the member's warm ClientApp process if it runs (participant.warm: a fork
+    with everything imported, the same check in it), else run it here."""
+    from .warm_client import delegate
+
+    code = delegate(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    run()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from fedloom.processes import flower_env, flower_exit_code, free_port, spawn, st
 from .device import resolve_device
 from .guard import KIT_ENV
 from .local_data import from_path
+from .warm_client import SOCKET_ENV, socket_path
 
 log = logging.getLogger("fedloom.participant")
 NOT_REGISTERED = 305  # Flower's exit code for a node whose key the SuperLink does not know
@@ -30,6 +31,10 @@ NOT_REGISTERED = 305  # Flower's exit code for a node whose key the SuperLink do
 # retrying forever: a kit trusting another CA, or a server that is not the coordinator, stays so.
 # More than one, so a single odd failure (e.g. a proxy restarting) does not end the service.
 TLS_REFUSALS_BEFORE_GIVING_UP = 3
+# How often Flower's SuperExec asks the SuperNode for a task to launch (Flower's default: 1 s).
+# The call stays on this machine (the SuperNode's local Runtime API).
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_POLL = "0.1"
 GUARD_SCRIPT = """#!/bin/sh
 # fedloom's app guard, installed as the `flwr-clientapp` this member's SuperNode launches.
 exec "{python}" -m participant.guard "$@"
@@ -85,7 +90,9 @@ def install_guard(bin_dir: Path) -> Path:
 def supernode_command(kit_dir: Path, data: Path, device: str, state_dir: Path, superlink: str, port: int) -> list[str]:
     node_config = f'kit="{kit_dir}" data-path="{data}" device="{device}" state-dir="{state_dir}"'
     return [
-        "flower-supernode",
+        sys.executable,
+        "-m",
+        "participant.supernode",  # Flower's flower-supernode with shorter waits between pulls
         "--superlink",
         superlink,
         "--root-certificates",
@@ -137,8 +144,10 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
     state = Path(state_dir).resolve() if state_dir else kit_dir / "state"
     state.mkdir(parents=True, exist_ok=True)
     guard_bin = install_guard(state / "bin")
-    env = flower_env({KIT_ENV: str(kit_dir)}, path_first=guard_bin)
+    sock = socket_path(state)
+    env = flower_env({KIT_ENV: str(kit_dir), SOCKET_ENV: str(sock), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL}, guard_bin)
     cmd = supernode_command(kit_dir, data_path, device, state, address, free_port())
+    warm = spawn([sys.executable, "-m", "participant.warm", str(sock)], env, state / "warm.log")
     log.info(
         "member %s: %d training and %d test examples; connecting to %s",
         member.member.name,
@@ -154,19 +163,28 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return _run_supernode(cmd, env, state, address, lambda: stopping, warm.pid)
+    finally:
+        stop(warm)
+
+
+def _run_supernode(cmd: list[str], env: dict[str, str], state: Path, address: str, stopping, warm_pid: int) -> int:
+    """Keep the SuperNode running until `stopping()`: restart it when it stops, give up on TLS refusals."""
     backoff = 2.0
     tls_refusals = 0
-    while not stopping:
+    while not stopping():
         log_start = _size(state / "supernode.log")
         proc = spawn(cmd, env, state / "supernode.log")
-        (state / "service.json").write_text(json.dumps({"pid": os.getpid(), "supernode_pid": proc.pid}) + "\n")
+        info = {"pid": os.getpid(), "supernode_pid": proc.pid, "warm_pid": warm_pid}
+        (state / "service.json").write_text(json.dumps(info) + "\n")
         started = time.monotonic()
         try:
-            while not stopping and proc.poll() is None:
+            while not stopping() and proc.poll() is None:
                 time.sleep(0.5)
         finally:
             stop(proc)
-        if stopping:
+        if stopping():
             break
         # The coordinator may not be up yet, or not have registered this node's key yet (Flower
         # exits 305), or it restarted: a member's node keeps trying, as a service should. A server
@@ -184,6 +202,6 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
             "the SuperNode stopped (%s); starting it again in %.0f s (see %s)", why, backoff, state / "supernode.log"
         )
         deadline = time.monotonic() + backoff
-        while not stopping and time.monotonic() < deadline:
+        while not stopping() and time.monotonic() < deadline:
             time.sleep(0.2)
     return 0
