@@ -498,11 +498,10 @@ class SecureRounds:
         policy sets public weights of its own, reported in `contribution`."""
         if contribution is not None:
             return []
-        cap = self.params.max_weight
         return [
-            {"member": m, "examples": self.declared[m], "weight": cap}
+            {"member": m, "examples": self.declared[m], "weight": self.params.fedavg_weight(self.declared[m])}
             for m in sorted(members)
-            if self.declared.get(m, 0) > cap
+            if self.declared.get(m, 0) > self.params.max_weight
         ]
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:

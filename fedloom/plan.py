@@ -13,9 +13,12 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from protocol.params import ProtocolParams
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "diloco")
 PARTITIONS = ("iid", "dirichlet", "shards", "groups")
@@ -201,24 +204,32 @@ class Plan:
             need(0 < c.cap <= 1, f"contribution.cap must be in (0, 1] (got {c.cap})")
             need(c.floor >= 0, "contribution.floor must be >= 0 (0 = no floor)")
 
+    def protocol_params(self, vector_length: int, members: int) -> ProtocolParams:
+        """The plan's secure-aggregation parameters for a model of `vector_length` parameters: the one
+        mapping from plan to protocol, used by validation, the coordinator, members and adversaries."""
+        from protocol.params import ProtocolParams
+
+        s = self.secure
+        return ProtocolParams.for_federation(
+            vector_length,
+            members,
+            bits=s.bits,
+            max_weight=s.max_weight or None,
+            clip=s.clip,
+            threshold_fraction=s.threshold,
+            neighbours=s.neighbours,
+            colluders=s.colluders,
+            min_cohort=s.min_cohort,
+            max_share=self.contribution.cap if self.contribution.enabled else 1.0,
+        )
+
     def _check_protocol_params(self) -> None:
         """The protocol's own rules on these numbers (thresholds, collusion bound, ring), so a plan
         the protocol would refuse is refused here, before anything starts."""
         from protocol.errors import ProtocolError
-        from protocol.params import ProtocolParams
 
-        sec = self.secure
         try:
-            ProtocolParams.for_federation(
-                1,
-                self.participants,
-                bits=sec.bits,
-                max_weight=sec.max_weight or None,
-                clip=sec.clip,
-                threshold_fraction=sec.threshold,
-                colluders=sec.colluders,
-                min_cohort=sec.min_cohort,
-            )
+            self.protocol_params(1, self.participants)
         except ProtocolError as err:
             raise UserError(f"plan [secure]: {err.detail}") from None
 

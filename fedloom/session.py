@@ -13,19 +13,7 @@ from protocol.params import ProtocolParams
 
 def protocol_params(plan: Plan, vector_length: int, members: int) -> ProtocolParams:
     """The plan's secure-aggregation parameters for a model of `vector_length` parameters."""
-    s = plan.secure
-    return ProtocolParams.for_federation(
-        vector_length,
-        members,
-        bits=s.bits,
-        max_weight=s.max_weight or None,
-        clip=s.clip,
-        threshold_fraction=s.threshold,
-        neighbours=s.neighbours,
-        colluders=s.colluders,
-        min_cohort=s.min_cohort,
-        max_share=plan.contribution.cap if plan.contribution.enabled else 1.0,
-    )
+    return plan.protocol_params(vector_length, members)
 
 
 def session_context(plan: Plan) -> SessionContext:

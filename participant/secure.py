@@ -91,7 +91,7 @@ def answer(
                     raise ProtocolError(Rule.WRONG_ROUND, f"mask request for round {msg.training_round}, not {round_}")
                 participant.check_contribution(msg.training_round, model_digest)  # before any training
                 update, examples = train()
-                weight = max(1, min(int(examples), participant.params.max_weight))
+                weight = participant.params.fedavg_weight(examples)
                 if msg.weights:  # a contribution policy's public weight (the protocol checks the table)
                     weight = dict(zip(msg.shared, msg.weights, strict=False)).get(participant.member, weight)
                 info.update(weight=weight, examples=int(examples))

@@ -16,6 +16,23 @@ from tasks.probe import dataset_hash, probe_set
 from .local_data import LocalData
 
 
+def train_config(plan: Plan, seed: int, *, epochs: int | None = None, steps: int | None = None) -> tasks.TrainConfig:
+    """The plan's [training] table as the task's TrainConfig: one mapping for federated rounds and
+    for the baselines they are compared with (local-only, centralized); `epochs`/`steps` override
+    the plan's per-round budget where a baseline trains for the whole run at once."""
+    t = plan.training
+    return tasks.TrainConfig(
+        epochs=t.epochs if epochs is None else epochs,
+        steps=t.steps if steps is None else steps,
+        optimizer=t.optimizer,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        seed=seed,
+    )
+
+
 @dataclass(frozen=True)
 class LocalResult:
     update: np.ndarray  # float32: local model - global model
@@ -68,17 +85,7 @@ class LocalTrainer:
         """Train from `vector`; `optimizer_state` (a dict, updated in place) carries the inner
         optimizer's state across rounds when the plan keeps it and the task supports it."""
         self.load(vector)
-        t = self.plan.training
-        cfg = tasks.TrainConfig(
-            epochs=t.epochs,
-            steps=t.steps,
-            optimizer=t.optimizer,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            seed=self.plan.train_seed(round_, member),
-        )
+        cfg = train_config(self.plan, self.plan.train_seed(round_, member))
         if optimizer_state is not None and supports_optimizer_state(self.task):
             result = self.task.train(self.model, self.data.train, cfg, self.device, optimizer_state=optimizer_state)
         else:

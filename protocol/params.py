@@ -81,6 +81,12 @@ class ProtocolParams:
         the same ring budget as private weights, so the weighted mean keeps about one step."""
         return self.scale * self.max_members
 
+    def fedavg_weight(self, examples: int) -> int:
+        """A member's FedAvg weight in the sum: its example count, at least 1, capped at max_weight
+        (the ring is sized for that cap). Members, the coordinator's report and the simulation's
+        exactness check all use this one rule."""
+        return max(1, min(int(examples), self.max_weight))
+
     def degree(self, cohort: int) -> int:
         """Holders per dealer: the graph is complete, every other member of the cohort."""
         return max(0, cohort - 1)

@@ -11,6 +11,7 @@ import torch
 
 import tasks
 from fedloom.plan import Plan
+from participant.trainer import train_config
 
 
 def centralized_baseline(plan: Plan, device: str = "cpu", threads: int = 2) -> dict[str, float]:
@@ -20,16 +21,7 @@ def centralized_baseline(plan: Plan, device: str = "cpu", threads: int = 2) -> d
     torch.manual_seed(plan.seed)
     model = task.build_model().to(device)
     t = plan.training
-    cfg = tasks.TrainConfig(
-        epochs=plan.rounds * t.epochs,
-        steps=plan.rounds * t.steps,
-        optimizer=t.optimizer,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        seed=plan.seed,
-    )
+    cfg = train_config(plan, plan.seed, epochs=plan.rounds * t.epochs, steps=plan.rounds * t.steps)
     task.train(model, train, cfg, torch.device(device))
     ev = task.evaluate(model, test, torch.device(device))
     return {"accuracy": ev.accuracy, "loss": ev.loss, "epochs": cfg.epochs, "examples": len(train)}

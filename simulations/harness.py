@@ -139,7 +139,7 @@ def _exactness(
         if not path.exists():
             return None
         with np.load(path) as f:
-            w = int(weights[m]) if weights and m in weights else min(int(f["examples"]), params.max_weight)
+            w = int(weights[m]) if weights and m in weights else params.fedavg_weight(f["examples"])
             x = np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
         total = x if total is None else total + x
         weight += w

@@ -94,7 +94,7 @@ def run_job(job: Job) -> dict[str, Any]:
     import tasks
     from participant.models import named_tensors, vector_hash
     from participant.sovereign import SovereignSpec, build_from_directory
-    from tasks.base import TrainConfig
+    from participant.trainer import train_config
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -112,17 +112,7 @@ def run_job(job: Job) -> dict[str, Any]:
         data = _pooled_data(plan) if job.kind == "centralized" else _member_data(plan, job.member_index)
         torch.manual_seed(plan.seed)  # the federation's initial model (coordinator.driver.initial_model)
         model = task.build_model()
-        t = plan.training
-        cfg = TrainConfig(
-            epochs=max(1, job.epochs),
-            steps=job.steps,
-            optimizer=t.optimizer,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            seed=plan.seed,
-        )
+        cfg = train_config(plan, plan.seed, epochs=max(1, job.epochs), steps=job.steps)
         task.train(model, data, cfg, device)
         vector = tasks.model_to_vector(model)
     model = task.build_model()
