@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from fedloom.errors import UserError
+from fedloom.errors import RunFailed, UserError
 
 
 def _keep_argument_help() -> None:
@@ -187,7 +187,11 @@ def simulate(
     from simulations.runner import run_scenario
 
     observer = RichObserver()
-    summary = run_scenario(sc, out_dir, observer)
+    try:
+        summary = run_scenario(sc, out_dir, observer)
+    except RunFailed as exc:
+        print_error(exc)
+        raise typer.Exit(exc.exit_code) from None
     if summary.get("interrupted"):
         _report_interrupted(observer.rows, summary, out_dir)
     if baseline:

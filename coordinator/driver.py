@@ -195,7 +195,9 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
         STOP.check()
         t0 = time.perf_counter()
         res = rounds.train_round(r, model)
-        if (stale := foreign_history(res, journal.names)) is not None:
+        # only the first round a coordinator with a state directory runs can reveal that it lost its
+        # history; refusals of a later round (a bug, or a coordinator replaying) just skip that round
+        if r == first and settings.state_dir is not None and (stale := foreign_history(res, journal.names)):
             raise ForeignHistory(stale)
         if res.mean_update is not None:
             model = optimizer.step(model, res.mean_update.astype(np.float32))

@@ -22,6 +22,7 @@ from coordinator.driver import RunObserver
 from coordinator.outputs import SUMMARY
 from coordinator.server_app import make_server_app
 from coordinator.stop import STOP
+from fedloom.errors import RunFailed
 from fedloom.localray import keep_ray_on_loopback
 from participant.client_app import app as client_app
 
@@ -113,7 +114,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
             write_minimal_summary(out_dir, scenario.name, STOP.signum or signal.SIGINT, guard.started)
     summary_path = out_dir / SUMMARY
     if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
+        raise RunFailed(f"the simulation ended without writing {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text())
     if scenario.report.enabled and not summary.get("interrupted"):
         from coordinator.outputs import write_json

@@ -34,8 +34,9 @@ FEDLOOM = [sys.executable, "-m", "console.cli"]
 class FakeGrid:
     """Every node answers at once: a small update, or a policy refusal with `refuse` as its rule."""
 
-    def __init__(self, nodes: int, refuse: str | None = None) -> None:
+    def __init__(self, nodes: int, refuse: str | None = None, refuse_from: int = 1) -> None:
         self.nodes, self.refuse, self.pending, self.trained = list(range(1, nodes + 1)), refuse, [], []
+        self.refuse_from = refuse_from
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
@@ -54,7 +55,7 @@ class FakeGrid:
         node = msg.metadata.dst_node_id
         round_ = int(msg.content[rec.CONFIG]["round"])
         content = RecordDict({"who": ConfigRecord({"member": node})})
-        if self.refuse:
+        if self.refuse and round_ >= self.refuse_from:
             detail = "the coordinator's ledger contradicts this member's copy"
             refusal = {"member": node, "round": round_, "rule": self.refuse, "detail": detail}
             content[rec.REFUSAL] = ConfigRecord(refusal)
@@ -124,6 +125,17 @@ def test_members_holding_another_history_stop_the_run_after_one_round(tmp_path):
     assert not (tmp_path / "outputs" / "summary.json").exists()
     refusals = [e for e in events(tmp_path) if e["kind"] == "refusal"]
     assert [r["rule"] for r in refusals] == ["ledger.fork"] * 3
+
+
+def test_refusals_of_a_later_round_skip_it_and_do_not_stop_the_run(tmp_path):
+    """[round.replay] in round 2 after a good round 1 is no lost state directory (this coordinator
+    ran round 1 with these members): a replaying coordinator or a bug; the round is skipped, the
+    run goes on and ends with its summary (the adversary scenarios replay in round 2)."""
+    result = run(tmp_path, FakeGrid(3, refuse="round.replay", refuse_from=2), rounds=3)
+    assert "refused" not in result and result["rounds_completed"] == 1
+    status = json.loads((tmp_path / jr.STATUS).read_text())
+    assert status["state"] == "done"
+    assert (tmp_path / "outputs" / "summary.json").exists()
 
 
 def test_wall_seconds_continue_across_a_restart_and_start_over_for_a_new_run(tmp_path):
