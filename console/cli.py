@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fedloom.errors import RunFailed, UserError
+
+if TYPE_CHECKING:
+    from fedloom.ledger import Comparison, VerifyReport
 
 
 def _keep_argument_help() -> None:
@@ -573,27 +576,12 @@ def ledger_verify(
 
     A ledger cut off after a complete entry, or rewritten from some entry on and signed again, still verifies on
     its own: only another copy shows it. With --against, LEDGER must hold every entry of that copy (same hashes)."""
-    from fedloom.kits import LEDGER_PUB_FILE
     from fedloom.ledger import compare, read_public_key, verify
 
     try:
-        if key is not None and kit is not None:
-            raise UserError("give --key or --kit, not both")
-        if kit is not None:
-            if not kit.is_dir():
-                raise UserError(f"kit directory not found: {kit}")
-            key = kit / LEDGER_PUB_FILE
-            if not key.is_file():
-                raise UserError(f"kit {kit} has no {LEDGER_PUB_FILE} (the coordinator's ledger public key)")
+        key = _ledger_key_file(key, kit)
         public_key = read_public_key(key) if key is not None else None
-        if target.is_dir():
-            files = sorted(p for p in target.glob("*.jsonl") if p.is_file())
-            if not files:
-                raise UserError(f"no *.jsonl ledger in {target}")
-        elif target.is_file():
-            files = [target]
-        else:
-            raise UserError(f"ledger not found: {target}")
+        files = _ledger_files(target)
         if against is not None and (len(files) != 1 or not against.is_file()):
             raise UserError(f"--against needs one ledger file and one copy file (not found or a directory: {against})")
         reports = [(f, verify(f, public_key)) for f in files]
@@ -602,6 +590,42 @@ def ledger_verify(
         _fail(exc)
     except OSError as exc:
         _fail(UserError(f"cannot read {exc.filename}: {exc.strerror or exc}"))
+    console.print(_ledger_table(reports))
+    _print_ledger_findings(reports, public_key is not None, comparison)
+    if not all(r.ok for _, r in reports) or (comparison is not None and not comparison.ok):
+        raise typer.Exit(1)
+
+
+def _ledger_key_file(key: Path | None, kit: Path | None) -> Path | None:
+    """The ledger public key file --key or --kit names (None: none given), refused before any ledger is read."""
+    from fedloom.kits import LEDGER_PUB_FILE
+
+    if key is not None and kit is not None:
+        raise UserError("give --key or --kit, not both")
+    if kit is not None:
+        if not kit.is_dir():
+            raise UserError(f"kit directory not found: {kit}")
+        key = kit / LEDGER_PUB_FILE
+        if not key.is_file():
+            raise UserError(f"kit {kit} has no {LEDGER_PUB_FILE} (the coordinator's ledger public key)")
+    return key
+
+
+def _ledger_files(target: Path) -> list[Path]:
+    """The ledgers `fedloom ledger verify` checks: the file itself, or every *.jsonl file in a directory."""
+    if target.is_dir():
+        files = sorted(p for p in target.glob("*.jsonl") if p.is_file())
+        if not files:
+            raise UserError(f"no *.jsonl ledger in {target}")
+    elif target.is_file():
+        files = [target]
+    else:
+        raise UserError(f"ledger not found: {target}")
+    return files
+
+
+def _ledger_table(reports: list[tuple[Path, VerifyReport]]) -> Table:
+    """One row per ledger checked, so a directory of copies reads at a glance."""
     table = Table(title="fedloom ledger")
     for col, justify in (
         ("ledger", "left"),
@@ -615,11 +639,17 @@ def ledger_verify(
         source = "kit" if r.key_source == "kit" else "genesis (self-certified)"
         status = Text("ok", style="green") if r.ok else Text("BROKEN", style="bold red")
         table.add_row(Text(str(f)), str(r.entries), str(r.rounds), source, status)
-    console.print(table)
+    return table
+
+
+def _print_ledger_findings(
+    reports: list[tuple[Path, VerifyReport]], keyed: bool, comparison: Comparison | None
+) -> None:
+    """What the table cannot say: each broken ledger's first error, a self-certified check, the comparison."""
     for f, r in reports:
         if not r.ok:
             console.print(Text(f"{f}: {r.first_error}"), soft_wrap=True, highlight=False)
-    if public_key is None:
+    if not keyed:
         console.print(
             Text(
                 "no --key/--kit: signatures were checked against the key the ledger names itself; "
@@ -631,8 +661,6 @@ def ledger_verify(
     if comparison is not None:
         style = "green" if comparison.ok else "bold red"
         console.print(Text(f"{comparison.verdict}: ", style=style) + Text(comparison.detail), soft_wrap=True)
-    if not all(r.ok for _, r in reports) or (comparison is not None and not comparison.ok):
-        raise typer.Exit(1)
 
 
 @app.command()

@@ -26,7 +26,7 @@ from . import checkpoint, outputs, provenance
 from .checkpoint import model_hash
 from .journal import FOREIGN_HISTORY_RULES, Journal
 from .ledger_feed import LedgerFeed
-from .optimizers import make_optimizer
+from .optimizers import OuterOptimizer, make_optimizer
 from .plain import PlainRounds
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks, SecureRounds
@@ -143,14 +143,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     ckpt, signed = _resume_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
     progress.first = first
-    provenance.keep_plan(out, plan)
-    if ckpt is None:
-        (out / outputs.METRICS).unlink(missing_ok=True)
-    else:
-        log.info("resuming after round %d (restart %d)", ckpt.round, epoch)
-    if settings.ledger is not None and (ckpt is not None or max(signed, default=0) > 0):
-        # also when the ledger got round 1's entry but the crash came before its checkpoint: round 1 is redone
-        settings.ledger.append("resume", {"from_round": first, "reason": "coordinator restarted"})
+    _begin(settings, ckpt, signed, first, epoch)
     minimum = plan.secure.min_cohort if plan.secure.enabled else 1
     model = ckpt.model if ckpt else initial_model(plan)
     progress.model = model
@@ -159,16 +152,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     journal = progress.journal
     journal.started(len(nodes), first, plan.secure.enabled, out)
     settings.observer.started(plan, len(nodes))
-    feed = LedgerFeed(settings.ledger.path) if settings.ledger is not None else None
-    if plan.secure.enabled:
-        if settings.roster is None:
-            raise ValueError("secure aggregation needs the federation's roster")
-        rounds: PlainRounds | SecureRounds = SecureRounds(
-            grid, plan, nodes, settings.roster, model.size, settings.hooks, restart=epoch, ledger=feed, journal=journal
-        )
-    else:
-        log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
-        rounds = PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed, journal=journal)
+    rounds = _aggregation(grid, settings, nodes, model.size, epoch, journal)
     progress.secure = rounds.secure
     optimizer = make_optimizer(plan.strategy)
     if ckpt:
@@ -207,14 +191,8 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
         history.append(res)
         rows[r] = _row(res, time.perf_counter() - t0, rounds.secure)
         complete(r - 1, res.incoming_eval)
-        if settings.state_dir:  # round r's evaluation comes with the next round: keep the row across a crash
-            outputs.write_json(out / PENDING_ROW, rows[r])
         completed = done_before + sum(1 for h in history if h.mean_update is not None)
-        journal.round_done(rows[r], completed, res.incoming_eval.accuracy if res.incoming_eval else None)
-        if settings.ledger is not None:  # before the checkpoint: a checkpoint is only resumed if the ledger signs it
-            settings.ledger.append("round", _ledger_entry(plan, res, model, rows[r]))
-        if settings.state_dir:
-            checkpoint.save(settings.state_dir, plan.hash, r, epoch, model, optimizer.state_dict(), completed)
+        _record_round(settings, journal, r, res, rows[r], model, optimizer, epoch, completed)
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
@@ -227,6 +205,59 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     outputs.write_json(out / outputs.SUMMARY, summary)
     outputs.plot_run(out)
     return summary
+
+
+def _begin(
+    settings: RunSettings, ckpt: checkpoint.Checkpoint | None, signed: dict[int, str | None], first: int, epoch: int
+) -> None:
+    """Set the output directory up for a fresh start or a resume, and tell the ledger about a resume."""
+    out = settings.out_dir
+    provenance.keep_plan(out, settings.plan)
+    if ckpt is None:
+        (out / outputs.METRICS).unlink(missing_ok=True)
+    else:
+        log.info("resuming after round %d (restart %d)", ckpt.round, epoch)
+    if settings.ledger is not None and (ckpt is not None or max(signed, default=0) > 0):
+        # also when the ledger got round 1's entry but the crash came before its checkpoint: round 1 is redone
+        settings.ledger.append("resume", {"from_round": first, "reason": "coordinator restarted"})
+
+
+def _aggregation(
+    grid: Grid, settings: RunSettings, nodes: list[int], size: int, epoch: int, journal: Journal
+) -> PlainRounds | SecureRounds:
+    """The aggregation backend the plan asks for; the round loop only sees its RoundResults."""
+    plan = settings.plan
+    feed = LedgerFeed(settings.ledger.path) if settings.ledger is not None else None
+    if plan.secure.enabled:
+        if settings.roster is None:
+            raise ValueError("secure aggregation needs the federation's roster")
+        return SecureRounds(
+            grid, plan, nodes, settings.roster, size, settings.hooks, restart=epoch, ledger=feed, journal=journal
+        )
+    log.warning("secure aggregation is OFF: the coordinator sees every participant's update")
+    return PlainRounds(grid, plan, nodes, settings.hooks, ledger=feed, journal=journal)
+
+
+def _record_round(
+    settings: RunSettings,
+    journal: Journal,
+    r: int,
+    res: RoundResult,
+    row: dict[str, Any],
+    model: np.ndarray,
+    optimizer: OuterOptimizer,
+    epoch: int,
+    completed: int,
+) -> None:
+    """Keep a finished round across a crash: pending row, journal, ledger entry, then (last) the checkpoint."""
+    plan = settings.plan
+    if settings.state_dir:  # round r's evaluation comes with the next round: keep the row across a crash
+        outputs.write_json(settings.out_dir / PENDING_ROW, row)
+    journal.round_done(row, completed, res.incoming_eval.accuracy if res.incoming_eval else None)
+    if settings.ledger is not None:  # before the checkpoint: a checkpoint is only resumed if the ledger signs it
+        settings.ledger.append("round", _ledger_entry(plan, res, model, row))
+    if settings.state_dir:
+        checkpoint.save(settings.state_dir, plan.hash, r, epoch, model, optimizer.state_dict(), completed)
 
 
 _NO_EVAL = {"eval_loss": None, "eval_accuracy": None, "eval_participants": 0}

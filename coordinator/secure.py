@@ -284,6 +284,10 @@ class SecureRounds:
             return
         if member is not None and self._gone(s, REPLY_STAGE.get(type(msg), ""), member):
             return  # the fault plan says this member crashed before its reply got out
+        self._deliver(s, node, member, msg)
+
+    def _deliver(self, s: _Session, node: int, member: int | None, msg: ProtocolMessage) -> None:
+        """Hand a routed reply to its session's CoordinatorRound; a reply it refuses is logged and left out."""
         try:
             if isinstance(msg, KeyBundle):
                 s.proto.add_bundle(msg)

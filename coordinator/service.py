@@ -23,11 +23,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedloom.errors import UserError
 from fedloom.processes import flower_env, free_port, spawn, stop, wait_for_tls
+
+if TYPE_CHECKING:
+    from .journal import EventTail
 
 log = logging.getLogger("fedloom.coordinator")
 CONNECTION = "fedloom"
@@ -245,12 +250,46 @@ def _record(svc: Service) -> None:
     (svc.state / SERVICE).write_text(json.dumps(info) + "\n")
 
 
+def _pass_on(events: EventTail, on_event: Callable[[dict], object] | None) -> None:
+    """Hand the journal's new events to `on_event` (read even without one, so later reads stay new-only)."""
+    for event in events.new():
+        if on_event:
+            on_event(event)
+
+
+def _finished_code(svc: Service, status: str) -> int:
+    """start()'s exit code for a run Flower reports finished: 2 refused, 0 completed, 1 failed (its log tail shown)."""
+    from .journal import read_status
+
+    if (read_status(svc.state) or {}).get("state") == "refused":
+        return 2
+    if "completed" in status or "success" in status:
+        return 0
+    tail = svc.flwr("log", str(svc.run_id), CONNECTION, "--show", check=False)
+    log.error(
+        "run %s ended as %s; its log ends with:\n%s",
+        svc.run_id,
+        status,
+        "\n".join((tail.stdout + tail.stderr).splitlines()[-25:]),
+    )
+    return 1
+
+
+def _helper_exited(svc: Service) -> bool:
+    """Whether the SuperLink or the gateway died under a running run (logged): the run cannot go on without it."""
+    for name, proc in (("SuperLink", svc.superlink), ("gateway", svc.gateway)):
+        if proc is not None and proc.poll() is not None:
+            log.error("the %s exited (code %s); see %s/logs", name, proc.returncode, svc.state)
+            return True
+    return False
+
+
 def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_event=None) -> int:
     """Run the service until the run ends: 0 finished, 1 failed, 2 refused (see status.json), 128+signal stopped.
 
     `on_event(event)` hears each event of coordinator.journal (stage lines, refusals, rounds) as it is written."""
     from .control import finished_run
-    from .journal import EventTail, mark, read_status
+    from .journal import EventTail, mark
 
     svc = Service(Path(kit).resolve(), Path(state_dir).resolve(), bind, Path(app).resolve())
     plan_text = _need(svc.kit / "plan.json").read_text()
@@ -289,30 +328,13 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ev
         events = EventTail(svc.state)  # only this start's events: earlier starts' are in the file already
         watch = RunWatch(f"127.0.0.1:{svc.superlink_port}", svc.kit / "ca.crt")
         while not stopping:
-            for event in events.new():
-                if on_event:
-                    on_event(event)
+            _pass_on(events, on_event)
             status = watch.status(svc.run_id)
             if "finished" in status:
-                for event in events.new():
-                    if on_event:
-                        on_event(event)
-                if (read_status(svc.state) or {}).get("state") == "refused":
-                    return 2
-                if "completed" in status or "success" in status:
-                    return 0
-                tail = svc.flwr("log", str(svc.run_id), CONNECTION, "--show", check=False)
-                log.error(
-                    "run %s ended as %s; its log ends with:\n%s",
-                    svc.run_id,
-                    status,
-                    "\n".join((tail.stdout + tail.stderr).splitlines()[-25:]),
-                )
+                _pass_on(events, on_event)
+                return _finished_code(svc, status)
+            if _helper_exited(svc):
                 return 1
-            for name, proc in (("SuperLink", svc.superlink), ("gateway", svc.gateway)):
-                if proc is not None and proc.poll() is not None:
-                    log.error("the %s exited (code %s); see %s/logs", name, proc.returncode, svc.state)
-                    return 1
             time.sleep(WATCH_INTERVAL)
         log.info("stopping: run %s, gateway, SuperLink", svc.run_id)
         if svc.run_id is not None:

@@ -129,32 +129,12 @@ def exchange(
         STOP.check()
         got = list(grid.pull_messages(list(waiting))) if waiting else []
         for reply in got:
-            node = waiting.pop(reply.metadata.reply_to_message_id, None)
-            if node is None:
-                continue
-            triplog.note("reply", node=node)
-            if not reply.has_error():
-                out.replied.add(node)
-                on_reply(reply)
-            elif reply.error.code in LOST_IN_TRANSIT and out.resent.get(node, 0) < max_resends:
-                why = LOST_IN_TRANSIT[reply.error.code]
-                log.warning("participant node %s did not answer (%s); asking again once it is online", node, why)
-                away[node] = (reply.error.reason, time.monotonic() + grace)
-            else:
-                out.errors[node] = reply.error.reason
-                log.warning("participant node %s failed: %s", node, reply.error.reason)
+            _fold_reply(reply, waiting, away, out, on_reply, grace, max_resends)
         wait = poll if got else min(max_poll, wait * 1.5)
         del got
         if away and time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
-            for node in [n for n, (_, until) in away.items() if until <= time.monotonic()]:
-                out.errors[node] = away.pop(node)[0]
-                log.warning("participant node %s did not come back within %.0f s; going on without it", node, grace)
-            back = sorted(set(away) & set(grid.get_node_ids()))
-            for node in back:
-                del away[node]
-                out.resent[node] = out.resent.get(node, 0) + 1
-                log.warning("participant node %s is back; sending its message again", node)
+            back = _recheck_away(grid, away, out, grace)
             if back:
                 push(back)
                 if watch is not None:
@@ -166,3 +146,44 @@ def exchange(
             time.sleep(wait)
     out.errors.update({node: reason for node, (reason, _) in away.items()})
     return out
+
+
+def _fold_reply(
+    reply: Message,
+    waiting: dict[str, int],
+    away: dict[int, tuple[str, float]],
+    out: Exchange,
+    on_reply: Callable[[Message], None],
+    grace: float,
+    max_resends: int,
+) -> None:
+    """Hand a good reply on; an error lost in transit puts its node `away` (to be asked again), any other drops it.
+
+    A reply to no message still awaited (a duplicate, or one to an earlier send) is ignored."""
+    node = waiting.pop(reply.metadata.reply_to_message_id, None)
+    if node is None:
+        return
+    triplog.note("reply", node=node)
+    if not reply.has_error():
+        out.replied.add(node)
+        on_reply(reply)
+    elif reply.error.code in LOST_IN_TRANSIT and out.resent.get(node, 0) < max_resends:
+        why = LOST_IN_TRANSIT[reply.error.code]
+        log.warning("participant node %s did not answer (%s); asking again once it is online", node, why)
+        away[node] = (reply.error.reason, time.monotonic() + grace)
+    else:
+        out.errors[node] = reply.error.reason
+        log.warning("participant node %s failed: %s", node, reply.error.reason)
+
+
+def _recheck_away(grid: Grid, away: dict[int, tuple[str, float]], out: Exchange, grace: float) -> list[int]:
+    """Drop the away nodes whose grace ran out; return those online again (counted as resent) to be sent again."""
+    for node in [n for n, (_, until) in away.items() if until <= time.monotonic()]:
+        out.errors[node] = away.pop(node)[0]
+        log.warning("participant node %s did not come back within %.0f s; going on without it", node, grace)
+    back = sorted(set(away) & set(grid.get_node_ids()))
+    for node in back:
+        del away[node]
+        out.resent[node] = out.resent.get(node, 0) + 1
+        log.warning("participant node %s is back; sending its message again", node)
+    return back

@@ -213,6 +213,18 @@ def _no_constants(name: str) -> Any:
 
 def _parse_entry(raw: bytes | str) -> dict[str, Any]:
     """Parse one line and check its form and its own hash (not its signature, not its place in the chain)."""
+    text = _line_text(raw)
+    obj = _json_object(text)
+    _check_header(obj)
+    if encode_entry(obj) != text:
+        raise _Bad("not in canonical form (the line was edited)")
+    if entry_hash(obj) != obj["hash"]:
+        raise _Bad("hash does not match the entry's contents")
+    return obj
+
+
+def _line_text(raw: bytes | str) -> str:
+    """A line as text: bytes must be UTF-8 and the line not empty, before JSON ever sees it."""
     if isinstance(raw, bytes | bytearray):
         try:
             text = bytes(raw).decode("utf-8")
@@ -222,12 +234,22 @@ def _parse_entry(raw: bytes | str) -> dict[str, Any]:
         text = raw
     if not text:
         raise _Bad("empty line")
+    return text
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """Strict JSON (no duplicate keys, no NaN/Infinity) that is an object: one reading per line, whoever parses it."""
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise _Bad(f"not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise _Bad("not a JSON object")
+    return obj
+
+
+def _check_header(obj: dict[str, Any]) -> None:
+    """The fields every entry has, each of its type, so later checks can index them without guarding."""
     for key in HEADER + TRAILER:
         if key not in obj:
             raise _Bad(f"no '{key}' field")
@@ -239,17 +261,17 @@ def _parse_entry(raw: bytes | str) -> dict[str, Any]:
         raise _Bad("'prev' and 'hash' must be 64 lowercase hex digits")
     if not _is_hex(obj["signature"], 64):
         raise _Bad("'signature' must be 128 lowercase hex digits")
+    if not _is_utc_time(obj["time"]):
+        raise _Bad("'time' must be a UTC ISO-8601 time")
+
+
+def _is_utc_time(v: object) -> bool:
+    """An ISO-8601 string with a zero UTC offset: a time without an offset, or another zone, is refused."""
     try:
-        when = datetime.fromisoformat(obj["time"]) if isinstance(obj["time"], str) else None
+        when = datetime.fromisoformat(v) if isinstance(v, str) else None
     except ValueError:
         when = None
-    if when is None or when.utcoffset() is None or when.utcoffset().total_seconds() != 0:
-        raise _Bad("'time' must be a UTC ISO-8601 time")
-    if encode_entry(obj) != text:
-        raise _Bad("not in canonical form (the line was edited)")
-    if entry_hash(obj) != obj["hash"]:
-        raise _Bad("hash does not match the entry's contents")
-    return obj
+    return not (when is None or when.utcoffset() is None or when.utcoffset().total_seconds() != 0)
 
 
 def _check_signature(obj: dict[str, Any], key: bytes) -> None:
@@ -385,29 +407,9 @@ def _scan(
         try:
             obj = _parse_entry(raw)
             i = n - 1
-            if i == 0:
-                if obj["kind"] != "genesis":
-                    raise _Bad(f"the first entry must be the genesis, not a {obj['kind']!r} entry")
-                _check_payload(obj)
-                own = bytes.fromhex(obj["ledger_key"])
-                if given is not None and own != given:
-                    raise _Bad(
-                        f"the genesis ledger_key {own.hex()[:16]}… is not the expected key "
-                        f"{given.hex()[:16]}… (key substituted?)"
-                    )
-                if key is None:
-                    _load_key(own)
-                    key = own
-            elif obj["kind"] == "genesis":
-                raise _Bad("a second genesis (only line 1 may be one)")
-            assert key is not None
+            key = _signing_key(obj, i, given, key)
             _check_signature(obj, key)
-            if i == 0 and obj["prev"] != GENESIS_PREV:
-                raise _Bad("the genesis 'prev' must be 64 zeros")
-            if i > 0 and obj["prev"] != hashes[-1]:
-                raise _Bad(f"prev does not match line {n - 1}")
-            if obj["index"] != i:
-                raise _Bad(f"index is {obj['index']}, expected {i}")
+            _check_place(obj, i, hashes)
             _check_payload(obj)
         except _Bad as exc:
             return report(f"line {n}: {exc}")
@@ -419,6 +421,42 @@ def _scan(
     if n == 0:
         return report("line 1: empty ledger (no genesis)")
     return report(None)
+
+
+def _signing_key(obj: dict[str, Any], i: int, given: bytes | None, key: bytes | None) -> bytes:
+    """The key entry `i` must be signed with: the genesis (only entry 0) is checked first, since it names the key."""
+    if i == 0:
+        own = _genesis_key(obj, given)
+        if key is None:
+            _load_key(own)
+            key = own
+    elif obj["kind"] == "genesis":
+        raise _Bad("a second genesis (only line 1 may be one)")
+    assert key is not None
+    return key
+
+
+def _genesis_key(obj: dict[str, Any], given: bytes | None) -> bytes:
+    """The ledger key the first entry names: it must be a genesis, and name the verifier's key when one is given."""
+    if obj["kind"] != "genesis":
+        raise _Bad(f"the first entry must be the genesis, not a {obj['kind']!r} entry")
+    _check_payload(obj)
+    own = bytes.fromhex(obj["ledger_key"])
+    if given is not None and own != given:
+        raise _Bad(
+            f"the genesis ledger_key {own.hex()[:16]}… is not the expected key {given.hex()[:16]}… (key substituted?)"
+        )
+    return own
+
+
+def _check_place(obj: dict[str, Any], i: int, hashes: list[str]) -> None:
+    """Entry `i` (line i + 1) links to the one before it and carries its own position: no reorder, no splice."""
+    if i == 0 and obj["prev"] != GENESIS_PREV:
+        raise _Bad("the genesis 'prev' must be 64 zeros")
+    if i > 0 and obj["prev"] != hashes[-1]:
+        raise _Bad(f"prev does not match line {i}")  # line i is entry i - 1, the one before
+    if obj["index"] != i:
+        raise _Bad(f"index is {obj['index']}, expected {i}")
 
 
 def verify(
@@ -815,23 +853,27 @@ class LedgerCopy:
         if i > len(hashes):
             raise LedgerGap(f"ledger entry {i} sent, but this copy ends before entry {len(hashes)}", len(hashes))
         try:
-            if i == 0:
-                if obj["kind"] != "genesis":
-                    raise _Bad(f"entry 0 must be the genesis, not a {obj['kind']!r} entry")
-                if obj["prev"] != GENESIS_PREV:
-                    raise _Bad("the genesis 'prev' must be 64 zeros")
-                _check_payload(obj)
-                if obj["ledger_key"] != self.public_key.hex():
-                    raise _Bad("the genesis names another ledger key")
-            else:
-                if obj["kind"] == "genesis":
-                    raise _Bad("a second genesis")
-                if obj["prev"] != hashes[-1]:
-                    raise _Bad(f"prev does not match entry {i - 1} (the chain was rewritten)")
-                _check_payload(obj)
+            self._check_link(obj, i, hashes)
         except _Bad as exc:
             raise LedgerError(f"ledger entry {i}: {exc}") from None
         return obj
+
+    def _check_link(self, obj: dict[str, Any], i: int, hashes: list[str]) -> None:
+        """A new entry `i` (the copy's next one) extends the chain: a genesis under this key first, then links."""
+        if i == 0:
+            if obj["kind"] != "genesis":
+                raise _Bad(f"entry 0 must be the genesis, not a {obj['kind']!r} entry")
+            if obj["prev"] != GENESIS_PREV:
+                raise _Bad("the genesis 'prev' must be 64 zeros")
+            _check_payload(obj)
+            if obj["ledger_key"] != self.public_key.hex():
+                raise _Bad("the genesis names another ledger key")
+        else:
+            if obj["kind"] == "genesis":
+                raise _Bad("a second genesis")
+            if obj["prev"] != hashes[-1]:
+                raise _Bad(f"prev does not match entry {i - 1} (the chain was rewritten)")
+            _check_payload(obj)
 
 
 # ------------------------------------------------------------------ key files

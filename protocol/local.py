@@ -8,8 +8,9 @@ order of calls an adapter (like fedloom's Flower round driver) has to make.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +26,7 @@ from .participant import Participant
 from .roster import Member, Roster
 
 STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -47,60 +49,64 @@ def run_round(
     """Run one round; members in drop[stage] never answer that stage (nor any later one).
     With `public_weights`, the weights travel in the MaskRequest (a contribution policy's way).
     The training round defaults to the protocol round, the model digest to one derived from it."""
-    drop = drop or {}
     tround = coordinator.round if training_round is None else training_round
     digest = model_digest if model_digest is not None else stand_in_model_digest(tround)
-    gone: set[int] = set()
-    refusals: dict[int, ProtocolError] = {}
-
-    def alive(stage: str, members) -> list[int]:
-        gone.update(drop.get(stage, set()))
-        return [m for m in members if m not in gone and m not in refusals]
-
-    def ask(member: int, call):
-        try:
-            return call()
-        except ProtocolError as err:
-            refusals[member] = err
-            return None
-
+    net = _LocalExchange(drop or {})
     try:
         req = coordinator.advertise_request()
-        for m in alive("advertise", participants):
-            reply = ask(m, lambda m=m: participants[m].advertise(req))
-            if reply is not None:
-                ask(m, lambda reply=reply: coordinator.add_bundle(reply))
+        net.stage("advertise", participants, lambda m: participants[m].advertise(req), coordinator.add_bundle)
         bset = coordinator.bundle_set()
-        for m in alive("share", coordinator.cohort):
-            reply = ask(m, lambda m=m: participants[m].share(bset))
-            if reply is not None:
-                ask(m, lambda reply=reply: coordinator.add_shares(reply))
+        net.stage("share", coordinator.cohort, lambda m: participants[m].share(bset), coordinator.add_shares)
         deliveries = coordinator.deliveries()
-        for m in alive("receive", deliveries):
-            reply = ask(m, lambda m=m: participants[m].receive(deliveries[m]))
-            if reply is not None:
-                ask(m, lambda reply=reply: coordinator.add_receipt(reply))
+        net.stage("receive", deliveries, lambda m: participants[m].receive(deliveries[m]), coordinator.add_receipt)
         mreq = coordinator.mask_request(
             weights=dict(weights or {}) if public_weights else None, training_round=tround, model_digest=digest
         )
-        for m in alive("mask", mreq.shared):
-            w = (weights or {}).get(m, 1)
-            reply = ask(m, lambda m=m, w=w: participants[m].mask(mreq, inputs[m], w, digest))
-            if reply is not None:
-                ask(m, lambda reply=reply: coordinator.add_masked(reply))
+        net.stage(
+            "mask",
+            mreq.shared,
+            lambda m: participants[m].mask(mreq, inputs[m], (weights or {}).get(m, 1), digest),
+            coordinator.add_masked,
+        )
         sreq = coordinator.survivor_request()
-        for m in alive("sign", sreq.survivors):
-            reply = ask(m, lambda m=m: participants[m].sign_survivors(sreq))
-            if reply is not None:
-                ask(m, lambda reply=reply: coordinator.add_signature(reply))
+        net.stage("sign", sreq.survivors, lambda m: participants[m].sign_survivors(sreq), coordinator.add_signature)
         ureq = coordinator.unmask_request()
-        for m in alive("unmask", ureq.survivors):
-            reply = ask(m, lambda m=m: participants[m].unmask(ureq))
-            if reply is not None:
-                ask(m, lambda reply=reply: coordinator.add_unmask(reply))
-        return RoundOutcome(coordinator.finish(), None, refusals)
+        net.stage("unmask", ureq.survivors, lambda m: participants[m].unmask(ureq), coordinator.add_unmask)
+        return RoundOutcome(coordinator.finish(), None, net.refusals)
     except ProtocolError as err:
-        return RoundOutcome(None, err, refusals)
+        return RoundOutcome(None, err, net.refusals)
+
+
+@dataclass
+class _LocalExchange:
+    """Who still takes part in a round run by `run_round`: a member dropped at a stage, or refused
+    by a check, answers nothing from then on."""
+
+    drop: Mapping[str, set[int]]
+    gone: set[int] = field(default_factory=set)
+    refusals: dict[int, ProtocolError] = field(default_factory=dict)
+
+    def alive(self, stage: str, members: Iterable[int]) -> list[int]:
+        """The members still answering at `stage` (its drops count from this stage on)."""
+        self.gone.update(self.drop.get(stage, set()))
+        return [m for m in members if m not in self.gone and m not in self.refusals]
+
+    def ask(self, member: int, call: Callable[[], _T]) -> _T | None:
+        """Run one call for `member`; a refusal is recorded against that member instead of ending the round."""
+        try:
+            return call()
+        except ProtocolError as err:
+            self.refusals[member] = err
+            return None
+
+    def stage(
+        self, stage: str, members: Iterable[int], answer: Callable[[int], _T], accept: Callable[[_T], object]
+    ) -> None:
+        """One request/reply stage: each live member answers, then the coordinator takes that answer."""
+        for m in self.alive(stage, members):
+            reply = self.ask(m, lambda m=m: answer(m))
+            if reply is not None:
+                self.ask(m, lambda reply=reply: accept(reply))
 
 
 def stand_in_model_digest(training_round: int) -> bytes:

@@ -25,6 +25,11 @@ from .errors import ProtocolError, Rule
 MAX_EXACT_BITS = 53  # quantized magnitudes stay exact float64 integers: L < 2^53
 
 
+def _bad(msg: str) -> ProtocolError:
+    """A refusal under the PARAMETERS rule, so every parameter check reports the same way."""
+    return ProtocolError(Rule.PARAMETERS, msg)
+
+
 @dataclass(frozen=True)
 class ProtocolParams:
     """Secure-aggregation parameters of one plan (all members and the coordinator share them)."""
@@ -104,56 +109,70 @@ class ProtocolParams:
 
     # -- validation -----------------------------------------------------------------------
     def check(self) -> None:
-        def bad(msg: str) -> ProtocolError:
-            return ProtocolError(Rule.PARAMETERS, msg)
+        """Refuse unsound parameters, one rule at a time in a fixed order (the first failure is reported)."""
+        self._check_encoding()
+        self._check_policy()
+        self._check_thresholds()
+        self._check_ring()
 
+    def _check_encoding(self) -> None:
+        """Vector, ring and quantization settings: the rest of the checks compute with them."""
         if self.vector_length < 1:
-            raise bad("vector_length must be at least 1")
+            raise _bad("vector_length must be at least 1")
         if self.ring_bits not in (32, 64):
-            raise bad("ring_bits must be 32 or 64")
+            raise _bad("ring_bits must be 32 or 64")
         top_bits = min(self.ring_bits - 2, MAX_EXACT_BITS)
         if not 2 <= self.bits <= top_bits:
-            raise bad(f"bits must be in 2..{top_bits} (quantized values must stay exact in float64)")
+            raise _bad(f"bits must be in 2..{top_bits} (quantized values must stay exact in float64)")
         if not (math.isfinite(self.clip) and self.clip > 0):
-            raise bad("clip must be a positive finite number")
+            raise _bad("clip must be a positive finite number")
         if not 1 <= self.max_weight < (1 << 31):
-            raise bad("max_weight must be in 1..2^31-1")
+            raise _bad("max_weight must be in 1..2^31-1")
+
+    def _check_policy(self) -> None:
+        """Threshold share, graph, weight share and cohort sizes: each one a plan may get wrong on its own."""
         if not 0.5 <= self.threshold_fraction < 1.0:
-            raise bad("threshold_fraction must be in [0.5, 1)")
+            raise _bad("threshold_fraction must be in [0.5, 1)")
         if self.neighbours:
-            raise bad(
+            raise _bad(
                 "neighbours must be 0: the neighbour graph is complete (a sparse graph seeded by the bundles "
                 "a coordinator includes can be steered by it; see protocol/SECURITY.md)"
             )
         if not 0 < self.max_share <= 1:
-            raise bad("max_share must be in (0, 1]")
+            raise _bad("max_share must be in (0, 1]")
         if self.min_cohort < 2:
-            raise bad("min_cohort must be at least 2: a 'sum' of one member is that member's input")
+            raise _bad("min_cohort must be at least 2: a 'sum' of one member is that member's input")
         if self.max_members < self.min_cohort:
-            raise bad("max_members must be at least min_cohort")
+            raise _bad("max_members must be at least min_cohort")
+
+    def _check_thresholds(self) -> None:
+        """T and t against the collusion bound: what keeps claims C3 and C5 true (module doc)."""
         c = self.collusion_bound
         if 2 * self.consistency_threshold() <= self.max_members + c:
-            raise bad(f"2T must exceed N + c ({self.max_members} + {c})")  # unreachable by the formula; a guard
+            raise _bad(f"2T must exceed N + c ({self.max_members} + {c})")  # unreachable by the formula; a guard
         if self.consistency_threshold() > self.max_members:
-            raise bad(
+            raise _bad(
                 f"no cohort can satisfy the thresholds: T = {self.consistency_threshold()} signers needed from "
                 f"{self.max_members} members (lower colluders or threshold_fraction, or raise the roster)"
             )
         if self.consistency_threshold() - c < 2:
-            raise bad(
+            raise _bad(
                 f"with {c} colluders a sum of T = {self.consistency_threshold()} members could hold a single honest "
                 "input: lower colluders or raise min_cohort"
             )
         if self.shamir_threshold(self.consistency_threshold() - 1) > self.consistency_threshold() - 1:
-            raise bad(
+            raise _bad(
                 f"tolerating {c} colluders needs every dealer to have more than {c} holders, but a cohort of "
                 f"T = {self.consistency_threshold()} gives {self.consistency_threshold() - 1}: lower colluders"
             )
+
+    def _check_ring(self) -> None:
+        """The ring must hold the largest weighted sum, or the secure sum would wrap (module doc)."""
         # public weights: sum of q_i over at most N members, each |q_i| <= alpha_i * N * L + 1, sum(alpha) <= 1
         public_bound = self.max_members * self.level + self.max_members
         bound = max(self.max_members * self.max_weight * self.level, public_bound)
         if bound >= 1 << (self.ring_bits - 1):
-            raise bad(
+            raise _bad(
                 f"the sum can overflow: {self.max_members} members x weight {self.max_weight} x "
                 f"level {self.level} = {bound} >= 2^{self.ring_bits - 1}; lower bits or max_weight, "
                 "or use ring_bits = 64"

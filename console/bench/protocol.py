@@ -57,9 +57,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from protocol import participant as participant_mod
 from protocol import roster as roster_mod
 from protocol import verify as verify_mod
+from protocol.coordinator import AggregateResult
 from protocol.local import make_federation, stand_in_model_digest
 from protocol.masking import CHUNK_BYTES, apply_masks
+from protocol.messages import MaskRequest
 from protocol.params import ProtocolParams
+from protocol.participant import Participant
 
 DEFAULT_THRESHOLD = 2 / 3
 FALLBACK_THRESHOLD = 0.5
@@ -337,6 +340,57 @@ class _Meter:
 
 
 # ---------------------------------------------------------------------------- one round
+class _BenchMembers:
+    """The member side of one benchmark round: the timed member's clock and bytes, the others untimed.
+
+    Members that are not timed answer with the shared verification cache on (module doc).
+    """
+
+    def __init__(self, parts: dict[int, Participant], me: int, count_bytes: bool) -> None:
+        self.parts = parts
+        self.me = me
+        self.count_bytes = count_bytes
+        self.client: dict[str, float] = {}
+        self.up = 0
+        self.down = 0
+
+    def members(self, ids: Iterable[int]) -> list[int]:
+        """`ids` with the timed member first, so its work never runs behind the others' warm caches."""
+        ids = list(ids)
+        return [self.me] + [m for m in ids if m != self.me] if self.me in ids else ids
+
+    def reply(self, m: int, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Member `m`'s reply to a request: timed (and its bytes counted) for the timed member only."""
+        if m == self.me:
+            return self._timed(stage, fn, *args)
+        with _SHARED.on():
+            return fn(*args)
+
+    def _timed(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Time one call of the timed member; its request and reply are encoded outside the timing."""
+        if self.count_bytes:
+            self.down += len(args[0].encode())
+        t0 = time.perf_counter()
+        reply = fn(*args)
+        self.client[stage] = self.client.get(stage, 0.0) + time.perf_counter() - t0
+        if self.count_bytes:
+            self.up += len(reply.encode())
+        return reply
+
+    def masked(self, m: int, mreq: MaskRequest, x: np.ndarray, model: bytes) -> Any:
+        """Member `m`'s masked input; the timed member's mask stage is timed on its own (request encoded after)."""
+        if m != self.me:
+            with _SHARED.on():
+                return self.parts[m].mask(mreq, x, 1, model)
+        t0 = time.perf_counter()
+        mi = self.parts[m].mask(mreq, x, 1, model)
+        self.client["mask"] = time.perf_counter() - t0
+        if self.count_bytes:
+            self.down += len(mreq.encode())
+            self.up += len(mi.encode())
+        return mi
+
+
 def _run_round(
     case: Case,
     params: ProtocolParams,
@@ -353,111 +407,45 @@ def _run_round(
     me = min(parts)  # the timed member (never dropped)
     coord = fed.coordinator(1, workers=workers)
     server = _Meter(memory)
-    client: dict[str, float] = {}
-    up = down = 0
-    cache = _SHARED
-
-    def timed_client(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
-        nonlocal up, down
-        if count_bytes:
-            down += len(args[0].encode())
-        t0 = time.perf_counter()
-        reply = fn(*args)
-        client[stage] = client.get(stage, 0.0) + time.perf_counter() - t0
-        if count_bytes:
-            up += len(reply.encode())
-        return reply
-
-    def members(ids: Iterable[int]) -> list[int]:
-        ids = list(ids)
-        return [me] + [m for m in ids if m != me] if me in ids else ids
+    who = _BenchMembers(parts, me, count_bytes)
 
     gc.collect()
     # stage 0: keys
     req = server("advertise", coord.advertise_request)
-    for m in members(parts):
-        if m == me:
-            b = timed_client("advertise", parts[m].advertise, req)
-        else:
-            with cache.on():
-                b = parts[m].advertise(req)
-        server("advertise", coord.add_bundle, b)
+    for m in who.members(parts):
+        server("advertise", coord.add_bundle, who.reply(m, "advertise", parts[m].advertise, req))
     bset = server("share", coord.bundle_set)
     # stage 1: shares
-    for m in members(coord.cohort):
-        if m == me:
-            sb = timed_client("share", parts[m].share, bset)
-        else:
-            with cache.on():
-                sb = parts[m].share(bset)
-        server("share", coord.add_shares, sb)
+    for m in who.members(coord.cohort):
+        server("share", coord.add_shares, who.reply(m, "share", parts[m].share, bset))
     deliveries = server("receive", coord.deliveries)
-    for m in members(deliveries):
-        if m == me:
-            rc = timed_client("receive", parts[m].receive, deliveries[m])
-        else:
-            with cache.on():
-                rc = parts[m].receive(deliveries[m])
-        server("receive", coord.add_receipt, rc)
+    for m in who.members(deliveries):
+        server("receive", coord.add_receipt, who.reply(m, "receive", parts[m].receive, deliveries[m]))
     del deliveries, bset
 
-    # dropouts: after sharing, before masking (the pattern is rotated onto the timed member)
-    order = list(coord.cohort)  # complete graph: positions are interchangeable
-    at = order.index(me)
-    dropped = {order[(at + p) % case.n] for p in pattern}
-    assert me not in dropped and len(dropped) == case.dropped_count
+    dropped = _dropped_members(case, pattern, list(coord.cohort), me)
 
     # stage 3: masked inputs, streamed into the coordinator one at a time (memory stays O(d))
     state_bytes = server.live  # what the coordinator holds before the accumulator exists
     model = stand_in_model_digest(1)  # training round 1 (no model is trained here)
     mreq = server("mask", lambda: coord.mask_request(training_round=1, model_digest=model))
-    for m in members(mreq.shared):
-        if m in dropped:
-            continue
-        if m == me:
-            t0 = time.perf_counter()
-            mi = parts[m].mask(mreq, x, 1, model)
-            client["mask"] = time.perf_counter() - t0
-            if count_bytes:
-                down += len(mreq.encode())
-                up += len(mi.encode())
-        else:
-            with cache.on():
-                mi = parts[m].mask(mreq, x, 1, model)
-        server("mask", coord.add_masked, mi)
-        del mi
+    for m in who.members(mreq.shared):
+        if m not in dropped:
+            server("mask", coord.add_masked, who.masked(m, mreq, x, model))
     sreq = server("sign", coord.survivor_request)
-    for m in members(sreq.survivors):
-        if m == me:
-            sig = timed_client("sign", parts[m].sign_survivors, sreq)
-        else:
-            with cache.on():
-                sig = parts[m].sign_survivors(sreq)
-        server("sign", coord.add_signature, sig)
+    for m in who.members(sreq.survivors):
+        server("sign", coord.add_signature, who.reply(m, "sign", parts[m].sign_survivors, sreq))
     ureq = server("unmask_collect", coord.unmask_request)
-    for m in members(ureq.survivors):
-        if m == me:
-            resp = timed_client("unmask", parts[m].unmask, ureq)
-        else:
-            with cache.on():
-                resp = parts[m].unmask(ureq)
-        server("unmask_collect", coord.add_unmask, resp)
+    for m in who.members(ureq.survivors):
+        server("unmask_collect", coord.add_unmask, who.reply(m, "unmask", parts[m].unmask, ureq))
     survivors = set(ureq.survivors)
     keys_removed = len(survivors) + sum(len(coord.neighbours[j] & survivors) for j in dropped)
     result = server("finish", coord.finish)
-
-    # the sum must be right: |sum - n_s * x| < n_s quantization steps, weights sum to n_s
-    total, weight = result.weighted_sum(params)
-    ns = len(result.survivors)
-    if weight != ns or set(result.dropped) != dropped:
-        raise AssertionError(f"{case.name}: wrong survivors or weights in the aggregate")
-    err = float(np.max(np.abs(total - ns * x.astype(np.float64))))
-    if err > ns * params.step * (1 + 1e-9):
-        raise AssertionError(f"{case.name}: aggregate off by {err}")
-    del result, total
+    ns = _check_aggregate(case, params, result, dropped, x)
+    del result
 
     out: dict[str, Any] = {
-        "client": client,
+        "client": who.client,
         "server": server.seconds,
         "degree": min(params.degree(case.n), case.n - 1),
         "survivors": ns,
@@ -467,8 +455,36 @@ def _run_round(
         out["coordinator_peak_bytes"] = server.peak
         out["coordinator_state_bytes"] = state_bytes
     if count_bytes:
-        out["bytes_up"], out["bytes_down"] = up, down
+        out["bytes_up"], out["bytes_down"] = who.up, who.down
     return out
+
+
+def _dropped_members(case: Case, pattern: list[int], order: list[int], me: int) -> set[int]:
+    """Who drops after sharing, before masking: the pattern rotated onto the timed member, who never drops.
+
+    The graph is complete, so positions in the cohort are interchangeable.
+    """
+    at = order.index(me)
+    dropped = {order[(at + p) % case.n] for p in pattern}
+    assert me not in dropped and len(dropped) == case.dropped_count
+    return dropped
+
+
+def _check_aggregate(
+    case: Case, params: ProtocolParams, result: AggregateResult, dropped: set[int], x: np.ndarray
+) -> int:
+    """A benchmark of a wrong sum is worthless: |sum - n_s * x| < n_s quantization steps, weights sum to n_s.
+
+    Returns n_s, the number of survivors.
+    """
+    total, weight = result.weighted_sum(params)
+    ns = len(result.survivors)
+    if weight != ns or set(result.dropped) != dropped:
+        raise AssertionError(f"{case.name}: wrong survivors or weights in the aggregate")
+    err = float(np.max(np.abs(total - ns * x.astype(np.float64))))
+    if err > ns * params.step * (1 + 1e-9):
+        raise AssertionError(f"{case.name}: aggregate off by {err}")
+    return ns
 
 
 _SHARED = _SharedVerification()
