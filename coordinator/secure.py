@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from fedloom import records as rec
 from fedloom.plan import Plan
 from fedloom.session import protocol_params, session_context
-from protocol.coordinator import CoordinatorRound, Stage
+from protocol.coordinator import CoordinatorRound
 from protocol.errors import ProtocolError
 from protocol.messages import (
     KeyBundle,
@@ -50,6 +50,7 @@ from protocol.messages import (
 )
 from protocol.params import ProtocolParams
 from protocol.roster import Roster
+from protocol.stages import REPLY_STAGE, Stage
 
 from .contribution import assign
 from .journal import Journal
@@ -58,16 +59,6 @@ from .results import EvalSummary, RoundResult
 from .transport import exchange
 
 log = logging.getLogger("fedloom.coordinator")
-
-STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
-REPLY_STAGE = {
-    KeyBundle: "advertise",
-    ShareBundle: "share",
-    ShareReceipt: "receive",
-    MaskedInput: "mask",
-    SurvivorSignature: "sign",
-    UnmaskResponse: "unmask",
-}
 
 
 @dataclass
@@ -80,11 +71,11 @@ class RunHooks:
         (or withholds) what it sends.
     observe(node, message): sees every decoded protocol message that arrives.
     inject(round, after_stage) -> {member: [message, ...]}: extra requests an adversarial
-        coordinator sends in a trip of their own after the "sign" or "unmask" trip.
+        coordinator sends in a trip of their own after the Stage.SIGN or Stage.UNMASK trip.
     after_round(round, coordinator, aggregate, result): the harness inspects a finished round.
     """
 
-    drop: Callable[[int, str, int], bool] = lambda r, s, m: False
+    drop: Callable[[int, Stage, int], bool] = lambda r, s, m: False
     extra_config: dict = field(default_factory=dict)
     tamper: Callable | None = None
     observe: Callable | None = None
@@ -108,7 +99,7 @@ class _Session:
 
     @property
     def alive(self) -> bool:
-        return self.proto.stage is not Stage.ABORTED
+        return not self.proto.aborted
 
 
 class SecureRounds:
@@ -162,10 +153,10 @@ class SecureRounds:
                 return node
         return None
 
-    def _gone(self, s: _Session, stage: str, member: int) -> bool:
+    def _gone(self, s: _Session, stage: Stage | None, member: int) -> bool:
         if member in s.gone:
             return True
-        if self.hooks.drop(s.round, stage, member):
+        if stage is not None and self.hooks.drop(s.round, stage, member):
             s.gone.add(member)
             s.dropped_log.append({"member": member, "stage": stage})
             return True
@@ -178,7 +169,7 @@ class SecureRounds:
             cfg.update(self.ledger.config_for(node))
         return ConfigRecord(cfg)
 
-    def _outgoing(self, s: _Session, stage: str, member: int, msg: ProtocolMessage) -> bytes | None:
+    def _outgoing(self, s: _Session, stage: Stage, member: int, msg: ProtocolMessage) -> bytes | None:
         if self._gone(s, stage, member):
             return None
         if self.hooks.tamper is not None:
@@ -282,7 +273,7 @@ class SecureRounds:
         if member is not None and self.member_of.get(node, member) != member:
             log.warning("node %s sent a message as member %s but is member %s", node, member, self.member_of[node])
             return
-        if member is not None and self._gone(s, REPLY_STAGE.get(type(msg), ""), member):
+        if member is not None and self._gone(s, REPLY_STAGE.get(type(msg)), member):
             return  # the fault plan says this member crashed before its reply got out
         try:
             if isinstance(msg, KeyBundle):
@@ -316,7 +307,7 @@ class SecureRounds:
         req = s.proto.advertise_request()
         for node in self.nodes:
             member = self.member_of.get(node)  # unknown before a node's first signed bundle
-            enc = self._outgoing(s, "advertise", member, req) if member is not None else req.encode()
+            enc = self._outgoing(s, Stage.ADVERTISE, member, req) if member is not None else req.encode()
             if enc is not None:
                 payload.setdefault(node, []).append(enc)
 
@@ -358,10 +349,10 @@ class SecureRounds:
         self._advertise_payload(s, payload)
         self._trip(round_, "secagg", payload, None, "set-up 1/3: advertise keys")
         bset = self._close(s, s.proto.bundle_set)
-        payload = self._per_member(s, "share", lambda m: bset) if bset else {}
+        payload = self._per_member(s, Stage.SHARE, lambda m: bset) if bset else {}
         self._trip(round_, "secagg", payload, None, "set-up 2/3: share keys")
         deliveries = self._close(s, s.proto.deliveries)
-        payload = self._per_member(s, "receive", lambda m: deliveries.get(m)) if deliveries else {}
+        payload = self._per_member(s, Stage.RECEIVE, lambda m: deliveries.get(m)) if deliveries else {}
         self._trip(round_, "secagg", payload, None, "set-up 3/3: deliver shares")
         self._close_mask_request(s)
         s.seconds["setup"] = time.perf_counter() - t0
@@ -370,7 +361,7 @@ class SecureRounds:
     def _per_member(
         self,
         s: _Session,
-        stage: str,
+        stage: Stage,
         message_for: Callable[[int], ProtocolMessage | None],
         members: tuple[int, ...] | None = None,
     ) -> dict[int, list[bytes]]:
@@ -390,7 +381,7 @@ class SecureRounds:
         self._evals, self._fit, self._orphan_refusals = [], {}, []
         self.current = None
         last = round_ == self.plan.rounds
-        if self.next is None or self.next.round != round_ or self.next.proto.stage is not Stage.MASKED:
+        if self.next is None or self.next.round != round_ or self.next.proto.stage is not Stage.MASK:
             self._setup(round_)
         cur, self.current, self.next = self.next, self.next, None
         t0 = time.perf_counter()
@@ -402,7 +393,7 @@ class SecureRounds:
         if cur.alive and cur.mask_request is not None:  # C1 was fixed earlier; now the model is known
             digest = rec.model_digest(model)
             mreq = self._close(cur, lambda: cur.proto.bind_model(round_, digest))
-        payload = self._per_member(cur, "mask", lambda m: mreq, cur.proto.shared) if mreq else {}
+        payload = self._per_member(cur, Stage.MASK, lambda m: mreq, cur.proto.shared) if mreq else {}
         if nxt is not None:
             self._advertise_payload(nxt, payload)
         self._trip(round_, "train", payload, model, "train + mask")
@@ -412,26 +403,26 @@ class SecureRounds:
 
         # T2: sign survivors of round r; share keys of round r+1
         sreq = self._close(cur, cur.proto.survivor_request)
-        payload = self._per_member(cur, "sign", lambda m: sreq, sreq.survivors) if sreq else {}
+        payload = self._per_member(cur, Stage.SIGN, lambda m: sreq, sreq.survivors) if sreq else {}
         if nxt is not None:
             bset = self._close(nxt, nxt.proto.bundle_set)
             if bset is not None:
-                for node, encs in self._per_member(nxt, "share", lambda m: bset).items():
+                for node, encs in self._per_member(nxt, Stage.SHARE, lambda m: bset).items():
                     payload.setdefault(node, []).extend(encs)
         self._trip(round_, "secagg", payload, None, "sign survivors")
-        self._injected(cur, "sign")
+        self._injected(cur, Stage.SIGN)
         t2 = time.perf_counter()
 
         # T3: unmask round r; deliver shares of round r+1
         ureq = self._close(cur, cur.proto.unmask_request)
-        payload = self._per_member(cur, "unmask", lambda m: ureq, ureq.survivors) if ureq else {}
+        payload = self._per_member(cur, Stage.UNMASK, lambda m: ureq, ureq.survivors) if ureq else {}
         if nxt is not None:
             deliveries = self._close(nxt, nxt.proto.deliveries)
             if deliveries:
-                for node, encs in self._per_member(nxt, "receive", lambda m: deliveries.get(m)).items():
+                for node, encs in self._per_member(nxt, Stage.RECEIVE, lambda m: deliveries.get(m)).items():
                     payload.setdefault(node, []).extend(encs)
         self._trip(round_, "secagg", payload, None, "unmask")
-        self._injected(cur, "unmask")
+        self._injected(cur, Stage.UNMASK)
         t3 = time.perf_counter()
         agg = self._close(cur, cur.proto.finish)
         self._close_mask_request(nxt)
@@ -439,7 +430,7 @@ class SecureRounds:
         cur.seconds.update({"train_mask": t1 - t0, "sign": t2 - t1, "unmask": t3 - t2, "reconstruct": t4 - t3})
         return self._result(cur, agg, fit, incoming_eval)
 
-    def _injected(self, s: _Session, after: str) -> None:
+    def _injected(self, s: _Session, after: Stage) -> None:
         """An adversarial coordinator's extra trip (simulation only): whatever it wants to send."""
         if self.hooks.inject is None:
             return

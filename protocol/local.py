@@ -23,8 +23,7 @@ from .messages import EncryptedShare, ShareBundle
 from .params import ProtocolParams
 from .participant import Participant
 from .roster import Member, Roster
-
-STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
+from .stages import Stage
 
 
 @dataclass
@@ -39,7 +38,7 @@ def run_round(
     participants: Mapping[int, Participant],
     inputs: Mapping[int, np.ndarray],
     weights: Mapping[int, int] | None = None,
-    drop: Mapping[str, set[int]] | None = None,
+    drop: Mapping[Stage, set[int]] | None = None,
     public_weights: bool = False,
     training_round: int | None = None,
     model_digest: bytes | None = None,
@@ -53,7 +52,7 @@ def run_round(
     gone: set[int] = set()
     refusals: dict[int, ProtocolError] = {}
 
-    def alive(stage: str, members) -> list[int]:
+    def alive(stage: Stage, members) -> list[int]:
         gone.update(drop.get(stage, set()))
         return [m for m in members if m not in gone and m not in refusals]
 
@@ -66,35 +65,35 @@ def run_round(
 
     try:
         req = coordinator.advertise_request()
-        for m in alive("advertise", participants):
+        for m in alive(Stage.ADVERTISE, participants):
             reply = ask(m, lambda m=m: participants[m].advertise(req))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_bundle(reply))
         bset = coordinator.bundle_set()
-        for m in alive("share", coordinator.cohort):
+        for m in alive(Stage.SHARE, coordinator.cohort):
             reply = ask(m, lambda m=m: participants[m].share(bset))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_shares(reply))
         deliveries = coordinator.deliveries()
-        for m in alive("receive", deliveries):
+        for m in alive(Stage.RECEIVE, deliveries):
             reply = ask(m, lambda m=m: participants[m].receive(deliveries[m]))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_receipt(reply))
         mreq = coordinator.mask_request(
             weights=dict(weights or {}) if public_weights else None, training_round=tround, model_digest=digest
         )
-        for m in alive("mask", mreq.shared):
+        for m in alive(Stage.MASK, mreq.shared):
             w = (weights or {}).get(m, 1)
             reply = ask(m, lambda m=m, w=w: participants[m].mask(mreq, inputs[m], w, digest))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_masked(reply))
         sreq = coordinator.survivor_request()
-        for m in alive("sign", sreq.survivors):
+        for m in alive(Stage.SIGN, sreq.survivors):
             reply = ask(m, lambda m=m: participants[m].sign_survivors(sreq))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_signature(reply))
         ureq = coordinator.unmask_request()
-        for m in alive("unmask", ureq.survivors):
+        for m in alive(Stage.UNMASK, ureq.survivors):
             reply = ask(m, lambda m=m: participants[m].unmask(ureq))
             if reply is not None:
                 ask(m, lambda reply=reply: coordinator.add_unmask(reply))

@@ -30,6 +30,7 @@ from fedloom.kits import POLICY_FILE, provision_members
 from fedloom.policy import Policy
 from protocol.params import ProtocolParams
 from protocol.roster import Roster
+from protocol.stages import Stage
 
 from .adversary import Adversary
 from .scenario import Scenario
@@ -92,7 +93,7 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
     adversary = Adversary.for_scenario(scenario, ws.roster, ws.verify) if scenario.adversary else None
     truth = scenario.verify or adversary is not None  # an adversary is judged against the true updates
 
-    def drop(round_: int, stage: str, member: int) -> bool:
+    def drop(round_: int, stage: Stage, member: int) -> bool:
         return faults.drops(round_, stage, member)
 
     def after_round(round_: int, proto, agg, result: RoundResult) -> None:
