@@ -124,7 +124,7 @@ class SecureRounds:
         self.member_of: dict[int, int] = {}  # node id -> member id (learned from signed bundles)
         self.current: _Session | None = None
         self.next: _Session | None = None
-        self._fit: dict[int, tuple[int, float]] = {}
+        self._fit: dict[int, rec.FitReport] = {}  # member -> its training report this round
         self._evals: list[tuple[float, float, int]] = []
         self._orphan_refusals: list[dict] = []
         self.declared: dict[int, int] = {}  # member -> declared training examples (public)
@@ -163,11 +163,10 @@ class SecureRounds:
         return False
 
     def _config(self, round_: int, node: int | None = None) -> ConfigRecord:
-        cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
-        cfg.update(self.hooks.extra_config)
+        extra = dict(self.hooks.extra_config)
         if self.ledger is not None and node is not None:
-            cfg.update(self.ledger.config_for(node))
-        return ConfigRecord(cfg)
+            extra.update(self.ledger.config_for(node))
+        return rec.request_config(round_, self.plan.canonical_json(), self.plan.hash, extra)
 
     def _outgoing(self, s: _Session, stage: Stage, member: int, msg: ProtocolMessage) -> bytes | None:
         if self._gone(s, stage, member):
@@ -216,23 +215,24 @@ class SecureRounds:
         node = reply.metadata.src_node_id
         content = reply.content
         if rec.EVAL in content:
-            e = content[rec.EVAL]
-            self._evals.append((float(e["loss"]), float(e["accuracy"]), int(e[rec.NUM_EXAMPLES])))
+            e = rec.EvalReport.from_record(content[rec.EVAL])
+            self._evals.append((e.loss, e.accuracy, e.examples))
         if rec.REFUSAL in content:
-            r = content[rec.REFUSAL]
-            self._refusal(int(r["round"]), int(r["member"]), str(r["rule"]), str(r["detail"]))
-        claimed = int(content["who"]["member"]) if "who" in content else None
-        if claimed is not None and "examples" in content["who"]:
-            self.declared[claimed] = int(content["who"]["examples"])
-        if self.ledger is not None and "who" in content:
-            self.ledger.observe(node, dict(content["who"]))
+            r = rec.RefusalReport.from_record(content[rec.REFUSAL])
+            self._refusal(r.round, r.member, r.rule, r.detail)
+        who = rec.Who.of(content)
+        claimed = who.member if who is not None else None
+        if who is not None and who.examples is not None:
+            self.declared[who.member] = who.examples
+        if self.ledger is not None and who is not None:
+            self.ledger.observe(node, who)
         for raw in rec.read_protocol(content):
             self._route(node, claimed, raw)
         if rec.FIT in content and claimed is not None:
-            f = content[rec.FIT]
-            self._fit[claimed] = (int(f[rec.NUM_EXAMPLES]), float(f["train-loss"]), int(f.get("clipped", 0)))
-            if "probe-loss" in f:
-                self.scores[claimed] = float(f["probe-loss"])
+            fit = rec.FitReport.from_metrics(content[rec.FIT])
+            self._fit[claimed] = fit
+            if fit.probe_loss is not None:
+                self.scores[claimed] = fit.probe_loss
 
     def _sessions(self) -> list[_Session]:
         return [s for s in (self.current, self.next) if s is not None]
@@ -443,7 +443,7 @@ class SecureRounds:
         if payload:
             self._trip(s.round, "secagg", payload, None, f"extra trip after {after}")
 
-    def _result(self, s: _Session, agg, fit: dict[int, tuple[int, float, int]], incoming_eval) -> RoundResult:
+    def _result(self, s: _Session, agg, fit: dict[int, rec.FitReport], incoming_eval) -> RoundResult:
         res = RoundResult(s.round, None, asked=list(s.proto.shared) or list(s.proto.cohort))
         res.incoming_eval = incoming_eval
         res.stage_seconds = dict(s.seconds)
@@ -454,10 +454,11 @@ class SecureRounds:
         res.refusals = s.refusals + self._orphan_refusals
         res.contribution = s.contribution
         res.faults = [{"member": m, "rule": r} for m, r in sorted(s.proto.faults.items())]
-        losses = [(fit[m][0], fit[m][1]) for m in fit]
-        if losses:
-            res.train_loss = sum(n * loss for n, loss in losses) / max(1, sum(n for n, _ in losses))
-        res.clipped = sum(fit[m][2] for m in fit)
+        reports = list(fit.values())
+        if reports:
+            total = sum(f.examples * f.train_loss for f in reports)
+            res.train_loss = total / max(1, sum(f.examples for f in reports))
+        res.clipped = sum(f.clipped for f in reports)
         if res.clipped:
             log.warning(
                 "round %d: %d update coordinates exceeded secure.clip = %s and were clipped",

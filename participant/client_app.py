@@ -45,7 +45,7 @@ from . import replay
 from .device import configure_cpu_threads, resolve_device
 from .local_data import LocalData, from_path, simulated
 from .models import ModelKeeper
-from .secure import answer, load_participant, save_participant
+from .secure import Masked, answer, load_participant, save_participant
 from .trainer import LocalTrainer
 
 log = logging.getLogger("fedloom.participant")
@@ -102,7 +102,7 @@ class NodeView:
 
 def view_of(msg: Message, context: Context) -> NodeView:
     cfg = msg.content[rec.CONFIG]
-    plan = _plan(str(cfg["plan"]), str(cfg["plan-hash"]))
+    plan = _plan(str(cfg[rec.PLAN]), str(cfg[rec.PLAN_HASH]))
     nc = context.node_config
     if "kit" in nc:  # deployment: trust only what is on this machine
         kit = _kit(str(nc["kit"]))
@@ -111,7 +111,7 @@ def view_of(msg: Message, context: Context) -> NodeView:
         state = Path(str(nc["state-dir"])) if nc.get("state-dir") else None
         return NodeView(
             plan,
-            int(cfg["round"]),
+            int(cfg[rec.ROUND]),
             kit,
             policy,
             kit.member.id,
@@ -123,13 +123,13 @@ def view_of(msg: Message, context: Context) -> NodeView:
             models_dir=state / "models" if state else None,
         )
     pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
-    kits = str(cfg.get("sim-kits", ""))
+    kits = str(cfg.get(rec.SIM_KITS, ""))
     kit_dir = _sim_kit_dir(kits, pid + 1) if kits else None
     kit = _kit(str(kit_dir)) if kit_dir else None
     policy = Policy.load(kit_dir / POLICY_FILE) if kit_dir else Policy(require_secure_aggregation=False)
     device = str(context.run_config.get("device", "auto"))
-    view = NodeView(plan, int(cfg["round"]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
-    models = str(cfg.get("sim-models", ""))  # honoured by simulated nodes only (like sim-verify)
+    view = NodeView(plan, int(cfg[rec.ROUND]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
+    models = str(cfg.get(rec.SIM_MODELS, ""))  # honoured by simulated nodes only (like SIM_VERIFY)
     view.models_dir = Path(models) / view.member_name if models else None
     return view
 
@@ -169,7 +169,7 @@ def _sync_ledger(view: NodeView, msg: Message) -> None:
     from fedloom.ledger import LedgerCopy, LedgerError, LedgerGap, LedgerTruncated, read_public_key
 
     copy = LedgerCopy(view.state_dir / "ledger.jsonl", read_public_key(view.kit_dir / LEDGER_PUB_FILE))
-    lines = [x for x in str(msg.content[rec.CONFIG].get("ledger", "")).split("\n") if x]
+    lines = [x for x in str(msg.content[rec.CONFIG].get(rec.LEDGER, "")).split("\n") if x]
     try:
         if lines:
             copy.extend(lines)
@@ -206,18 +206,17 @@ def sizes_are_public(plan: Plan) -> bool:
 def _who(view: NodeView) -> ConfigRecord:
     """Who replies, and what it declares publicly (its number of training examples, only when the
     plan makes it public)."""
-    who: dict = {"member": view.member}
-    if sizes_are_public(view.plan):
-        who["examples"] = len(view.data.train)
-    if view.ledger_head is not None:
-        who["ledger-head"] = view.ledger_head
-    return ConfigRecord(who)
+    examples = len(view.data.train) if sizes_are_public(view.plan) else None
+    return rec.Who(view.member, examples, view.ledger_head).to_record()
 
 
 def _refuse(msg: Message, view: NodeView, refusal: PolicyRefusal) -> Message:
     log.warning("member %d refuses round %d by its policy: %s", view.member, view.round, refusal)
     content = RecordDict(
-        {rec.REFUSAL: rec.refusal_record(view.member, view.round, refusal.rule, refusal.detail), "who": _who(view)}
+        {
+            rec.REFUSAL: rec.RefusalReport(view.member, view.round, refusal.rule, refusal.detail).to_record(),
+            rec.WHO: _who(view),
+        }
     )
     return Message(content, reply_to=msg)
 
@@ -227,7 +226,7 @@ def _eval(view: NodeView, vector: np.ndarray) -> tuple[LocalTrainer, np.ndarray,
     ev = trainer.evaluate(vector)
     # private sizes: the evaluation counts as one member's, whatever the size of its test set
     examples = ev.num_examples if sizes_are_public(view.plan) else 1
-    return trainer, vector, rec.eval_record(ev.loss, ev.accuracy, examples)
+    return trainer, vector, rec.EvalReport(ev.loss, ev.accuracy, examples).to_record()
 
 
 @app.train()
@@ -241,7 +240,7 @@ def train(msg: Message, context: Context) -> Message:
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
     trainer, vector, ev = _eval(view, received)
-    out = RecordDict({rec.EVAL: ev, "who": _who(view)})
+    out = RecordDict({rec.EVAL: ev, rec.WHO: _who(view)})
     fit: dict = {}
 
     def train_once() -> tuple[np.ndarray, int]:
@@ -262,18 +261,16 @@ def train(msg: Message, context: Context) -> Message:
         update, _ = train_once()
         out[rec.UPDATE] = rec.vector_record(update)
     else:
-        replies, info = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
+        replies, masked = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
         out[rec.PROTOCOL] = rec.protocol_record(replies)
-        clipped = int(info.get("clipped", 0))
+        clipped = masked.clipped if masked is not None else 0
         if not fit and view.plan.contribution.enabled:
             # left out of this round (e.g. by the quality floor): train anyway, upload nothing, and
             # report the new probe score so this member can qualify again
             train_once()
     if fit:
         examples = fit["examples"] if sizes_are_public(view.plan) else 1  # as in _eval: private sizes stay home
-        out[rec.FIT] = rec.fit_metrics(examples, fit["loss"], clipped)
-        if "probe" in fit:
-            out[rec.FIT]["probe-loss"] = float(fit["probe"])
+        out[rec.FIT] = rec.FitReport(examples, fit["loss"], clipped, fit.get("probe")).to_metrics()
     return Message(out, reply_to=msg)
 
 
@@ -289,7 +286,7 @@ def _load_inner_state(context: Context, plan: Plan) -> dict | None:
     if INNER_STATE_KEY not in context.state:
         return {}
     stored = context.state[INNER_STATE_KEY]
-    if str(stored["plan-hash"]) != plan.hash:
+    if str(stored[rec.PLAN_HASH]) != plan.hash:
         return {}
     return torch.load(io.BytesIO(stored["state"]), map_location="cpu", weights_only=True)
 
@@ -299,7 +296,7 @@ def _save_inner_state(context: Context, plan: Plan, state: dict | None) -> None:
         return
     buf = io.BytesIO()
     torch.save(state, buf)
-    context.state[INNER_STATE_KEY] = ConfigRecord({"plan-hash": plan.hash, "state": buf.getvalue()})
+    context.state[INNER_STATE_KEY] = ConfigRecord({rec.PLAN_HASH: plan.hash, "state": buf.getvalue()})
 
 
 def _keep_models(view: NodeView, trainer: LocalTrainer, base: np.ndarray) -> None:
@@ -338,7 +335,7 @@ def secagg(msg: Message, context: Context) -> Message:
     except PolicyRefusal as refusal:
         return _refuse(msg, view, refusal)
     replies, _ = _answer_protocol(msg, context, view, _no_training, {})
-    return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies), "who": _who(view)}), reply_to=msg)
+    return Message(RecordDict({rec.PROTOCOL: rec.protocol_record(replies), rec.WHO: _who(view)}), reply_to=msg)
 
 
 def _no_training() -> tuple[np.ndarray, int]:
@@ -347,7 +344,7 @@ def _no_training() -> tuple[np.ndarray, int]:
 
 def _answer_protocol(
     msg: Message, context: Context, view: NodeView, train_once, fit: dict, model_digest: bytes | None = None
-) -> tuple[list[bytes], dict]:
+) -> tuple[list[bytes], Masked | None]:
     """The protocol replies to this message's requests (training, if masking is asked for, fills
     `fit`; `model_digest` is that of the model this message brought). In deployment a request the
     coordinator sent again gets the very same reply."""
@@ -370,7 +367,7 @@ def _answer_requests(
     fit: dict,
     state_dir: Path | None,
     model_digest: bytes | None,
-) -> tuple[list[bytes], dict]:
+) -> tuple[list[bytes], Masked | None]:
     """Answer (or, for a repeat, send the kept reply again); `state_dir` None keeps nothing."""
     kit = cast(MemberKit, view.kit)
     requests = rec.read_protocol(msg.content)
@@ -378,25 +375,25 @@ def _answer_requests(
     if state_dir is not None and (kept := replay.load(state_dir, digest)) is not None:
         log.warning("member %d: round %d's request came again; sending the same reply", view.member, view.round)
         fit.update(kept.fit)
-        return kept.replies, kept.info
+        return kept.replies, Masked.from_dict(kept.info)
     d = _vector_length(view.plan.task.name)
     params = protocol_params(view.plan, d, len(kit.roster))
     participant = load_participant(
         context, kit, params, view.policy.min_cohort, state_dir, max_model_uses=view.policy.max_model_uses
     )
-    replies, info = answer(participant, requests, view.round, train_once, model_digest)
+    replies, masked = answer(participant, requests, view.round, train_once, model_digest)
     save_participant(context, participant, state_dir)
     replies = _maybe_deal_garbage(msg.content[rec.CONFIG], view, replies)
     if state_dir is not None:
-        replay.save(state_dir, replay.KeptReply(digest, replies, info, dict(fit)))
-    return replies, info
+        replay.save(state_dir, replay.KeptReply(digest, replies, masked.as_dict() if masked else {}, dict(fit)))
+    return replies, masked
 
 
 def _maybe_deal_garbage(config: ConfigRecord, view: NodeView, replies: list[bytes]) -> list[bytes]:
     """Simulation only: the member named by `sim-garbage-dealer = "<round>:<member>"` plays a
     malicious dealer in that round (garbage shares under valid signatures). A deployed node
     never reads the key, so no coordinator can make an honest member cheat."""
-    spec = str(config.get("sim-garbage-dealer", ""))
+    spec = str(config.get(rec.SIM_GARBAGE_DEALER, ""))
     if not (view.simulation and spec and view.kit):
         return replies
     round_, member = (int(v) for v in spec.split(":"))
@@ -422,7 +419,7 @@ def _maybe_record_for_verification(
 
     In a simulation the harness asks through the config; a deployed member only if it set
     FEDLOOM_VERIFY_DIR itself on its own machine (a coordinator's config is never enough)."""
-    where = str(msg.content[rec.CONFIG].get("sim-verify", "")) if view.simulation else os.environ.get(VERIFY_ENV, "")
+    where = str(msg.content[rec.CONFIG].get(rec.SIM_VERIFY, "")) if view.simulation else os.environ.get(VERIFY_ENV, "")
     if where:
         path = Path(where) / f"r{view.round}-m{view.member}.npz"
         np.savez(path, received=received, update=update, examples=examples)
@@ -439,4 +436,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _refuse(msg, view, refusal)
     trainer, vector, ev = _eval(view, received)
     _keep_final_base(view, trainer, vector)
-    return Message(RecordDict({rec.EVAL: ev, "who": _who(view)}), reply_to=msg)
+    return Message(RecordDict({rec.EVAL: ev, rec.WHO: _who(view)}), reply_to=msg)

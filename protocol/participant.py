@@ -203,7 +203,7 @@ class Participant:
         self.latest = 0  # newest round advertised
         self.masked_round = 0  # newest training round this member masked an input for
         self.model_uses: dict[bytes, int] = {}  # model digest -> masked inputs made on it
-        self.last_clipped = 0  # coordinates clipped in the last masked input (a tuning hint)
+        self.clipped = 0  # coordinates clipped in the last masked input (a tuning hint)
         self.rounds: dict[int, RoundState] = {}
         if state is not None:
             self._load(state)
@@ -478,7 +478,7 @@ class Participant:
         apply_masks(vector, plus, minus)
         st.seed = st.masking_sk = b""  # no longer needed: wipe now
         st.peers = {}
-        self.last_clipped = quantized.clipped
+        self.clipped = quantized.clipped
         statement = keys.mask_attestation_transcript(
             ctx, st.round, st.session, self.member, shared, st.weights, st.training_round, model_digest, self.min_cohort
         )

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedloom.records import training_round
+from fedloom.records import SIM_GARBAGE_DEALER, training_round
 from protocol import graph, keys, shamir
 from protocol.crypto import (
     SessionContext,
@@ -181,7 +181,7 @@ class Adversary:
         self.kind, self.round, self.target = kind, round_, target
         self.roster, self.context, self.params = roster, context, params
         self.verify_dir = Path(verify_dir)
-        self.extra_config = {"sim-garbage-dealer": f"{round_}:{target}"} if kind == "garbage-shares" else {}
+        self.extra_config = {SIM_GARBAGE_DEALER: f"{round_}:{target}"} if kind == "garbage-shares" else {}
         self._signer = Ed25519PrivateKey.generate()  # the adversary's own keys, nobody else's
         enc, msk = (x25519_public_bytes(x25519_from_random(os.urandom)) for _ in range(2))
         self._keys = (enc, msk)

@@ -26,6 +26,7 @@ import numpy as np
 from coordinator.driver import RunSettings
 from coordinator.results import RoundResult
 from coordinator.secure import RunHooks
+from fedloom import records as rec
 from fedloom.kits import POLICY_FILE, provision_members
 from fedloom.policy import Policy
 from protocol.params import ProtocolParams
@@ -106,12 +107,12 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
         for f in ws.verify.glob(f"r{round_}-m*.npz"):
             f.unlink()
 
-    extra = {"sim-kits": str(ws.kits)}
+    extra = {rec.SIM_KITS: str(ws.kits)}
     if ws.models is not None:
         ws.models.mkdir(parents=True, exist_ok=True)
-        extra["sim-models"] = str(ws.models)
+        extra[rec.SIM_MODELS] = str(ws.models)
     if truth:
-        extra["sim-verify"] = str(ws.verify)
+        extra[rec.SIM_VERIFY] = str(ws.verify)
     if adversary is not None:
         extra.update(adversary.extra_config)
     hooks = SimHooks(drop=drop, extra_config=extra, after_round=after_round)
