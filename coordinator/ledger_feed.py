@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedloom.ledger import entries_since, ledger_length
-
-HEAD_KEY = "ledger-head"
-CONFIG_KEY = "ledger"
+from fedloom.records import LEDGER, Who
 
 
 class LedgerFeed:
@@ -25,8 +23,8 @@ class LedgerFeed:
             return {}
         start = min(self.heads.get(node, 0), ledger_length(self.path) - 1)
         lines = entries_since(self.path, max(start, 0))
-        return {CONFIG_KEY: "\n".join(lines)} if lines else {}
+        return {LEDGER: "\n".join(lines)} if lines else {}
 
-    def observe(self, node: int, who: dict) -> None:
-        if HEAD_KEY in who:
-            self.heads[node] = int(who[HEAD_KEY])
+    def observe(self, node: int, who: Who) -> None:
+        if who.ledger_head is not None:
+            self.heads[node] = who.ledger_head

@@ -45,11 +45,10 @@ class PlainRounds:
         self.fedavg = FedAvg(arrayrecord_key=rec.UPDATE, weighted_by_key=rec.NUM_EXAMPLES)
 
     def _config(self, round_: int, node: int | None = None) -> ConfigRecord:
-        cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
-        cfg.update(self.hooks.extra_config)
+        extra = dict(self.hooks.extra_config)
         if self.ledger is not None and node is not None:
-            cfg.update(self.ledger.config_for(node))
-        return ConfigRecord(cfg)
+            extra.update(self.ledger.config_for(node))
+        return rec.request_config(round_, self.plan.canonical_json(), self.plan.hash, extra)
 
     def _content(self, round_: int, model, node: int) -> RecordDict:
         return RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
@@ -72,24 +71,17 @@ class PlainRounds:
         ]
         result.resent = [{"node": n, "stage": "train", "times": k} for n, k in trip.resent.items()]
         for r in everything:
-            if self.ledger is not None and "who" in r.content:
-                self.ledger.observe(r.metadata.src_node_id, dict(r.content["who"]))
+            if self.ledger is not None and (who := rec.Who.of(r.content)) is not None:
+                self.ledger.observe(r.metadata.src_node_id, who)
             if rec.REFUSAL in r.content:
-                ref = r.content[rec.REFUSAL]
-                entry = {
-                    "member": int(ref["member"]),
-                    "round": int(ref["round"]),
-                    "rule": str(ref["rule"]),
-                    "reason": str(ref["detail"]),
-                }
+                ref = rec.RefusalReport.from_record(r.content[rec.REFUSAL])
+                entry = {"member": ref.member, "round": ref.round, "rule": ref.rule, "reason": ref.detail}
                 result.refusals.append(entry)
                 self.journal.refusal(entry["round"], entry["member"], entry["rule"], entry["reason"])
         # sorted by member: floating-point sums depend on order, and reruns (resume) must match
-        replies = sorted(
-            (r for r in everything if rec.UPDATE in r.content), key=lambda r: int(r.content["who"]["member"])
-        )
+        replies = sorted((r for r in everything if rec.UPDATE in r.content), key=_member)
         replies = _finite_only(round_, replies, result)
-        members = {r.metadata.src_node_id: int(r.content["who"]["member"]) for r in replies}
+        members = {r.metadata.src_node_id: _member(r) for r in replies}
         result.incoming_eval = _eval_of(everything)
         if not replies:
             result.skipped = _why_nothing(result)
@@ -97,7 +89,7 @@ class PlainRounds:
         arrays, metrics = self.fedavg.aggregate_train(round_, replies)
         result.mean_update = arrays[rec.VECTOR].numpy()
         result.total_weight = float(sum(r.content[rec.FIT][rec.NUM_EXAMPLES] for r in replies))
-        result.train_loss = float(metrics["train-loss"]) if metrics else None
+        result.train_loss = rec.FitReport.mean_train_loss(metrics) if metrics else None
         result.aggregated = sorted(members.values())
         result.stage_seconds = {"train": time.perf_counter() - t0}
         return result
@@ -112,8 +104,8 @@ class PlainRounds:
         """One trip to every node, told on the operator's console (names learned from replies)."""
 
         def take(reply: Message) -> None:
-            if "who" in reply.content:
-                self.journal.member_of[reply.metadata.src_node_id] = int(reply.content["who"]["member"])
+            if (who := rec.Who.of(reply.content)) is not None:
+                self.journal.member_of[reply.metadata.src_node_id] = who.member
             on_reply(reply)
 
         self.journal.stage(round_, stage, self.nodes)
@@ -148,7 +140,7 @@ def _finite_only(round_: int, replies: list[Message], result: RoundResult) -> li
     (logged, and recorded in the round's faults) and the round goes on with the rest."""
     kept = []
     for reply in replies:
-        member = int(reply.content["who"]["member"])
+        member = _member(reply)
         why = _non_finite(reply)
         if why is None:
             kept.append(reply)
@@ -171,13 +163,10 @@ def _non_finite(reply: Message) -> str | None:
 
 
 def _eval_of(replies: list[Message]) -> EvalSummary | None:
-    rows = [
-        (
-            float(r.content[rec.EVAL]["loss"]),
-            float(r.content[rec.EVAL]["accuracy"]),
-            int(r.content[rec.EVAL][rec.NUM_EXAMPLES]),
-        )
-        for r in replies
-        if rec.EVAL in r.content
-    ]
-    return EvalSummary.combine(rows)
+    reports = [rec.EvalReport.from_record(r.content[rec.EVAL]) for r in replies if rec.EVAL in r.content]
+    return EvalSummary.combine([(e.loss, e.accuracy, e.examples) for e in reports])
+
+
+def _member(reply: Message) -> int:
+    """The member a reply with an update comes from (such replies always say who they are)."""
+    return rec.Who.from_record(reply.content[rec.WHO]).member

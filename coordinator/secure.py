@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from fedloom import records as rec
 from fedloom.plan import Plan
 from fedloom.session import protocol_params, session_context
-from protocol.coordinator import CoordinatorRound, Stage
+from protocol.coordinator import CoordinatorRound
 from protocol.errors import ProtocolError
 from protocol.messages import (
     KeyBundle,
@@ -50,6 +50,7 @@ from protocol.messages import (
 )
 from protocol.params import ProtocolParams
 from protocol.roster import Roster
+from protocol.stages import REPLY_STAGE, Stage
 
 from .contribution import assign
 from .journal import Journal
@@ -58,16 +59,6 @@ from .results import EvalSummary, RoundResult
 from .transport import exchange
 
 log = logging.getLogger("fedloom.coordinator")
-
-STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
-REPLY_STAGE = {
-    KeyBundle: "advertise",
-    ShareBundle: "share",
-    ShareReceipt: "receive",
-    MaskedInput: "mask",
-    SurvivorSignature: "sign",
-    UnmaskResponse: "unmask",
-}
 
 
 @dataclass
@@ -80,11 +71,11 @@ class RunHooks:
         (or withholds) what it sends.
     observe(node, message): sees every decoded protocol message that arrives.
     inject(round, after_stage) -> {member: [message, ...]}: extra requests an adversarial
-        coordinator sends in a trip of their own after the "sign" or "unmask" trip.
+        coordinator sends in a trip of their own after the Stage.SIGN or Stage.UNMASK trip.
     after_round(round, coordinator, aggregate, result): the harness inspects a finished round.
     """
 
-    drop: Callable[[int, str, int], bool] = lambda r, s, m: False
+    drop: Callable[[int, Stage, int], bool] = lambda r, s, m: False
     extra_config: dict = field(default_factory=dict)
     tamper: Callable | None = None
     observe: Callable | None = None
@@ -108,7 +99,7 @@ class _Session:
 
     @property
     def alive(self) -> bool:
-        return self.proto.stage is not Stage.ABORTED
+        return not self.proto.aborted
 
 
 class SecureRounds:
@@ -133,7 +124,7 @@ class SecureRounds:
         self.member_of: dict[int, int] = {}  # node id -> member id (learned from signed bundles)
         self.current: _Session | None = None
         self.next: _Session | None = None
-        self._fit: dict[int, tuple[int, float]] = {}
+        self._fit: dict[int, rec.FitReport] = {}  # member -> its training report this round
         self._evals: list[tuple[float, float, int]] = []
         self._orphan_refusals: list[dict] = []
         self.declared: dict[int, int] = {}  # member -> declared training examples (public)
@@ -162,23 +153,22 @@ class SecureRounds:
                 return node
         return None
 
-    def _gone(self, s: _Session, stage: str, member: int) -> bool:
+    def _gone(self, s: _Session, stage: Stage | None, member: int) -> bool:
         if member in s.gone:
             return True
-        if self.hooks.drop(s.round, stage, member):
+        if stage is not None and self.hooks.drop(s.round, stage, member):
             s.gone.add(member)
             s.dropped_log.append({"member": member, "stage": stage})
             return True
         return False
 
     def _config(self, round_: int, node: int | None = None) -> ConfigRecord:
-        cfg = {"round": round_, "plan": self.plan.canonical_json(), "plan-hash": self.plan.hash}
-        cfg.update(self.hooks.extra_config)
+        extra = dict(self.hooks.extra_config)
         if self.ledger is not None and node is not None:
-            cfg.update(self.ledger.config_for(node))
-        return ConfigRecord(cfg)
+            extra.update(self.ledger.config_for(node))
+        return rec.request_config(round_, self.plan.canonical_json(), self.plan.hash, extra)
 
-    def _outgoing(self, s: _Session, stage: str, member: int, msg: ProtocolMessage) -> bytes | None:
+    def _outgoing(self, s: _Session, stage: Stage, member: int, msg: ProtocolMessage) -> bytes | None:
         if self._gone(s, stage, member):
             return None
         if self.hooks.tamper is not None:
@@ -225,23 +215,24 @@ class SecureRounds:
         node = reply.metadata.src_node_id
         content = reply.content
         if rec.EVAL in content:
-            e = content[rec.EVAL]
-            self._evals.append((float(e["loss"]), float(e["accuracy"]), int(e[rec.NUM_EXAMPLES])))
+            e = rec.EvalReport.from_record(content[rec.EVAL])
+            self._evals.append((e.loss, e.accuracy, e.examples))
         if rec.REFUSAL in content:
-            r = content[rec.REFUSAL]
-            self._refusal(int(r["round"]), int(r["member"]), str(r["rule"]), str(r["detail"]))
-        claimed = int(content["who"]["member"]) if "who" in content else None
-        if claimed is not None and "examples" in content["who"]:
-            self.declared[claimed] = int(content["who"]["examples"])
-        if self.ledger is not None and "who" in content:
-            self.ledger.observe(node, dict(content["who"]))
+            r = rec.RefusalReport.from_record(content[rec.REFUSAL])
+            self._refusal(r.round, r.member, r.rule, r.detail)
+        who = rec.Who.of(content)
+        claimed = who.member if who is not None else None
+        if who is not None and who.examples is not None:
+            self.declared[who.member] = who.examples
+        if self.ledger is not None and who is not None:
+            self.ledger.observe(node, who)
         for raw in rec.read_protocol(content):
             self._route(node, claimed, raw)
         if rec.FIT in content and claimed is not None:
-            f = content[rec.FIT]
-            self._fit[claimed] = (int(f[rec.NUM_EXAMPLES]), float(f["train-loss"]), int(f.get("clipped", 0)))
-            if "probe-loss" in f:
-                self.scores[claimed] = float(f["probe-loss"])
+            fit = rec.FitReport.from_metrics(content[rec.FIT])
+            self._fit[claimed] = fit
+            if fit.probe_loss is not None:
+                self.scores[claimed] = fit.probe_loss
 
     def _sessions(self) -> list[_Session]:
         return [s for s in (self.current, self.next) if s is not None]
@@ -282,7 +273,7 @@ class SecureRounds:
         if member is not None and self.member_of.get(node, member) != member:
             log.warning("node %s sent a message as member %s but is member %s", node, member, self.member_of[node])
             return
-        if member is not None and self._gone(s, REPLY_STAGE.get(type(msg), ""), member):
+        if member is not None and self._gone(s, REPLY_STAGE.get(type(msg)), member):
             return  # the fault plan says this member crashed before its reply got out
         self._deliver(s, node, member, msg)
 
@@ -320,7 +311,7 @@ class SecureRounds:
         req = s.proto.advertise_request()
         for node in self.nodes:
             member = self.member_of.get(node)  # unknown before a node's first signed bundle
-            enc = self._outgoing(s, "advertise", member, req) if member is not None else req.encode()
+            enc = self._outgoing(s, Stage.ADVERTISE, member, req) if member is not None else req.encode()
             if enc is not None:
                 payload.setdefault(node, []).append(enc)
 
@@ -362,10 +353,10 @@ class SecureRounds:
         self._advertise_payload(s, payload)
         self._trip(round_, "secagg", payload, None, "set-up 1/3: advertise keys")
         bset = self._close(s, s.proto.bundle_set)
-        payload = self._per_member(s, "share", lambda m: bset) if bset else {}
+        payload = self._per_member(s, Stage.SHARE, lambda m: bset) if bset else {}
         self._trip(round_, "secagg", payload, None, "set-up 2/3: share keys")
         deliveries = self._close(s, s.proto.deliveries)
-        payload = self._per_member(s, "receive", lambda m: deliveries.get(m)) if deliveries else {}
+        payload = self._per_member(s, Stage.RECEIVE, lambda m: deliveries.get(m)) if deliveries else {}
         self._trip(round_, "secagg", payload, None, "set-up 3/3: deliver shares")
         self._close_mask_request(s)
         s.seconds["setup"] = time.perf_counter() - t0
@@ -374,7 +365,7 @@ class SecureRounds:
     def _per_member(
         self,
         s: _Session,
-        stage: str,
+        stage: Stage,
         message_for: Callable[[int], ProtocolMessage | None],
         members: tuple[int, ...] | None = None,
     ) -> dict[int, list[bytes]]:
@@ -394,7 +385,7 @@ class SecureRounds:
         self._evals, self._fit, self._orphan_refusals = [], {}, []
         self.current = None
         last = round_ == self.plan.rounds
-        if self.next is None or self.next.round != round_ or self.next.proto.stage is not Stage.MASKED:
+        if self.next is None or self.next.round != round_ or self.next.proto.stage is not Stage.MASK:
             self._setup(round_)
         cur, self.current, self.next = self.next, self.next, None
         t0 = time.perf_counter()
@@ -406,7 +397,7 @@ class SecureRounds:
         if cur.alive and cur.mask_request is not None:  # C1 was fixed earlier; now the model is known
             digest = rec.model_digest(model)
             mreq = self._close(cur, lambda: cur.proto.bind_model(round_, digest))
-        payload = self._per_member(cur, "mask", lambda m: mreq, cur.proto.shared) if mreq else {}
+        payload = self._per_member(cur, Stage.MASK, lambda m: mreq, cur.proto.shared) if mreq else {}
         if nxt is not None:
             self._advertise_payload(nxt, payload)
         self._trip(round_, "train", payload, model, "train + mask")
@@ -416,26 +407,26 @@ class SecureRounds:
 
         # T2: sign survivors of round r; share keys of round r+1
         sreq = self._close(cur, cur.proto.survivor_request)
-        payload = self._per_member(cur, "sign", lambda m: sreq, sreq.survivors) if sreq else {}
+        payload = self._per_member(cur, Stage.SIGN, lambda m: sreq, sreq.survivors) if sreq else {}
         if nxt is not None:
             bset = self._close(nxt, nxt.proto.bundle_set)
             if bset is not None:
-                for node, encs in self._per_member(nxt, "share", lambda m: bset).items():
+                for node, encs in self._per_member(nxt, Stage.SHARE, lambda m: bset).items():
                     payload.setdefault(node, []).extend(encs)
         self._trip(round_, "secagg", payload, None, "sign survivors")
-        self._injected(cur, "sign")
+        self._injected(cur, Stage.SIGN)
         t2 = time.perf_counter()
 
         # T3: unmask round r; deliver shares of round r+1
         ureq = self._close(cur, cur.proto.unmask_request)
-        payload = self._per_member(cur, "unmask", lambda m: ureq, ureq.survivors) if ureq else {}
+        payload = self._per_member(cur, Stage.UNMASK, lambda m: ureq, ureq.survivors) if ureq else {}
         if nxt is not None:
             deliveries = self._close(nxt, nxt.proto.deliveries)
             if deliveries:
-                for node, encs in self._per_member(nxt, "receive", lambda m: deliveries.get(m)).items():
+                for node, encs in self._per_member(nxt, Stage.RECEIVE, lambda m: deliveries.get(m)).items():
                     payload.setdefault(node, []).extend(encs)
         self._trip(round_, "secagg", payload, None, "unmask")
-        self._injected(cur, "unmask")
+        self._injected(cur, Stage.UNMASK)
         t3 = time.perf_counter()
         agg = self._close(cur, cur.proto.finish)
         self._close_mask_request(nxt)
@@ -443,7 +434,7 @@ class SecureRounds:
         cur.seconds.update({"train_mask": t1 - t0, "sign": t2 - t1, "unmask": t3 - t2, "reconstruct": t4 - t3})
         return self._result(cur, agg, fit, incoming_eval)
 
-    def _injected(self, s: _Session, after: str) -> None:
+    def _injected(self, s: _Session, after: Stage) -> None:
         """An adversarial coordinator's extra trip (simulation only): whatever it wants to send."""
         if self.hooks.inject is None:
             return
@@ -456,7 +447,7 @@ class SecureRounds:
         if payload:
             self._trip(s.round, "secagg", payload, None, f"extra trip after {after}")
 
-    def _result(self, s: _Session, agg, fit: dict[int, tuple[int, float, int]], incoming_eval) -> RoundResult:
+    def _result(self, s: _Session, agg, fit: dict[int, rec.FitReport], incoming_eval) -> RoundResult:
         res = RoundResult(s.round, None, asked=list(s.proto.shared) or list(s.proto.cohort))
         res.incoming_eval = incoming_eval
         res.stage_seconds = dict(s.seconds)
@@ -467,10 +458,11 @@ class SecureRounds:
         res.refusals = s.refusals + self._orphan_refusals
         res.contribution = s.contribution
         res.faults = [{"member": m, "rule": r} for m, r in sorted(s.proto.faults.items())]
-        losses = [(fit[m][0], fit[m][1]) for m in fit]
-        if losses:
-            res.train_loss = sum(n * loss for n, loss in losses) / max(1, sum(n for n, _ in losses))
-        res.clipped = sum(fit[m][2] for m in fit)
+        reports = list(fit.values())
+        if reports:
+            total = sum(f.examples * f.train_loss for f in reports)
+            res.train_loss = total / max(1, sum(f.examples for f in reports))
+        res.clipped = sum(f.clipped for f in reports)
         if res.clipped:
             log.warning(
                 "round %d: %d update coordinates exceeded secure.clip = %s and were clipped",

@@ -1,13 +1,21 @@
-"""The Flower record layout both sides use (keys and small builders/parsers).
+"""The Flower record layout both sides use: every record key, and typed encoders/decoders.
 
 A training trip carries the global model as one flat float32 vector, the plan (with its hash)
 and the round; a reply carries the update (local - global) or the protocol's messages, training
 metrics, and the participant's evaluation of the model it received.
+
+Every key a record carries is named here and nowhere else (tests/test_records.py checks it); the
+other modules build and read records through the typed classes below (`Who`, `FitReport`,
+`EvalReport`, `RefusalReport`, `request_config`). The bytes on the wire are those of earlier
+versions: old and new coordinators and members interoperate.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -15,13 +23,31 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 MODEL = "model"  # ArrayRecord {"vector": float32[d]}
 UPDATE = "update"  # ArrayRecord {"vector": float32[d]} (plaintext mode only)
 CONFIG = "config"  # ConfigRecord: round, plan, plan-hash, flags
-FIT = "fit"  # MetricRecord: num-examples, train-loss
-EVAL = "eval"  # ConfigRecord: loss, accuracy, num-examples of the received model
+FIT = "fit"  # MetricRecord: FitReport (num-examples, train-loss, clipped, probe-loss)
+EVAL = "eval"  # ConfigRecord: EvalReport (loss, accuracy, num-examples) of the received model
 PROTOCOL = "secagg"  # ArrayRecord {"0": uint8[...], "1": ...}: encoded protocol messages, in order
-REFUSAL = "refusal"  # ConfigRecord: member, round, rule, detail (a policy refusal)
+REFUSAL = "refusal"  # ConfigRecord: RefusalReport (member, round, rule, detail): a policy refusal
+WHO = "who"  # ConfigRecord: Who (member, examples when public, ledger-head)
 SECAGG_ACTION = "query.secagg"  # message type of trips that only carry protocol messages
 VECTOR = "vector"
-NUM_EXAMPLES = "num-examples"
+NUM_EXAMPLES = "num-examples"  # FedAvg's weight key (coordinator.plain) as well as the reports'
+
+# keys of a request's CONFIG record
+ROUND = "round"
+PLAN = "plan"  # the plan's canonical JSON
+PLAN_HASH = "plan-hash"
+LEDGER = "ledger"  # ledger entries the member lacks, one JSON line each (coordinator.ledger_feed)
+# simulation only: a deployed member never reads these (a coordinator's config cannot make it act on them)
+SIM_KITS = "sim-kits"  # directory of the simulated members' kits
+SIM_MODELS = "sim-models"  # where simulated members keep their N+1 models
+SIM_VERIFY = "sim-verify"  # where simulated members leave the true update for the harness
+SIM_GARBAGE_DEALER = "sim-garbage-dealer"  # "<round>:<member>": that member deals garbage shares
+
+# keys inside the records below
+_MEMBER, _EXAMPLES, _LEDGER_HEAD = "member", "examples", "ledger-head"
+_TRAIN_LOSS, _CLIPPED, _PROBE_LOSS = "train-loss", "clipped", "probe-loss"
+_LOSS, _ACCURACY = "loss", "accuracy"
+_RULE, _DETAIL = "rule", "detail"
 
 
 def protocol_round(training_round: int, attempt: int = 0, restart: int = 0) -> int:
@@ -60,13 +86,115 @@ def read_protocol(content: RecordDict) -> list[bytes]:
     return [record[str(i)].numpy().tobytes() for i in range(len(record))]
 
 
-def fit_metrics(num_examples: int, train_loss: float, clipped: int = 0) -> MetricRecord:
-    return MetricRecord({NUM_EXAMPLES: int(num_examples), "train-loss": float(train_loss), "clipped": int(clipped)})
+def request_config(round_: int, plan_json: str, plan_hash: str, extra: Mapping[str, Any] = ()) -> ConfigRecord:
+    """A request's CONFIG: the training round, the plan and its hash, then `extra` (ledger, sim-*)."""
+    cfg: dict[str, Any] = {ROUND: round_, PLAN: plan_json, PLAN_HASH: plan_hash}
+    cfg.update(extra)
+    return ConfigRecord(cfg)
 
 
-def refusal_record(member: int, round_: int, rule: str, detail: str) -> ConfigRecord:
-    return ConfigRecord({"member": int(member), "round": int(round_), "rule": rule, "detail": detail[:1000]})
+@dataclass(frozen=True)
+class Who:
+    """Who replies, and what it declares publicly: its training examples (None when the plan keeps
+    sizes private) and how many ledger entries its own copy holds (None before it holds any)."""
+
+    member: int
+    examples: int | None = None
+    ledger_head: int | None = None
+
+    def to_record(self) -> ConfigRecord:
+        who: dict[str, int] = {_MEMBER: int(self.member)}
+        if self.examples is not None:
+            who[_EXAMPLES] = int(self.examples)
+        if self.ledger_head is not None:
+            who[_LEDGER_HEAD] = int(self.ledger_head)
+        return ConfigRecord(who)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Who:
+        examples, head = record.get(_EXAMPLES), record.get(_LEDGER_HEAD)
+        return cls(
+            int(record[_MEMBER]),
+            None if examples is None else int(examples),
+            None if head is None else int(head),
+        )
+
+    @classmethod
+    def of(cls, content: RecordDict) -> Who | None:
+        """The reply's Who, if it carries one."""
+        return cls.from_record(content[WHO]) if WHO in content else None
 
 
-def eval_record(loss: float, accuracy: float, num_examples: int) -> ConfigRecord:
-    return ConfigRecord({"loss": float(loss), "accuracy": float(accuracy), NUM_EXAMPLES: int(num_examples)})
+@dataclass(frozen=True)
+class FitReport:
+    """What local training reports to the coordinator: `examples` is the FedAvg weight of the
+    train loss (1 when the plan keeps sizes private), `clipped` the update coordinates the
+    quantizer clipped (secure aggregation; 0 in plaintext), `probe_loss` the local model's score on
+    the plan's public probe set (contribution policies only)."""
+
+    examples: int
+    train_loss: float
+    clipped: int = 0
+    probe_loss: float | None = None
+
+    def to_metrics(self) -> MetricRecord:
+        m: dict[str, int | float] = {
+            NUM_EXAMPLES: int(self.examples),
+            _TRAIN_LOSS: float(self.train_loss),
+            _CLIPPED: int(self.clipped),
+        }
+        if self.probe_loss is not None:
+            m[_PROBE_LOSS] = float(self.probe_loss)
+        return MetricRecord(m)
+
+    @classmethod
+    def from_metrics(cls, record: Mapping[str, Any]) -> FitReport:
+        probe = record.get(_PROBE_LOSS)
+        return cls(
+            int(record[NUM_EXAMPLES]),
+            float(record[_TRAIN_LOSS]),
+            int(record.get(_CLIPPED, 0)),
+            None if probe is None else float(probe),
+        )
+
+    @staticmethod
+    def mean_train_loss(metrics: Mapping[str, Any]) -> float:
+        """The train loss from metrics Flower's FedAvg aggregated (weighted by num-examples)."""
+        return float(metrics[_TRAIN_LOSS])
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """A member's evaluation of the model it received (examples: 1 when sizes are private)."""
+
+    loss: float
+    accuracy: float
+    examples: int
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(
+            {_LOSS: float(self.loss), _ACCURACY: float(self.accuracy), NUM_EXAMPLES: int(self.examples)}
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> EvalReport:
+        return cls(float(record[_LOSS]), float(record[_ACCURACY]), int(record[NUM_EXAMPLES]))
+
+
+@dataclass(frozen=True)
+class RefusalReport:
+    """A member's policy refusal of a round (the detail is cut to 1000 characters on the wire)."""
+
+    member: int
+    round: int
+    rule: str
+    detail: str
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(
+            {_MEMBER: int(self.member), ROUND: int(self.round), _RULE: self.rule, _DETAIL: self.detail[:1000]}
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RefusalReport:
+        return cls(int(record[_MEMBER]), int(record[ROUND]), str(record[_RULE]), str(record[_DETAIL]))

@@ -44,7 +44,7 @@ def request_digest(kind: str, round_: int, protocol_messages: list[bytes]) -> st
 class KeptReply:
     digest: str
     replies: list[bytes]
-    info: dict = field(default_factory=dict)  # what training reported to the protocol (weight, clipped)
+    info: dict = field(default_factory=dict)  # what the masked input carried (participant.secure.Masked), or {}
     fit: dict = field(default_factory=dict)  # the training metrics the reply carried
 
 

@@ -7,6 +7,7 @@ on this member's machine) between messages. Every refusal (a broken protocol rul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,25 @@ STATE_KEY = "fedloom.secagg"
 
 
 STATE_FILE = "secagg.state"
+
+
+@dataclasses.dataclass(frozen=True)
+class Masked:
+    """What this member's masked input carried: its weight, the training examples behind it and the
+    update coordinates the quantizer clipped (reported to the coordinator as `FitReport.clipped`)."""
+
+    weight: int
+    examples: int
+    clipped: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The form kept in last-reply.npz (participant.replay)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, kept: dict) -> Masked | None:
+        """Back from last-reply.npz: None when the kept reply masked nothing (an empty dict)."""
+        return cls(**{f.name: int(kept[f.name]) for f in dataclasses.fields(cls)}) if kept else None
 
 
 def load_participant(
@@ -69,15 +89,15 @@ def answer(
     round_: int,
     train: Callable[[], tuple[np.ndarray, int]],
     model_digest: bytes | None = None,
-) -> tuple[list[bytes], dict]:
+) -> tuple[list[bytes], Masked | None]:
     """Answer each protocol message in order; `train()` runs only when masking is asked for, and
     only after the request was checked against the model this member received (`model_digest`)
     and the training rounds and models it already contributed to.
 
-    Returns the encoded replies and what training reported (weight, examples, clipped).
+    Returns the encoded replies and, if this member masked an input, what it carried.
     """
     out: list[bytes] = []
-    info: dict = {}
+    masked: Masked | None = None
     for data in raw_messages:
         msg = None
         try:
@@ -94,9 +114,8 @@ def answer(
                 weight = participant.params.fedavg_weight(examples)
                 if msg.weights:  # a contribution policy's public weight (the protocol checks the table)
                     weight = dict(zip(msg.shared, msg.weights, strict=False)).get(participant.member, weight)
-                info.update(weight=weight, examples=int(examples))
                 reply = participant.mask(msg, update, weight, model_digest)
-                info["clipped"] = participant.last_clipped
+                masked = Masked(weight, int(examples), participant.clipped)
             else:
                 reply = participant.handle(msg)
         except ProtocolError as err:
@@ -105,4 +124,4 @@ def answer(
             log.warning("member %d refused a request of protocol round %d: %s", participant.member, pround, err)
             reply = Refusal(pround, participant.member, err.rule.value, err.detail)
         out.append(reply.encode())
-    return out, info
+    return out, masked

@@ -6,10 +6,11 @@ so that one faulty or malicious participant is excluded instead of crashing the 
 and the caller treats that sender as dropped. Masked inputs are folded into one accumulator as
 they arrive, so memory is O(d) whatever the number of members.
 
-Stages (each `close`-type call moves to the next; anything else is out of order):
-    BUNDLES --bundle_set()--> SHARES --deliveries()--> RECEIPTS --mask_request()--> MASKED
-    --survivor_request()--> SIGNATURES --unmask_request()--> UNMASK --finish()--> DONE
-    (or ABORTED on any failure that leaves too few members)
+Stages (`protocol.stages.Stage`; the round collects the replies of one stage at a time, each
+`close`-type call moves to the next; anything else is out of order):
+    ADVERTISE --bundle_set()--> SHARE --deliveries()--> RECEIVE --mask_request()--> MASK
+    --survivor_request()--> SIGN --unmask_request()--> UNMASK --finish()--> done
+    (or aborted, in the stage it was in, on any failure that leaves too few members)
 
 Complaints about bad shares are judged, not trusted: the holder reveals the directional share
 key, which must match the key digest the dealer signed. Garbage under the right key convicts the
@@ -30,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 import numpy as np
 
@@ -60,18 +60,8 @@ from .params import ProtocolParams
 from .participant import parse_share_plaintext, shares_signed_by_dealer
 from .quantize import dequantize
 from .roster import Roster
+from .stages import Stage
 from .verify import verify_bundle
-
-
-class Stage(IntEnum):
-    BUNDLES = 1
-    SHARES = 2
-    RECEIPTS = 3
-    MASKED = 4
-    SIGNATURES = 5
-    UNMASK = 6
-    DONE = 7
-    ABORTED = 8
 
 
 @dataclass(frozen=True)
@@ -125,8 +115,8 @@ class CoordinatorRound:
         self.context = context
         self.params = params
         self.workers = workers
-        self.stage = Stage.BUNDLES
-        self.aborted_at = Stage.BUNDLES  # the stage an abort interrupted
+        self.stage = Stage.ADVERTISE  # the stage whose replies are collected (where an abort left it)
+        self.done = False  # finish() returned the sum
         self.faults: dict[int, str] = {}
         self.abort_reason: ProtocolError | None = None
         self._c = _Collected()
@@ -151,9 +141,14 @@ class CoordinatorRound:
     def cohort(self) -> tuple[int, ...]:
         return tuple(sorted(self._c.bundles))
 
+    @property
+    def aborted(self) -> bool:
+        return self.abort_reason is not None
+
     def _expect(self, stage: Stage, what: str) -> None:
-        if self.stage is not stage:
-            raise ProtocolError(Rule.OUT_OF_ORDER, f"{what} in stage {self.stage.name}")
+        if self.aborted or self.done or self.stage is not stage:
+            state = " (aborted)" if self.aborted else " (done)" if self.done else ""
+            raise ProtocolError(Rule.OUT_OF_ORDER, f"{what} in stage {self.stage}{state}")
 
     def _reject(self, member: int, err: ProtocolError) -> ProtocolError:
         self.faults.setdefault(member, err.rule.value)
@@ -173,40 +168,28 @@ class CoordinatorRound:
 
     def abort(self, err: ProtocolError) -> ProtocolError:
         """Give up on the round: nothing more is released, the accumulator is dropped."""
-        if self.stage is not Stage.ABORTED:
-            self.aborted_at = self.stage
-        self.stage = Stage.ABORTED
         self.abort_reason = err
         self._acc = None
         return err
 
-    def dropouts(self) -> dict[int, str]:
+    def dropouts(self) -> dict[int, Stage]:
         """Members that went silent, by the stage they did not answer (as far as this round got)."""
         c = self._c
         stages = [
-            ("share", set(c.bundles), set(c.share_bundles)),
-            ("receive", set(c.share_bundles), c.receipts),
-            ("mask", set(self.shared), c.masked),
-            ("sign", set(self.survivors), set(c.signatures)),
-            ("unmask", set(c.signatures), c.responded),
+            (Stage.SHARE, set(c.bundles), set(c.share_bundles)),
+            (Stage.RECEIVE, set(c.share_bundles), c.receipts),
+            (Stage.MASK, set(self.shared), c.masked),
+            (Stage.SIGN, set(self.survivors), set(c.signatures)),
+            (Stage.UNMASK, set(c.signatures), c.responded),
         ]
-        # a stage's collection is over once the round moved past it, or an abort closed it
-        aborted = self.stage is Stage.ABORTED
-        at = self.aborted_at if aborted else self.stage
 
         def over(stage: Stage) -> bool:
-            return at >= stage if aborted else at > stage
+            """A stage's collection is over once the round moved past it, finished, or an abort closed it."""
+            return self.done or (self.stage >= stage if self.aborted else self.stage > stage)
 
-        reached = {
-            "share": over(Stage.SHARES),
-            "receive": over(Stage.RECEIPTS),
-            "mask": over(Stage.MASKED),
-            "sign": over(Stage.SIGNATURES),
-            "unmask": over(Stage.UNMASK),
-        }
-        out: dict[int, str] = {}
+        out: dict[int, Stage] = {}
         for stage, asked, answered in stages:
-            if reached[stage]:
+            if over(stage):
                 for m in sorted(asked - answered - c.convicted - set(self.faults)):
                     out.setdefault(m, stage)
         return out
@@ -216,7 +199,7 @@ class CoordinatorRound:
         return AdvertiseRequest(self.round)
 
     def add_bundle(self, bundle: KeyBundle) -> None:
-        self._expect(Stage.BUNDLES, "a key bundle")
+        self._expect(Stage.ADVERTISE, "a key bundle")
         if bundle.member in self._c.bundles:
             raise self._reject(bundle.member, ProtocolError(Rule.DUPLICATE_MEMBER, "second bundle"))
         try:
@@ -226,7 +209,7 @@ class CoordinatorRound:
         self._c.bundles[bundle.member] = bundle
 
     def bundle_set(self) -> BundleSet:
-        self._expect(Stage.BUNDLES, "closing key advertisement")
+        self._expect(Stage.ADVERTISE, "closing key advertisement")
         n0 = len(self._c.bundles)
         if n0 < self.params.min_cohort:
             raise self.abort(ProtocolError(Rule.COHORT_TOO_SMALL, f"{n0} bundles, {self.params.min_cohort} needed"))
@@ -237,12 +220,12 @@ class CoordinatorRound:
         bundles = tuple(self._c.bundles[m] for m in self.cohort)
         self.session = keys.session_id(self.context, self.round, bundles)
         self.neighbours = graph.neighbours(self.cohort)
-        self.stage = Stage.SHARES
+        self.stage = Stage.SHARE
         return BundleSet(self.round, bundles)
 
     # ------------------------------------------------------------------ stage 1 replies
     def add_shares(self, sb: ShareBundle) -> None:
-        self._expect(Stage.SHARES, "a share bundle")
+        self._expect(Stage.SHARE, "a share bundle")
         self._check_sender(sb.member, sb.round, sb.session, set(self._c.bundles), self._c.share_bundles)
         holders = tuple(s.holder for s in sb.shares)
         expected = tuple(sorted(self.neighbours[sb.member]))
@@ -261,7 +244,7 @@ class CoordinatorRound:
 
     def deliveries(self) -> dict[int, ShareDelivery]:
         """Close sharing: each dealer, as a holder, gets the shares its neighbours dealt it."""
-        self._expect(Stage.SHARES, "closing share collection")
+        self._expect(Stage.SHARE, "closing share collection")
         dealers = set(self._c.share_bundles)
         need = self._threshold
         if len(dealers) < need:
@@ -271,13 +254,13 @@ class CoordinatorRound:
             for item in sb.shares:
                 if item.holder in inbox:
                     inbox[item.holder].append(item)
-        self.stage = Stage.RECEIPTS
+        self.stage = Stage.RECEIVE
         return {m: ShareDelivery(self.round, self.session, tuple(items)) for m, items in inbox.items()}
 
     # ------------------------------------------------------------------ stage 2 replies
     def add_receipt(self, receipt: ShareReceipt) -> None:
         """Record that a holder has its shares; judge each complaint it makes."""
-        self._expect(Stage.RECEIPTS, "a share receipt")
+        self._expect(Stage.RECEIVE, "a share receipt")
         holder = receipt.member
         self._check_sender(holder, receipt.round, receipt.session, set(self._c.share_bundles), self._c.receipts)
         dealt = {d for d in self.neighbours[holder] if d in self._c.share_bundles}
@@ -342,7 +325,7 @@ class CoordinatorRound:
         """Close receipts: C1 = dealers who confirmed receipt, were not convicted, are not
         excluded (e.g. by a contribution policy) and whose shares enough of C1 hold; with public
         `weights`, each gets its weight. The model can be bound later (`bind_model`)."""
-        self._expect(Stage.RECEIPTS, "closing receipt collection")
+        self._expect(Stage.RECEIVE, "closing receipt collection")
         candidates = self._c.receipts - self._c.convicted - set(exclude)
         live = self._reconstructable(candidates)
         self.unreconstructable = tuple(sorted(candidates - live))
@@ -356,13 +339,13 @@ class CoordinatorRound:
                 raise self.abort(ProtocolError(Rule.WEIGHTS, f"no valid public weight for members {missing}"))
             self.weights = tuple(int(weights[m]) for m in self.shared)
         self._acc = np.zeros(self.params.masked_length, dtype=self.params.dtype)
-        self.stage = Stage.MASKED
+        self.stage = Stage.MASK
         return self.bind_model(training_round, model_digest)
 
     def bind_model(self, training_round: int, model_digest: bytes) -> MaskRequest:
         """The MaskRequest naming the training round and the digest of the model members will train
         on (known only once the previous round's aggregate is applied, when trips are pipelined)."""
-        self._expect(Stage.MASKED, "binding the model")
+        self._expect(Stage.MASK, "binding the model")
         if self._c.masked:
             raise ProtocolError(Rule.OUT_OF_ORDER, "the model cannot change once masked inputs arrived")
         if len(model_digest) != DIGEST_BYTES:
@@ -372,7 +355,7 @@ class CoordinatorRound:
 
     # ------------------------------------------------------------------ stage 3 replies
     def add_masked(self, mi: MaskedInput) -> None:
-        self._expect(Stage.MASKED, "a masked input")
+        self._expect(Stage.MASK, "a masked input")
         self._check_sender(mi.member, mi.round, mi.session, set(self.shared), self._c.masked)
         v = mi.vector
         if v.dtype != self.params.dtype or v.shape != (self.params.masked_length,):
@@ -412,7 +395,7 @@ class CoordinatorRound:
         )
 
     def survivor_request(self) -> SurvivorRequest:
-        self._expect(Stage.MASKED, "closing masked-input collection")
+        self._expect(Stage.MASK, "closing masked-input collection")
         self.survivors = tuple(sorted(self._c.masked))
         self.dropped = tuple(m for m in self.shared if m not in self._c.masked)
         need = self._threshold
@@ -429,19 +412,19 @@ class CoordinatorRound:
             top = max(self.survivors, key=lambda m: table[m])
             if table[top] > self.params.max_share * total:
                 raise self.abort(ProtocolError(Rule.WEIGHT_CAPTURE, f"member {top} would dominate the sum", (top,)))
-        self.stage = Stage.SIGNATURES
+        self.stage = Stage.SIGN
         return SurvivorRequest(self.round, self.session, self.shared, self.survivors)
 
     # ------------------------------------------------------------------ stage 4 replies
     def add_signature(self, sig: SurvivorSignature) -> None:
-        self._expect(Stage.SIGNATURES, "a survivor signature")
+        self._expect(Stage.SIGN, "a survivor signature")
         self._check_sender(sig.member, sig.round, sig.session, set(self.survivors), self._c.signatures)
         if not self.roster.verify(sig.member, sig.signature, self._statement()):
             raise self._reject(sig.member, ProtocolError(Rule.BAD_SIGNATURE, "survivor signature invalid"))
         self._c.signatures[sig.member] = sig
 
     def unmask_request(self) -> UnmaskRequest:
-        self._expect(Stage.SIGNATURES, "closing signature collection")
+        self._expect(Stage.SIGN, "closing signature collection")
         need = self._threshold
         if len(self._c.signatures) < need:
             raise self.abort(ProtocolError(Rule.THRESHOLD, f"{len(self._c.signatures)} signatures, {need} needed"))
@@ -493,7 +476,7 @@ class CoordinatorRound:
         try:
             return self._finish()
         except ProtocolError as err:
-            if self.stage is not Stage.ABORTED:
+            if not self.aborted:
                 self.abort(err)
             raise
 
@@ -520,7 +503,7 @@ class CoordinatorRound:
         apply_masks(self._acc, plus, minus, workers=self.workers)
         total, self._acc = self._acc, None
         self._check_range(total)
-        self.stage = Stage.DONE
+        self.done = True
         shared = set(self.shared)
         return AggregateResult(
             public_total=sum(self.weights) if self.weights else None,

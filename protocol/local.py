@@ -24,8 +24,8 @@ from .messages import EncryptedShare, ShareBundle
 from .params import ProtocolParams
 from .participant import Participant
 from .roster import Member, Roster
+from .stages import Stage
 
-STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
 _T = TypeVar("_T")
 
 
@@ -41,7 +41,7 @@ def run_round(
     participants: Mapping[int, Participant],
     inputs: Mapping[int, np.ndarray],
     weights: Mapping[int, int] | None = None,
-    drop: Mapping[str, set[int]] | None = None,
+    drop: Mapping[Stage, set[int]] | None = None,
     public_weights: bool = False,
     training_round: int | None = None,
     model_digest: bytes | None = None,
@@ -54,24 +54,24 @@ def run_round(
     net = _LocalExchange(drop or {})
     try:
         req = coordinator.advertise_request()
-        net.stage("advertise", participants, lambda m: participants[m].advertise(req), coordinator.add_bundle)
+        net.stage(Stage.ADVERTISE, participants, lambda m: participants[m].advertise(req), coordinator.add_bundle)
         bset = coordinator.bundle_set()
-        net.stage("share", coordinator.cohort, lambda m: participants[m].share(bset), coordinator.add_shares)
+        net.stage(Stage.SHARE, coordinator.cohort, lambda m: participants[m].share(bset), coordinator.add_shares)
         deliveries = coordinator.deliveries()
-        net.stage("receive", deliveries, lambda m: participants[m].receive(deliveries[m]), coordinator.add_receipt)
+        net.stage(Stage.RECEIVE, deliveries, lambda m: participants[m].receive(deliveries[m]), coordinator.add_receipt)
         mreq = coordinator.mask_request(
             weights=dict(weights or {}) if public_weights else None, training_round=tround, model_digest=digest
         )
         net.stage(
-            "mask",
+            Stage.MASK,
             mreq.shared,
             lambda m: participants[m].mask(mreq, inputs[m], (weights or {}).get(m, 1), digest),
             coordinator.add_masked,
         )
         sreq = coordinator.survivor_request()
-        net.stage("sign", sreq.survivors, lambda m: participants[m].sign_survivors(sreq), coordinator.add_signature)
+        net.stage(Stage.SIGN, sreq.survivors, lambda m: participants[m].sign_survivors(sreq), coordinator.add_signature)
         ureq = coordinator.unmask_request()
-        net.stage("unmask", ureq.survivors, lambda m: participants[m].unmask(ureq), coordinator.add_unmask)
+        net.stage(Stage.UNMASK, ureq.survivors, lambda m: participants[m].unmask(ureq), coordinator.add_unmask)
         return RoundOutcome(coordinator.finish(), None, net.refusals)
     except ProtocolError as err:
         return RoundOutcome(None, err, net.refusals)
@@ -82,11 +82,11 @@ class _LocalExchange:
     """Who still takes part in a round run by `run_round`: a member dropped at a stage, or refused
     by a check, answers nothing from then on."""
 
-    drop: Mapping[str, set[int]]
+    drop: Mapping[Stage, set[int]]
     gone: set[int] = field(default_factory=set)
     refusals: dict[int, ProtocolError] = field(default_factory=dict)
 
-    def alive(self, stage: str, members: Iterable[int]) -> list[int]:
+    def alive(self, stage: Stage, members: Iterable[int]) -> list[int]:
         """The members still answering at `stage` (its drops count from this stage on)."""
         self.gone.update(self.drop.get(stage, set()))
         return [m for m in members if m not in self.gone and m not in self.refusals]
@@ -100,7 +100,7 @@ class _LocalExchange:
             return None
 
     def stage(
-        self, stage: str, members: Iterable[int], answer: Callable[[int], _T], accept: Callable[[_T], object]
+        self, stage: Stage, members: Iterable[int], answer: Callable[[int], _T], accept: Callable[[_T], object]
     ) -> None:
         """One request/reply stage: each live member answers, then the coordinator takes that answer."""
         for m in self.alive(stage, members):

@@ -74,10 +74,14 @@ from .messages import (
 from .params import ProtocolParams
 from .quantize import quantize
 from .roster import Roster
+from .stages import REQUEST_STAGE, Stage
 from .verify import verify_bundles
 
 
 class Phase(IntEnum):
+    """Where a round is: phase k (1..5) answered the stages of index < k (`protocol.stages.Stage`).
+    The value is persisted in secagg.state."""
+
     ADVERTISED = 1
     SHARED = 2
     RECEIVED = 3
@@ -87,21 +91,13 @@ class Phase(IntEnum):
     ABORTED = 7
 
 
-# (phase the round must be in, request) -> phase after a successful answer
-TRANSITIONS: dict[tuple[Phase, type[Message]], Phase] = {
-    (Phase.ADVERTISED, BundleSet): Phase.SHARED,
-    (Phase.SHARED, ShareDelivery): Phase.RECEIVED,
-    (Phase.RECEIVED, MaskRequest): Phase.MASKED,
-    (Phase.MASKED, SurvivorRequest): Phase.SIGNED,
-    (Phase.SIGNED, UnmaskRequest): Phase.DONE,
-}
-STAGE_OF = {
-    AdvertiseRequest: 0,
-    BundleSet: 1,
-    ShareDelivery: 2,
-    MaskRequest: 3,
-    SurvivorRequest: 4,
-    UnmaskRequest: 5,
+# (phase the round must be in, stage requested) -> phase after a successful answer
+TRANSITIONS: dict[tuple[Phase, Stage], Phase] = {
+    (Phase.ADVERTISED, Stage.SHARE): Phase.SHARED,
+    (Phase.SHARED, Stage.RECEIVE): Phase.RECEIVED,
+    (Phase.RECEIVED, Stage.MASK): Phase.MASKED,
+    (Phase.MASKED, Stage.SIGN): Phase.SIGNED,
+    (Phase.SIGNED, Stage.UNMASK): Phase.DONE,
 }
 ROUND_WINDOW = 4  # rounds kept (as tombstones at least): the newest ones advertised
 STATE_VERSION = 2  # 2: contribution records (training rounds and models masked for)
@@ -207,7 +203,7 @@ class Participant:
         self.latest = 0  # newest round advertised
         self.masked_round = 0  # newest training round this member masked an input for
         self.model_uses: dict[bytes, int] = {}  # model digest -> masked inputs made on it
-        self.last_clipped = 0  # coordinates clipped in the last masked input (a tuning hint)
+        self.clipped = 0  # coordinates clipped in the last masked input (a tuning hint)
         self.rounds: dict[int, RoundState] = {}
         if state is not None:
             self._load(state)
@@ -267,9 +263,9 @@ class Participant:
             raise ProtocolError(Rule.OUT_OF_ORDER, f"round {msg.round} was never advertised")
         if st.phase is Phase.ABORTED:
             raise ProtocolError(Rule.OUT_OF_ORDER, f"round {msg.round} was aborted by this member")
-        if (st.phase, type(msg)) not in TRANSITIONS:
-            done = st.phase - 1  # stages answered so far (ADVERTISED answered stage 0)
-            rule = Rule.REPLAY if STAGE_OF[type(msg)] <= done else Rule.OUT_OF_ORDER
+        stage = REQUEST_STAGE[type(msg)]
+        if (st.phase, stage) not in TRANSITIONS:
+            rule = Rule.REPLAY if stage.index < st.phase else Rule.OUT_OF_ORDER  # phase k answered stages < k
             err = ProtocolError(rule, f"{type(msg).__name__} in phase {st.phase.name}")
             if st.phase is not Phase.DONE:  # rule 7 (a finished round has no secrets left)
                 st.phase = Phase.ABORTED
@@ -285,7 +281,7 @@ class Participant:
             st.phase = Phase.ABORTED
             st.wipe()
             raise
-        st.phase = TRANSITIONS[(st.phase, type(msg))]
+        st.phase = TRANSITIONS[(st.phase, REQUEST_STAGE[type(msg)])]
         return reply
 
     # ------------------------------------------------------------------ stage 0
@@ -482,7 +478,7 @@ class Participant:
         apply_masks(vector, plus, minus)
         st.seed = st.masking_sk = b""  # no longer needed: wipe now
         st.peers = {}
-        self.last_clipped = quantized.clipped
+        self.clipped = quantized.clipped
         statement = keys.mask_attestation_transcript(
             ctx, st.round, st.session, self.member, shared, st.weights, st.training_round, model_digest, self.min_cohort
         )

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedloom.records import training_round
+from fedloom.records import SIM_GARBAGE_DEALER, training_round
 from protocol import graph, keys, shamir
 from protocol.crypto import (
     SessionContext,
@@ -66,6 +66,7 @@ from protocol.messages import (
 from protocol.params import ProtocolParams
 from protocol.quantize import dequantize
 from protocol.roster import Roster
+from protocol.stages import Stage
 
 Shares = dict[int, int]  # holder -> share value
 
@@ -180,7 +181,7 @@ class Adversary:
         self.kind, self.round, self.target = kind, round_, target
         self.roster, self.context, self.params = roster, context, params
         self.verify_dir = Path(verify_dir)
-        self.extra_config = {"sim-garbage-dealer": f"{round_}:{target}"} if kind == "garbage-shares" else {}
+        self.extra_config = {SIM_GARBAGE_DEALER: f"{round_}:{target}"} if kind == "garbage-shares" else {}
         self._signer = Ed25519PrivateKey.generate()  # the adversary's own keys, nobody else's
         enc, msk = (x25519_public_bytes(x25519_from_random(os.urandom)) for _ in range(2))
         self._keys = (enc, msk)
@@ -212,7 +213,7 @@ class Adversary:
         )
 
     # ------------------------------------------------------------------ hooks
-    def tamper(self, round_: int, stage: str, member: int, msg: Message) -> Message | None:
+    def tamper(self, round_: int, stage: Stage, member: int, msg: Message) -> Message | None:
         """Rewrite what the coordinator sends (round R only); remember the honest originals."""
         self._remember(round_, stage, msg)
         attack = _TAMPER.get((self.kind, stage))
@@ -242,8 +243,8 @@ class Adversary:
         elif isinstance(msg, UnmaskResponse):
             self._responses.append(msg)
 
-    def inject(self, round_: int, after: str) -> dict[int, list[Message]] | None:
-        """Requests of the adversary's own, in a trip after the "sign" or "unmask" trip of round R."""
+    def inject(self, round_: int, after: Stage) -> dict[int, list[Message]] | None:
+        """Requests of the adversary's own, in a trip after the Stage.SIGN or Stage.UNMASK trip of round R."""
         attack = _INJECT.get((self.kind, after))
         if round_ != self.round or attack is None:
             return None
@@ -269,7 +270,7 @@ class Adversary:
         return self._report
 
     # ------------------------------------------------------------------ bookkeeping
-    def _remember(self, round_: int, stage: str, msg: Message) -> None:
+    def _remember(self, round_: int, stage: Stage, msg: Message) -> None:
         if round_ == self.round - 1 and isinstance(msg, UnmaskRequest):
             self._previous = msg
         if round_ != self.round:
@@ -395,13 +396,13 @@ class Adversary:
 
 
 _TAMPER = {
-    ("substitute-keys", "share"): Adversary._substitute_keys,
-    ("fake-member", "share"): Adversary._fake_member,
-    ("overlap", "unmask"): Adversary._overlap,
-    ("replay", "unmask"): Adversary._replay,
-    ("inconsistent-survivors", "sign"): Adversary._split_views,
+    ("substitute-keys", Stage.SHARE): Adversary._substitute_keys,
+    ("fake-member", Stage.SHARE): Adversary._fake_member,
+    ("overlap", Stage.UNMASK): Adversary._overlap,
+    ("replay", Stage.UNMASK): Adversary._replay,
+    ("inconsistent-survivors", Stage.SIGN): Adversary._split_views,
 }
 _INJECT = {
-    ("inconsistent-survivors", "sign"): Adversary._unmask_each_half,
-    ("double-request", "unmask"): Adversary._ask_again,
+    ("inconsistent-survivors", Stage.SIGN): Adversary._unmask_each_half,
+    ("double-request", Stage.UNMASK): Adversary._ask_again,
 }

@@ -26,10 +26,12 @@ import numpy as np
 from coordinator.driver import RunSettings
 from coordinator.results import RoundResult
 from coordinator.secure import RunHooks
+from fedloom import records as rec
 from fedloom.kits import POLICY_FILE, provision_members
 from fedloom.policy import Policy
 from protocol.params import ProtocolParams
 from protocol.roster import Roster
+from protocol.stages import Stage
 
 from .adversary import Adversary
 from .scenario import Scenario
@@ -92,7 +94,7 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
     adversary = Adversary.for_scenario(scenario, ws.roster, ws.verify) if scenario.adversary else None
     truth = scenario.verify or adversary is not None  # an adversary is judged against the true updates
 
-    def drop(round_: int, stage: str, member: int) -> bool:
+    def drop(round_: int, stage: Stage, member: int) -> bool:
         return faults.drops(round_, stage, member)
 
     def after_round(round_: int, proto, agg, result: RoundResult) -> None:
@@ -105,12 +107,12 @@ def hooks_for(scenario: Scenario, ws: Workspace) -> RunHooks:
         for f in ws.verify.glob(f"r{round_}-m*.npz"):
             f.unlink()
 
-    extra = {"sim-kits": str(ws.kits)}
+    extra = {rec.SIM_KITS: str(ws.kits)}
     if ws.models is not None:
         ws.models.mkdir(parents=True, exist_ok=True)
-        extra["sim-models"] = str(ws.models)
+        extra[rec.SIM_MODELS] = str(ws.models)
     if truth:
-        extra["sim-verify"] = str(ws.verify)
+        extra[rec.SIM_VERIFY] = str(ws.verify)
     if adversary is not None:
         extra.update(adversary.extra_config)
     hooks = SimHooks(drop=drop, extra_config=extra, after_round=after_round)

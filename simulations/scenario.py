@@ -26,11 +26,9 @@ from typing import Any
 
 from fedloom.errors import UserError
 from fedloom.plan import Plan, dataclass_from_table
+from protocol.stages import Stage
 
 SCENARIO_DIR = Path(__file__).parent
-
-
-STAGES = ("advertise", "share", "receive", "mask", "sign", "unmask")
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Fault:
     """Members that vanish at `stage` of each round in `rounds` (and answer nothing more in it)."""
 
     rounds: tuple[int, ...]
-    stage: str
+    stage: Stage
     members: tuple[int, ...]
 
 
@@ -66,7 +64,7 @@ class Fault:
 class FaultPlan:
     faults: tuple[Fault, ...] = ()
 
-    def drops(self, round_: int, stage: str, member: int) -> bool:
+    def drops(self, round_: int, stage: Stage, member: int) -> bool:
         return any(round_ in f.rounds and f.stage == stage and member in f.members for f in self.faults)
 
 
@@ -249,9 +247,11 @@ def _faults(entries: list, plan: Plan) -> FaultPlan:
             or not all(isinstance(r, int) and 1 <= r <= plan.rounds for r in rounds)
         ):
             raise UserError(f"{where}: rounds must list round numbers in 1..{plan.rounds}")
-        if e.get("stage") not in STAGES:
-            raise UserError(f"{where}: stage must be one of {', '.join(STAGES)}")
-        out.append(Fault(tuple(rounds), e["stage"], _members(e, plan, where, i)))
+        try:
+            stage = Stage.parse(e.get("stage"))
+        except ValueError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        out.append(Fault(tuple(rounds), stage, _members(e, plan, where, i)))
     return FaultPlan(tuple(out))
 
 

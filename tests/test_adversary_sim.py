@@ -26,7 +26,8 @@ import pytest
 from flwr.app import ConfigRecord
 
 from fedloom.records import protocol_round
-from participant.client_app import NodeView, _maybe_deal_garbage
+from participant.node import NodeView
+from participant.sim_taps import deal_garbage
 from protocol.errors import ProtocolError, Rule
 from protocol.local import LocalFederation, garble_share_bundle, make_federation, stand_in_model_digest
 from protocol.messages import (
@@ -184,7 +185,7 @@ def test_garbage_dealer_key_is_honoured_only_in_simulation(simulation):
     kit = SimpleNamespace(identity=fed.identities[TARGET], context=fed.context)
     view = NodeView(None, 0, kit, None, TARGET, None, simulation, "cpu")  # type: ignore[arg-type]
     config = ConfigRecord({"sim-garbage-dealer": f"{bset_round}:{TARGET}"})
-    out = decode(_maybe_deal_garbage(config, view, [sb.encode()])[0])
+    out = decode(deal_garbage(config, view, [sb.encode()])[0])
     assert isinstance(out, ShareBundle)
     assert (out == sb) is not simulation
 

@@ -14,6 +14,7 @@ from coordinator.ledger_feed import LedgerFeed
 from fedloom import ledger as ledger_module
 from fedloom.ledger import LedgerCopy, LedgerWriter, entries_since
 from fedloom.policy import PolicyRefusal
+from fedloom.records import Who
 from participant.models import vector_hash
 
 
@@ -123,11 +124,11 @@ def test_the_feed_always_sends_the_coordinators_head(tmp_path):
     coordinator = ledger(tmp_path / "c.jsonl", ("round", 1), ("round", 2))
     feed = LedgerFeed(coordinator)
     assert len(feed.config_for(7)["ledger"].split("\n")) == 3  # a new member: everything
-    feed.observe(7, {"ledger-head": 3})
+    feed.observe(7, Who(1, ledger_head=3))
     assert feed.config_for(7)["ledger"] == entries_since(coordinator, 2)[0]  # up to date: the head again
-    feed.observe(7, {"ledger-head": 1})
+    feed.observe(7, Who(1, ledger_head=1))
     assert len(feed.config_for(7)["ledger"].split("\n")) == 2
-    feed.observe(7, {"ledger-head": 9})  # a member ahead of this ledger still gets its head, and refuses it
+    feed.observe(7, Who(1, ledger_head=9))  # a member ahead of this ledger still gets its head, and refuses it
     assert feed.config_for(7)["ledger"] == entries_since(coordinator, 2)[0]
 
 

@@ -13,8 +13,9 @@ import tasks
 from fedloom import records as rec
 from fedloom.plan import ContributionSpec, Plan, SecureSpec
 from fedloom.policy import Policy
-from participant.client_app import NodeView, _eval, _who, sizes_are_public
+from participant.client_app import _eval, _who
 from participant.local_data import simulated
+from participant.node import NodeView, sizes_are_public
 
 SECURE = Plan(participants=4, rounds=1)
 PLAIN = dataclasses.replace(SECURE, secure=SecureSpec(enabled=False))

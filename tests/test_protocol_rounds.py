@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from profiles import SLOW_EXAMPLE, examples
 
 from protocol.errors import ProtocolError, Rule
-from protocol.local import STAGES, make_federation, run_round, stand_in_model_digest
+from protocol.local import make_federation, run_round, stand_in_model_digest
 from protocol.params import ProtocolParams
+from protocol.stages import Stage
 
 LEVEL16 = (1 << 15) - 1
 
@@ -72,7 +73,7 @@ def federations_with_dropouts(draw):
     members = list(range(1, n + 1))
     drop = {}
     pool = list(members)
-    for stage in STAGES:
+    for stage in tuple(Stage):
         k = draw(st.integers(0, max(0, n // 4)))
         chosen = draw(st.permutations(pool))[:k] if k else []
         drop[stage] = set(chosen)
@@ -160,9 +161,9 @@ def test_property_dropouts_within_threshold_always_recover(n, seed, data):
         return
     k = data.draw(st.integers(0, budget))
     victims = data.draw(st.permutations(range(1, n + 1)))[:k]
-    drop = {s: set() for s in STAGES}
+    drop = {s: set() for s in tuple(Stage)}
     for v in victims:
-        drop[data.draw(st.sampled_from(STAGES))].add(v)
+        drop[data.draw(st.sampled_from(tuple(Stage)))].add(v)
     fed = make_federation(n, params, seed=seed)
     xs = integer_inputs(fed.participants, 7, seed)
     out = run_round(fed.coordinator(1), fed.participants, xs, drop=drop)

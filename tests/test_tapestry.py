@@ -20,7 +20,7 @@ from coordinator.driver import model_hash
 from coordinator.outputs import save_model
 from fedloom.errors import UserError
 from fedloom.plan import Plan
-from participant.client_app import _load_inner_state, _save_inner_state
+from participant.inner_state import load_inner_state, save_inner_state
 from participant.models import BASE, LOCAL, ModelKeeper, named_tensors, read_card, read_model, vector_hash
 from participant.sovereign import SovereignSpec, build_from_directory, sovereign_build
 from participant.trainer import LocalTrainer
@@ -215,23 +215,21 @@ def test_inner_optimizer_state_is_kept_per_plan_in_the_node_context():
     data = simulated(plan.task, 0, 3)
     trainer = LocalTrainer(plan, data, CPU)
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    assert _load_inner_state(context, plan) == {}
+    assert load_inner_state(context, plan) == {}
     state: dict = {}
     base = _vector(0)
     first = trainer.train(base, 1, 1, state)
     assert state["state"] and "exp_avg" in state["state"][0]
-    _save_inner_state(context, plan, state)
-    restored = _load_inner_state(context, plan)
+    save_inner_state(context, plan, state)
+    restored = load_inner_state(context, plan)
     for key, entry in state["state"].items():
         assert torch.equal(restored["state"][key]["exp_avg_sq"], entry["exp_avg_sq"])
     kept = trainer.train(base + first.update, 2, 1, restored)
     fresh = trainer.train(base + first.update, 2, 1, {})
     assert not np.array_equal(kept.update, fresh.update)  # the moments carried over
     other = replace(plan, rounds=3)
-    assert _load_inner_state(context, other) == {}  # another plan starts fresh
-    assert (
-        _load_inner_state(context, replace(plan, training=replace(plan.training, keep_optimizer_state=False))) is None
-    )
+    assert load_inner_state(context, other) == {}  # another plan starts fresh
+    assert load_inner_state(context, replace(plan, training=replace(plan.training, keep_optimizer_state=False))) is None
 
 
 # ---------------------------------------------------------------- the report
@@ -358,7 +356,7 @@ def test_a_node_keeps_its_models_in_its_state_dir_or_where_the_simulation_says(t
 
     from flwr.app import ConfigRecord
 
-    from participant.client_app import view_of
+    from participant.node import view_of
 
     plan, files = _kits_and_data(tmp_path)
     config = {"round": 1, "plan": plan.canonical_json(), "plan-hash": plan.hash, "sim-models": str(tmp_path / "m")}

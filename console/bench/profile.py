@@ -147,14 +147,14 @@ SETUP_KINDS = ("query.secagg: AdvertiseRequest", "query.secagg: BundleSet", "que
 CLIENT_PARTS = (
     ("ClientApp train trip (all of it)", "participant/client_app.py", "train"),
     ("ClientApp protocol-only trip (all of it)", "participant/client_app.py", "secagg"),
-    ("  view_of (plan, kit, policy, data partition)", "participant/client_app.py", "view_of"),
+    ("  view_of (plan, kit, policy, data partition)", "participant/node.py", "view_of"),
     (
         "    simulated data partition (lru_cache 8; data made once per process)",
         "participant/local_data.py",
         "simulated",
     ),
     ("    member kit load (lru_cache 16)", "fedloom/kits.py", "load_member_kit"),
-    ("  trainer_for (one model per process)", "participant/client_app.py", "trainer_for"),
+    ("  trainer_for (one model per process)", "participant/node.py", "trainer_for"),
     ("    LocalTrainer.__init__ (model build)", "participant/trainer.py", "__init__"),
     ("  local training", "participant/trainer.py", "train"),
     ("  evaluation of the received model", "participant/trainer.py", "evaluate"),
