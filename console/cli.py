@@ -18,6 +18,7 @@ from rich.text import Text
 from fedloom.errors import RunFailed, UserError
 
 if TYPE_CHECKING:
+    from coordinator.summary import RunSummary
     from fedloom.ledger import Comparison, VerifyReport
 
 
@@ -113,7 +114,7 @@ class RichObserver:
             desc += f" [yellow](round skipped: {escape(str(row['skipped']))})[/]"
         self.progress.update(self.task, advance=1 if int(row["round"]) >= 1 else 0, description=desc)
 
-    def finished(self, summary: dict[str, Any]) -> None:
+    def finished(self, summary: RunSummary) -> None:
         self.progress.stop()
 
     def note(self, text: str) -> None:

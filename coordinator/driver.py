@@ -1,8 +1,9 @@
 """The round loop: train -> aggregate (plain or secure) -> outer optimizer -> record.
 
-The aggregation backend is swappable (PlainRounds, SecureRounds); the loop does not care which,
-it only sees a RoundResult with the mean update. Federated evaluation of the model sent in round
-r rides on round r's trip, so the metrics row of round r-1 is completed by round r.
+The aggregation backend is swappable (PlainRounds, SecureRounds: a `RoundBackend`); the loop does not
+care which, it only sees a RoundResult with the mean update. Federated evaluation of the model sent
+in round r rides on round r's trip, so the metrics row of round r-1 is completed by round r. The run
+ends with a `RunSummary` (summary.json).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fedloom.plan import Plan
 from protocol.roster import Roster
 
 from . import checkpoint, outputs, provenance
+from .backend import RoundBackend
 from .checkpoint import model_hash
 from .journal import FOREIGN_HISTORY_RULES, Journal
 from .ledger_feed import LedgerFeed
@@ -31,6 +33,7 @@ from .plain import PlainRounds
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks, SecureRounds
 from .stop import STOP, RunInterrupted, signal_name
+from .summary import Interruption, RunRefused, RunSummary
 from .transport import wait_for_nodes
 
 log = logging.getLogger("fedloom.coordinator")
@@ -39,7 +42,7 @@ log = logging.getLogger("fedloom.coordinator")
 class RunObserver(Protocol):
     def started(self, plan: Plan, nodes: int) -> None: ...
     def round_done(self, row: dict[str, Any]) -> None: ...
-    def finished(self, summary: dict[str, Any]) -> None: ...
+    def finished(self, summary: RunSummary) -> None: ...
 
 
 class LogObserver:
@@ -51,8 +54,8 @@ class LogObserver:
     def round_done(self, row: dict[str, Any]) -> None:
         log.info("round %s done in %.1f s: train loss %s", row["round"], row["wall_seconds"], row.get("train_loss"))
 
-    def finished(self, summary: dict[str, Any]) -> None:
-        log.info("fedloom: final accuracy %s, outputs in %s", summary["final"]["accuracy"], summary["out_dir"])
+    def finished(self, summary: RunSummary) -> None:
+        log.info("fedloom: final accuracy %s, outputs in %s", summary.final.accuracy, summary.out_dir)
 
 
 @dataclass
@@ -114,8 +117,8 @@ def foreign_history(res: RoundResult, names: dict[int, str]) -> str | None:
     )
 
 
-def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
-    """Run the plan's rounds; returns summary.json's content.
+def run_federation(grid: Grid, settings: RunSettings) -> RunSummary | RunRefused:
+    """Run the plan's rounds; returns summary.json's content (or why the members refused to go on).
 
     A stop request (coordinator.stop, set by `fedloom simulate`'s signal handler) ends the run at the
     next poll: the rounds completed so far, the last model and a summary marked "interrupted" are
@@ -132,13 +135,13 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         STOP.handled.set()
     except ForeignHistory as refused:
         journal.refused_to_go_on(str(refused))
-        return {"refused": str(refused), "out_dir": str(settings.out_dir)}
+        return RunRefused(str(refused), str(settings.out_dir))
     journal.finished(summary)
     settings.observer.finished(summary)
     return summary
 
 
-def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[str, Any]:
+def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> RunSummary:
     plan, out = settings.plan, settings.out_dir
     ckpt, signed = _resume_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
@@ -152,7 +155,7 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     journal = progress.journal
     journal.started(len(nodes), first, plan.secure.enabled, out)
     settings.observer.started(plan, len(nodes))
-    rounds = _aggregation(grid, settings, nodes, model.size, epoch, journal)
+    rounds: RoundBackend = _aggregation(grid, settings, nodes, model.size, epoch, journal)
     progress.secure = rounds.secure
     optimizer = make_optimizer(plan.strategy)
     if ckpt:
@@ -196,13 +199,11 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> dict[
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)
     outputs.save_model(out / outputs.MODEL, model, {"plan_hash": plan.hash, "round": str(plan.rounds)})
-    summary = _summary(settings, history, final, len(nodes), journal.wall_seconds(), model.size, rounds.secure)
-    summary["rounds_completed"] += done_before
-    summary.update(_provenance(journal))
+    summary = _summary(settings, progress, final, journal.wall_seconds())
     if ckpt:
-        _add_rounds_before_resume(summary, outputs.read_jsonl(out / outputs.METRICS), first)
+        summary.add_rounds_before(outputs.read_jsonl(out / outputs.METRICS), first)
     (out / PENDING_ROW).unlink(missing_ok=True)
-    outputs.write_json(out / outputs.SUMMARY, summary)
+    outputs.write_json(out / outputs.SUMMARY, summary.to_json())
     outputs.plot_run(out)
     return summary
 
@@ -224,7 +225,7 @@ def _begin(
 
 def _aggregation(
     grid: Grid, settings: RunSettings, nodes: list[int], size: int, epoch: int, journal: Journal
-) -> PlainRounds | SecureRounds:
+) -> RoundBackend:
     """The aggregation backend the plan asks for; the round loop only sees its RoundResults."""
     plan = settings.plan
     feed = LedgerFeed(settings.ledger.path) if settings.ledger is not None else None
@@ -263,7 +264,7 @@ def _record_round(
 _NO_EVAL = {"eval_loss": None, "eval_accuracy": None, "eval_participants": 0}
 
 
-def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) -> dict[str, Any]:
+def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) -> RunSummary:
     """Partial outputs of a stopped run: metrics.jsonl (the rounds that finished; a round whose
     evaluation never came is written without one), the last model, summary.json marked
     "interrupted", the plot. A deployment keeps its pending row for the resume instead."""
@@ -277,30 +278,12 @@ def _write_interrupted(settings: RunSettings, progress: _Progress, signum: int) 
     if progress.model is not None:
         meta = {"plan_hash": settings.plan.hash, "round": str(last), "interrupted": "true"}
         outputs.save_model(out / outputs.MODEL, progress.model, meta)
-    params = progress.model.size if progress.model is not None else 0
-    wall = progress.journal.wall_seconds()
-    summary = _summary(settings, progress.history, None, progress.connected, wall, params, progress.secure)
-    summary["rounds_completed"] += progress.done_before
-    summary.update(_provenance(progress.journal))
-    summary.update(
-        interrupted=True,
-        interrupted_by=signal_name(signum),
-        last_round=last,
-        last_evaluated=_last_evaluated(outputs.read_jsonl(out / outputs.METRICS)),
-    )
-    outputs.write_json(out / outputs.SUMMARY, summary)
+    summary = _summary(settings, progress, None, progress.journal.wall_seconds())
+    last_evaluated = _last_evaluated(outputs.read_jsonl(out / outputs.METRICS))
+    summary.interruption = Interruption(signal_name(signum), last, last_evaluated)
+    outputs.write_json(out / outputs.SUMMARY, summary.to_json())
     outputs.plot_run(out)
     return summary
-
-
-def _provenance(journal: Journal) -> dict[str, Any]:
-    """When the run started (its first start, across restarts) and ended, what made it, what exactness means."""
-    return {
-        "started_at": journal.started_at,
-        "ended_at": provenance.now_iso(),
-        "versions": provenance.versions(),
-        "exactness_note": provenance.EXACTNESS_NOTE,
-    }
 
 
 def _last_evaluated(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -324,21 +307,6 @@ def _pending_row(out: Path, r: int) -> dict[str, Any]:
         if row.get("round") == r:
             return row
     return {"round": r, "wall_seconds": 0.0}
-
-
-def _add_rounds_before_resume(summary: dict[str, Any], rows: list[dict[str, Any]], first: int) -> None:
-    """A resumed run's summary covers the whole plan: the rounds before the crash come from metrics.jsonl."""
-    before = [row for row in rows if 1 <= int(row["round"]) < first and "aggregated" in row]
-    summary["dropped"] = [{"round": row["round"], **d} for row in before for d in row["dropped"]] + summary["dropped"]
-    summary["refusals"] = [x for row in before for x in row["refusals"]] + summary["refusals"]
-    resent = [{"round": row["round"], **e} for row in before for e in row.get("resent", [])]
-    summary["resent"] = resent + summary.get("resent", [])
-    skipped = [{"round": row["round"], "reason": row["skipped"]} for row in before if row["skipped"]]
-    summary["rounds_skipped"] = skipped + summary["rounds_skipped"]
-    exact = [row["exactness"] for row in before if row.get("exactness") is not None]
-    if exact:
-        summary["exactness"] = max(exact + ([summary["exactness"]] if summary["exactness"] is not None else []))
-    summary["resumed_after_round"] = first - 1
 
 
 def _resume_point(settings: RunSettings) -> tuple[checkpoint.Checkpoint | None, dict[int, str | None]]:
@@ -391,41 +359,23 @@ def _row(res: RoundResult, wall: float, secure: bool) -> dict[str, Any]:
     }
 
 
-def _summary(
-    settings: RunSettings,
-    history: list[RoundResult],
-    final: EvalSummary | None,
-    connected: int,
-    wall: float,
-    params: int,
-    secure: bool,
-) -> dict[str, Any]:
-    plan = settings.plan
-    exact = [h.exactness for h in history if h.exactness is not None]
-    return {
-        "scenario": settings.scenario,
-        "task": plan.task.name,
-        "strategy": plan.strategy.name,
-        "plan_hash": plan.hash,
-        "rounds_planned": plan.rounds,
-        "rounds_completed": sum(1 for h in history if h.mean_update is not None),
-        "rounds_skipped": [{"round": h.round, "reason": h.skipped} for h in history if h.mean_update is None],
-        "participants": plan.participants,
-        "participants_connected": connected,
-        "secure_aggregation": secure,
-        "final": {"accuracy": final.accuracy if final else None, "loss": final.loss if final else None},
-        "centralized_baseline": None,
-        "wall_seconds": round(wall, 3),
-        "model_parameters": int(params),
-        "exactness": max(exact) if exact else None,
-        "dropped": [{"round": h.round, **d} for h in history for d in h.dropped],
-        "refusals": [r for h in history for r in h.refusals],
-        "resent": [{"round": h.round, **e} for h in history for e in h.resent],
-        "faults": [{"round": h.round, **f} for h in history for f in h.faults],
-        "weights_capped": [{"round": h.round, **c} for h in history for c in h.weights_capped],
-        "adversary": None,
-        "out_dir": str(settings.out_dir),
-    } | _hook_report(settings.hooks)
+def _summary(settings: RunSettings, progress: _Progress, final: EvalSummary | None, wall: float) -> RunSummary:
+    """The summary of the whole run so far: this process's rounds, those before a resume counted in."""
+    summary = RunSummary.of_history(
+        settings.plan,
+        progress.history,
+        scenario=settings.scenario,
+        out_dir=settings.out_dir,
+        final=final,
+        connected=progress.connected,
+        wall=wall,
+        params=progress.model.size if progress.model is not None else 0,
+        secure=progress.secure,
+        started_at=progress.journal.started_at,
+    )
+    summary.rounds_completed += progress.done_before
+    summary.add_report(_hook_report(settings.hooks))
+    return summary
 
 
 def _hook_report(hooks: RunHooks) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from typing import Any
 
 from fedloom.files import atomic_write_bytes
 
+from .summary import RunSummary
+
 log = logging.getLogger("fedloom.coordinator")
 
 EVENTS = "events.jsonl"
@@ -199,16 +201,16 @@ class Journal:
             text += f"; accuracy of the model sent in round {r}: {eval_of_previous:.4f}"
         self.event("round", text, round=r, skipped=row.get("skipped"), train_loss=row.get("train_loss"))
 
-    def finished(self, summary: dict[str, Any]) -> None:
-        state = "interrupted" if summary.get("interrupted") else "done"
-        self.status.update(state=state, stage=None, awaiting=[], rounds_done=summary.get("rounds_completed"))
-        acc = summary.get("final", {}).get("accuracy")
+    def finished(self, summary: RunSummary) -> None:
+        state = "interrupted" if summary.interruption else "done"
+        self.status.update(state=state, stage=None, awaiting=[], rounds_done=summary.rounds_completed)
+        acc = summary.final.accuracy
         text = (
-            f"{state}: {summary.get('rounds_completed')} of {summary.get('rounds_planned')} rounds completed"
+            f"{state}: {summary.rounds_completed} of {summary.rounds_planned} rounds completed"
             + (f", final accuracy {acc:.4f}" if acc is not None else "")
-            + f", outputs in {summary.get('out_dir')}"
+            + f", outputs in {summary.out_dir}"
         )
-        self.event(state, text, rounds_completed=summary.get("rounds_completed"), out_dir=summary.get("out_dir"))
+        self.event(state, text, rounds_completed=summary.rounds_completed, out_dir=summary.out_dir)
 
     def refused_to_go_on(self, message: str) -> None:
         """The run cannot make progress and stops (e.g. the members hold a history this state dir lacks)."""

@@ -59,7 +59,7 @@ class PlainRounds:
 
         return build
 
-    def train_round(self, round_: int, model) -> RoundResult:
+    def train_round(self, round_: int, model: np.ndarray) -> RoundResult:
         t0 = time.perf_counter()
         everything: list[Message] = []
         build = self._message(round_, model, MessageType.TRAIN)
@@ -94,7 +94,7 @@ class PlainRounds:
         result.stage_seconds = {"train": time.perf_counter() - t0}
         return result
 
-    def evaluate(self, round_: int, model) -> EvalSummary | None:
+    def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         replies: list[Message] = []
         build = self._message(round_, model, MessageType.EVALUATE)
         self._exchange(round_, "final evaluation", build, replies.append)

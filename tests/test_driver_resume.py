@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator import checkpoint
-from coordinator.driver import PENDING_ROW, _add_rounds_before_resume, _pending_row, model_hash
+from coordinator.driver import PENDING_ROW, _pending_row, model_hash
+from coordinator.summary import FinalEval, RunSummary
 from fedloom.ledger import LedgerWriter
 
 
@@ -21,6 +22,19 @@ def test_the_row_pending_at_the_crash_keeps_its_training_part(tmp_path):
     assert _pending_row(tmp_path, 2)["aggregated"] == [1, 2, 3]
     assert _pending_row(tmp_path, 3) == {"round": 3, "wall_seconds": 0.0}  # a stale file is ignored
     assert _pending_row(tmp_path, 0) == {"round": 0, "wall_seconds": 0.0}
+
+
+BLANK = {  # a summary of the rounds after the resume (only the lists and exactness matter here)
+    **dict.fromkeys(("scenario", "task", "strategy", "plan_hash", "out_dir", "ended_at"), ""),
+    **dict.fromkeys(("rounds_planned", "rounds_completed", "participants", "participants_connected"), 0),
+    **{key: [] for key in ("rounds_skipped", "dropped", "refusals", "resent", "faults", "weights_capped")},
+    **dict.fromkeys(("centralized_baseline", "exactness", "adversary", "started_at"), None),
+    "secure_aggregation": True,
+    "final": FinalEval(),
+    "wall_seconds": 0.0,
+    "model_parameters": 0,
+    "versions": {},
+}
 
 
 def test_a_resumed_summary_includes_the_rounds_before_the_crash():
@@ -45,14 +59,10 @@ def test_a_resumed_summary_includes_the_rounds_before_the_crash():
         },
         {"round": 3, "aggregated": [1, 2, 3], "dropped": [], "refusals": [], "skipped": None, "exactness": 1e-5},
     ]
-    summary = {
-        "dropped": [],
-        "refusals": [],
-        "resent": [{"round": 3, "member": 2, "node": 8, "trip": "secagg", "times": 2}],
-        "rounds_skipped": [],
-        "exactness": 1e-5,
-    }
-    _add_rounds_before_resume(summary, rows, first=3)  # rounds 1 and 2 ran before the crash
+    resumed = RunSummary(**{**BLANK, "resent": [{"round": 3, "member": 2, "node": 8, "trip": "secagg", "times": 2}]})
+    resumed.exactness = 1e-5
+    resumed.add_rounds_before(rows, first=3)  # rounds 1 and 2 ran before the crash
+    summary = resumed.to_json()
     assert summary["dropped"] == [{"round": 1, "member": 3, "stage": "mask"}]
     assert summary["refusals"] == [{"member": 2, "round": 2, "reason": "policy"}]
     assert summary["rounds_skipped"] == [{"round": 2, "reason": "too few"}]

@@ -80,9 +80,10 @@ def task_identity():
 
 
 def run(state: Path, grid: FakeGrid, rounds: int = 2) -> dict:
+    """The run's RunSummary (or RunRefused) as summary.json would hold it."""
     plan = Plan(participants=len(grid.nodes), rounds=rounds, secure=SecureSpec(enabled=False), stage_timeout=5.0)
     settings = RunSettings(plan=plan, out_dir=state / "outputs", state_dir=state, node_wait=5.0)
-    return run_federation(grid, settings)
+    return run_federation(grid, settings).to_json()
 
 
 def events(state: Path) -> list[dict]:
@@ -108,6 +109,16 @@ def test_a_run_writes_a_line_per_stage_and_round_as_it_happens(tmp_path):
     status = json.loads((tmp_path / jr.STATUS).read_text())
     assert status["state"] == "done" and status["rounds_done"] == 2 and status["stage"] is None
     assert 0 < summary["wall_seconds"] <= status["wall_seconds"]  # the status clock also saw the plot written
+    assert json.loads((tmp_path / "outputs" / "summary.json").read_text()) == summary
+    assert list(summary) == SUMMARY_KEYS  # the layout users' tools read (tests/test_run_summary.py pins the bytes)
+
+
+SUMMARY_KEYS = [
+    *("scenario", "task", "strategy", "plan_hash", "rounds_planned", "rounds_completed", "rounds_skipped"),
+    *("participants", "participants_connected", "secure_aggregation", "final", "centralized_baseline"),
+    *("wall_seconds", "model_parameters", "exactness", "dropped", "refusals", "resent", "faults", "weights_capped"),
+    *("adversary", "out_dir", "started_at", "ended_at", "versions", "exactness_note"),
+]
 
 
 def test_members_holding_another_history_stop_the_run_after_one_round(tmp_path):

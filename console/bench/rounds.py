@@ -34,9 +34,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.bench import common
+
+if TYPE_CHECKING:
+    from coordinator.summary import RunSummary
 
 TASKS = {10**5: "synthetic-1e5", 10**6: "synthetic-1e6"}
 FULL_SIZES = ((10, 10**5), (30, 10**6), (100, 10**5))
@@ -88,7 +91,7 @@ class QuietObserver:
     def round_done(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
 
-    def finished(self, summary: dict[str, Any]) -> None:
+    def finished(self, summary: RunSummary) -> None:
         pass
 
 
