@@ -147,7 +147,7 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
     sock = socket_path(state)
     env = flower_env({KIT_ENV: str(kit_dir), SOCKET_ENV: str(sock), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL}, guard_bin)
     cmd = supernode_command(kit_dir, data_path, device, state, address, free_port())
-    warm = spawn([sys.executable, "-m", "participant.warm", str(sock)], env, state / "warm.log")
+    warm = spawn([sys.executable, "-m", "participant.warm", str(sock), str(data_path), device], env, state / "warm.log")
     log.info(
         "member %s: %d training and %d test examples; connecting to %s",
         member.member.name,

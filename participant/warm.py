@@ -119,14 +119,46 @@ def _reap(key: selectors.SelectorKey, sel: selectors.BaseSelector) -> None:
     conn.close()
 
 
-def serve(path: Path) -> None:
-    """Preload, listen on `path` (0600, in a 0700 directory) and fork one child per request."""
+def warm_up(kit: Path, data: str, device: str) -> float:
+    """One local training pass on the member's own data, here, before any child is forked: torch's
+    first-call set-up (kernels, autograd, allocator) is then inherited by every ClientApp, which
+    otherwise paid it on each message (digits: 2.0 s -> 0.08 s an epoch). Nothing leaves this
+    process; on a GPU nothing is done (a CUDA context does not survive a fork). Seconds spent."""
+    import time
+
+    import tasks
+    from fedloom.kits import load_member_kit
+
+    from .device import resolve_device
+    from .local_data import from_path
+    from .trainer import LocalTrainer
+
+    t0 = time.perf_counter()
+    where = resolve_device(device)
+    if where.type != "cpu":
+        return 0.0
+    member = load_member_kit(kit)
+    trainer = LocalTrainer(member.plan, from_path(member.plan.task.name, data), where)
+    trainer.train(tasks.model_to_vector(trainer.model), 0, member.member.id)
+    del trainer
+    return time.perf_counter() - t0
+
+
+def serve(path: Path, data: str | None = None, device: str = "cpu") -> None:
+    """Preload (and warm up on the member's data when given), listen on `path` (0600, in a 0700
+    directory) and fork one child per request."""
     import importlib
 
     import fedloom  # noqa: F401  (telemetry off before flwr loads)
 
     for name in PRELOAD:
         importlib.import_module(name)
+    kit = os.environ.get("FEDLOOM_KIT")
+    if data and kit:
+        try:
+            log.info("warmed up: one local training pass in %.1f s", warm_up(Path(kit), data, device))
+        except Exception as exc:  # a warm-up is an optimisation: the ClientApp reports real errors
+            log.warning("no warm-up (%s: %s); each ClientApp sets torch up itself", type(exc).__name__, exc)
     path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o077)
@@ -155,10 +187,10 @@ def serve(path: Path) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s fedloom-warm %(levelname)s %(message)s")
     log.setLevel(logging.INFO)  # our own lines; not the libraries' import chatter
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m participant.warm SOCKET")
+    if len(sys.argv) not in (2, 4):
+        raise SystemExit("usage: python -m participant.warm SOCKET [DATA DEVICE]")
     with contextlib.suppress(KeyboardInterrupt):
-        serve(Path(sys.argv[1]))
+        serve(Path(sys.argv[1]), *sys.argv[2:4])
 
 
 if __name__ == "__main__":
