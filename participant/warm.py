@@ -137,10 +137,19 @@ def warm_up(kit: Path, data: str, device: str) -> float:
     where = resolve_device(device)
     if where.type != "cpu":
         return 0.0
+    import torch
+
     member = load_member_kit(kit)
-    trainer = LocalTrainer(member.plan, from_path(member.plan.task.name, data), where)
-    trainer.train(tasks.model_to_vector(trainer.model), 0, member.member.id)
-    del trainer
+    threads = torch.get_num_threads()
+    # on one thread: an OpenMP pool started here would be copied into every fork without its
+    # threads, and a child's first parallel op would hang (seen: a digits epoch on 2 threads)
+    torch.set_num_threads(1)
+    try:
+        trainer = LocalTrainer(member.plan, from_path(member.plan.task.name, data), where)
+        trainer.train(tasks.model_to_vector(trainer.model), 0, member.member.id)
+        del trainer
+    finally:
+        torch.set_num_threads(threads)  # the children's own setting; their pool starts in them
     return time.perf_counter() - t0
 
 

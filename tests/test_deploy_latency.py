@@ -158,6 +158,37 @@ def test_warm_process_refuses_another_users_connection(warm_process, tmp_path):
     assert "a connection from uid 65534" in (tmp_path / "warm.log").read_text()
 
 
+def test_warm_process_warms_up_on_the_members_data_and_its_children_train_fast(tmp_path):
+    """The warm process trains once on its member's data before it forks: a child forked after
+    that trains without torch's first-call set-up, which a fresh process pays (seconds), and on
+    torch's default threads without hanging (a pool made before the fork would hang it)."""
+    from deployment import Federation
+
+    fed = Federation(tmp_path, ["ana"])
+    plan = 'rounds = 1\n[plan.task]\nname = "digits"\n[plan.secure]\nenabled = false'
+    fed.provision(plan, "require_secure_aggregation = false")
+    kit, data = fed.kits / "ana", tmp_path / "data" / "participant-0.npz"
+    probe = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "import torch\n"
+        "from participant import warm\n"
+        "torch.set_num_threads(2)\n"  # a member's default on 2 cores: the children must not hang
+        "args = Path(sys.argv[1]), sys.argv[2], 'cpu'\n"
+        "print(f'{warm.warm_up(*args):.3f}', flush=True)\n"  # the warm process's own pass: cold
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    print(f'{warm.warm_up(*args):.3f}', flush=True)\n"  # a ClientApp forked after it
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    cmd = [sys.executable, "-c", probe, str(kit), str(data)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # a hung child: TimeoutExpired
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cold, in_child = map(float, proc.stdout.split())
+    assert in_child < cold / 3, (cold, in_child)
+
+
 # ---------------------------------------------------------------------------- the coordinator's run watch
 
 
