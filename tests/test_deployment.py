@@ -271,6 +271,7 @@ enabled = false
 """
 
 
+@pytest.mark.xdist_group("deployment-plain-resume")  # a federation of its own: may run beside the others
 def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_path):
     """The reference, an uninterrupted run, goes on beside the crashed one, on a federation of its own
     (the same plan, members and data; its own keys and port): deployment rounds mostly wait on
@@ -314,6 +315,7 @@ def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_pa
     assert metric_rounds == [0, 1, 2, 3]
 
 
+@pytest.mark.xdist_group("deployment-secure-resume")  # a federation of its own
 def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(tmp_path):
     """Secure aggregation across a coordinator restart: the resumed rounds run the protocol under
     fresh round ids (restart epoch), members answer them, and every round's secure mean is within
