@@ -27,18 +27,25 @@ class NotEnoughNodes(RuntimeError):
     pass
 
 
-def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, poll: float = 0.5) -> list[int]:
+def wait_for_nodes(
+    grid: Grid, wanted: int, timeout: float, minimum: int = 1, poll: float = 0.5, max_poll: float = 2.0
+) -> list[int]:
     """Node ids once `wanted` nodes are connected, or what is there after `timeout` (>= minimum).
 
+    Asks every `poll` seconds after a node arrived, backing off to `max_poll` while none does: an
+    idle coordinator waiting for members costs the SuperLink one call every 2 s, not two a second.
     Raises coordinator.stop.RunInterrupted when a stop is requested while it waits."""
     start = time.monotonic()
     deadline, next_note = start + timeout, start + 10.0
     triplog.note("waiting_for_nodes")
+    seen, wait = -1, poll
     while True:
         STOP.check()
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= wanted:
             return nodes
+        wait = poll if len(nodes) != seen else min(max_poll, wait * 1.5)
+        seen = len(nodes)
         if time.monotonic() >= next_note:
             log.info(
                 "waiting for participants: %d of %d connected (%.0f s left)",
@@ -55,7 +62,7 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, minimum: int = 1, po
                 f"{len(nodes)} participant node(s) connected within {timeout:.0f} s; {minimum} needed "
                 f"(the plan expects {wanted}: start more nodes, or in a simulation set num-supernodes)"
             )
-        time.sleep(poll)
+        time.sleep(wait)
 
 
 # Errors the SuperLink (or Flower's Grid) makes up for a message, not the member's ClientApp: the

@@ -5,6 +5,7 @@ and a real smoke run, marked slow)."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import os
 import subprocess
@@ -292,3 +293,24 @@ def test_bench_deployment_quick_runs_a_real_round(tmp_path):
     for key in ("plain_round_seconds", "trip_seconds", "plain_pull_wait_seconds", "plain_handler_seconds"):
         assert row[key] is not None and row[key] > 0, key
     assert row["plain_idle_cpu_s_per_min"] is not None
+
+
+def test_waiting_for_members_backs_off_to_one_call_every_two_seconds():
+    """An idle coordinator waiting for members asks the SuperLink for node ids at most every 2 s
+    once nothing changes (it asked twice a second: most of the SuperLink's idle CPU); a node that
+    arrives brings the fast poll back."""
+    from coordinator.transport import wait_for_nodes
+
+    calls: list[float] = []
+
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            calls.append(time.monotonic())
+            return [1] if len(calls) >= 5 else []
+
+    assert wait_for_nodes(Grid(), wanted=2, timeout=10.0, minimum=1) == [1]  # gives up on the 2nd
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert len(calls) <= 11, gaps  # 0.5 s polls: 21 calls
+    assert gaps[0] <= 0.55 and gaps[3] > 1.0  # backing off while nobody comes
+    assert gaps[4] <= 0.55  # node 1 arrived: fast again
+    assert max(gaps) <= 2.1 and any(g >= 1.9 for g in gaps)  # never slower than 2 s
