@@ -14,8 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from safetensors.numpy import load_file
+
 import tasks
+from fedloom.kits import load_member_kit
 from fedloom.processes import free_port
+from fedloom.session import protocol_params
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDLOOM = [sys.executable, "-m", "console.cli"]
@@ -303,3 +308,56 @@ def namespaces_available() -> bool:
     ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return ok
+
+
+# reconnect_grace: how long the coordinator waits for a node that missed its heartbeats (within a
+# stage) before dropping it. The frozen member is let go 2 s after the coordinator starts waiting, so
+# 30 s is ample; the member killed in round 2 costs Flower's heartbeat patience (2 x 30 s, fixed in
+# Flower 1.41) plus this grace, so a short one keeps the module fast. The default is 120 s.
+SECURE_PLAN = """rounds = 2
+reconnect_grace = 30
+[plan.task]
+name = "digits"
+partition = "iid"
+[plan.training]
+epochs = 1
+"""
+
+
+def rows(path: Path) -> dict[int, dict]:
+    return {r["round"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def largest_secure_error(fed: Federation, state: str, rounds: range | list[int]) -> list[float]:
+    """Per round: the largest |secure mean - plaintext mean of the aggregated members' true updates|,
+    in quantization steps. Members in verification mode (FEDLOOM_VERIFY_DIR, their own choice) leave
+    the model they received and their true update; the model after the last round is the coordinator's
+    newest checkpoint (it keeps only its last few, so earlier rounds come from what members received)."""
+    kit = load_member_kit(fed.kits / fed.members[0])
+    by_round = rows(fed.root / state / "outputs" / "metrics.jsonl")
+    names = {m.id: m.name for m in kit.roster}
+    newest = max((fed.root / state / "checkpoints").glob("round-*.safetensors"))
+    assert int(newest.stem.split("-")[1]) == rounds[-1], newest
+
+    def record(r: int, member: int) -> Path:
+        return fed.root / "verify" / names[member] / f"r{r}-m{member}.npz"
+
+    def received(r: int) -> np.ndarray:
+        """The model of round r, as any member that trained in it recorded it."""
+        path = next(p for m in names if (p := record(r, m)).exists())
+        with np.load(path) as f:
+            return f["received"].astype(np.float64)
+
+    params = protocol_params(kit.plan, received(rounds[0]).size, len(kit.roster))
+    errors = []
+    for r in rounds:
+        total, weight = 0.0, 0
+        for member in by_round[r]["aggregated"]:
+            with np.load(record(r, member)) as f:
+                w = min(int(f["examples"]), params.max_weight)
+                total = total + np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
+                weight += w
+        after = load_file(newest)["model"].astype(np.float64) if r == rounds[-1] else received(r + 1)
+        secure_mean = after - received(r)
+        errors.append(float(np.max(np.abs(secure_mean - total / weight))) / params.step)
+    return errors

@@ -149,3 +149,12 @@ def listening_commands(found: Iterable[Listener]) -> str:
 
 def not_loopback(found: Iterable[Listener]) -> list[Listener]:
     return [s for s in found if not s.loopback]
+
+
+def assert_loopback_only(seen: list[Listener], log: Path, components: Iterable[str]) -> None:
+    """Every socket the run's process tree listened on was on loopback, and the named components were seen."""
+    commands = listening_commands(seen)
+    for name in components:  # not vacuous: Ray really ran and was seen listening
+        assert name in commands, f"{name} never seen listening; log tail:\n{log.read_text(errors='replace')[-3000:]}"
+    exposed = not_loopback(seen)
+    assert not exposed, "listening beyond loopback:\n" + "\n".join(map(str, exposed))

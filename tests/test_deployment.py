@@ -7,46 +7,32 @@ fleet-only TLS gateway) and participant nodes as real processes.
 - A node whose key is not registered is refused; a rogue app submitted to the public address is
   refused, and one submitted through the coordinator's own loopback control connection (as from a
   compromised coordinator host) never executes on a participant (the app guard refuses it).
-- A coordinator killed mid-run and started again resumes at the next round and ends with exactly
-  the model of an uninterrupted run.
+Coordinator crash and resume: tests/test_deployment_resume.py (its own file, so xdist runs it
+beside this one).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from deployment import FEDLOOM, Federation, env, flwr_connection, kill_group, rogue_app
-from safetensors.numpy import load_file
+from deployment import (
+    FEDLOOM,
+    SECURE_PLAN,
+    Federation,
+    env,
+    flwr_connection,
+    kill_group,
+    largest_secure_error,
+    rogue_app,
+    rows,
+)
 
-from fedloom.kits import load_member_kit
 from fedloom.processes import free_port
-from fedloom.session import protocol_params
 
 pytestmark = pytest.mark.slow  # every test here starts a coordinator service and nodes
-
-# reconnect_grace: how long the coordinator waits for a node that missed its heartbeats (within a
-# stage) before dropping it. The frozen member is let go 2 s after the coordinator starts waiting, so
-# 30 s is ample; the member killed in round 2 costs Flower's heartbeat patience (2 x 30 s, fixed in
-# Flower 1.41) plus this grace, so a short one keeps the module fast. The default is 120 s.
-SECURE_PLAN = """rounds = 2
-reconnect_grace = 30
-[plan.task]
-name = "digits"
-partition = "iid"
-[plan.training]
-epochs = 1
-"""
-
-
-def rows(path: Path) -> dict[int, dict]:
-    return {r["round"]: r for r in map(json.loads, path.read_text().splitlines())}
-
 
 @pytest.fixture(scope="module")
 def secure_run(tmp_path_factory):
@@ -171,41 +157,6 @@ def test_a_member_frozen_past_its_heartbeats_is_waited_for_and_answers_once(secu
     assert "round.replay" not in log  # a repeat is never answered by the protocol a second time
 
 
-def largest_secure_error(fed: Federation, state: str, rounds: range | list[int]) -> list[float]:
-    """Per round: the largest |secure mean - plaintext mean of the aggregated members' true updates|,
-    in quantization steps. Members in verification mode (FEDLOOM_VERIFY_DIR, their own choice) leave
-    the model they received and their true update; the model after the last round is the coordinator's
-    newest checkpoint (it keeps only its last few, so earlier rounds come from what members received)."""
-    kit = load_member_kit(fed.kits / fed.members[0])
-    by_round = rows(fed.root / state / "outputs" / "metrics.jsonl")
-    names = {m.id: m.name for m in kit.roster}
-    newest = max((fed.root / state / "checkpoints").glob("round-*.safetensors"))
-    assert int(newest.stem.split("-")[1]) == rounds[-1], newest
-
-    def record(r: int, member: int) -> Path:
-        return fed.root / "verify" / names[member] / f"r{r}-m{member}.npz"
-
-    def received(r: int) -> np.ndarray:
-        """The model of round r, as any member that trained in it recorded it."""
-        path = next(p for m in names if (p := record(r, m)).exists())
-        with np.load(path) as f:
-            return f["received"].astype(np.float64)
-
-    params = protocol_params(kit.plan, received(rounds[0]).size, len(kit.roster))
-    errors = []
-    for r in rounds:
-        total, weight = 0.0, 0
-        for member in by_round[r]["aggregated"]:
-            with np.load(record(r, member)) as f:
-                w = min(int(f["examples"]), params.max_weight)
-                total = total + np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
-                weight += w
-        after = load_file(newest)["model"].astype(np.float64) if r == rounds[-1] else received(r + 1)
-        secure_mean = after - received(r)
-        errors.append(float(np.max(np.abs(secure_mean - total / weight))) / params.step)
-    return errors
-
-
 def test_secure_aggregate_equals_the_plaintext_mean(secure_run):
     """Verification hook: within one quantization step of the plaintext mean, every round."""
     fed, _, _ = secure_run
@@ -258,105 +209,3 @@ def test_rogue_app_never_runs_on_a_participant(secure_run):
     assert not marker.exists()
     logs = "".join((fed.root / "nodes" / m / "supernode.log").read_text(errors="replace") for m in fed.members)
     assert "refusing app bundle" in logs  # the loopback submission reached the nodes; the guard said no
-
-
-PLAIN_PLAN = """rounds = 3
-[plan.task]
-name = "digits"
-partition = "iid"
-[plan.training]
-epochs = 1
-[plan.secure]
-enabled = false
-"""
-
-
-@pytest.mark.xdist_group("deployment-plain-resume")  # a federation of its own: may run beside the others
-def test_coordinator_crash_resumes_at_the_next_round_with_the_same_result(tmp_path):
-    """The reference, an uninterrupted run, goes on beside the crashed one, on a federation of its own
-    (the same plan, members and data; its own keys and port): deployment rounds mostly wait on
-    Flower's polls, so running the two together costs little more than one."""
-    ref, fed = (Federation(tmp_path / name, ["ines", "jon", "kai"]) for name in ("reference", "resumed"))
-    for f in (ref, fed):
-        f.root.mkdir()
-        f.provision(PLAIN_PLAN, policy_toml="require_secure_aggregation = false")
-    try:
-        reference = ref.start_coordinator("ref")
-        first = fed.start_coordinator("crash")  # the same plan; its coordinator is killed after round 1
-        for m in fed.members:
-            ref.start_participant(m, f"ref-nodes/{m}")
-            fed.start_participant(m, f"nodes/{m}")
-        fed.wait_for(fed.root / "crash" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("crash") >= 1)
-        fed.crash_coordinator("crash")
-        assert first.returncode != 0
-        time.sleep(2)
-        second = fed.start_coordinator("crash")
-        assert second.wait(900) == 0, fed.tail("coordinator:crash")
-        assert reference.wait(900) == 0, ref.tail("coordinator:ref")
-        summary = ref.root / "ref" / "outputs" / "summary.json"
-        before = (summary.stat().st_mtime_ns, summary.read_bytes())
-        again = ref.start_coordinator("ref")  # a finished state dir: says so, re-runs nothing
-        assert again.wait(120) == 0, ref.tail("coordinator:ref")
-        assert (summary.stat().st_mtime_ns, summary.read_bytes()) == before
-    finally:
-        fed.stop_all()
-        ref.stop_all()
-    console = (ref.root / "ref.out").read_text(errors="replace")
-    assert "WARNING: secure aggregation is OFF in this plan" in console
-    assert "is already complete: nothing is run again" in console.rsplit("done: 3 of 3 rounds completed", 1)[1]
-    resumed = load_file(fed.root / "crash" / "outputs" / "model.safetensors")["vector"]
-    reference = load_file(ref.root / "ref" / "outputs" / "model.safetensors")["vector"]
-    assert np.array_equal(resumed, reference)
-    kinds = [json.loads(line)["kind"] for line in (fed.root / "crash" / "ledger.jsonl").read_text().splitlines()]
-    assert kinds.count("resume") == 1 and kinds.count("round") == 3
-    metric_rounds = [
-        r["round"] for r in map(json.loads, (fed.root / "crash" / "outputs" / "metrics.jsonl").read_text().splitlines())
-    ]
-    assert metric_rounds == [0, 1, 2, 3]
-
-
-@pytest.mark.xdist_group("deployment-secure-resume")  # a federation of its own
-def test_secure_run_resumes_after_a_coordinator_crash_with_exact_secure_rounds(tmp_path):
-    """Secure aggregation across a coordinator restart: the resumed rounds run the protocol under
-    fresh round ids (restart epoch), members answer them, and every round's secure mean is within
-    one quantization step of the plaintext mean. The model is not bit-identical to another run's:
-    each secure round's stochastic rounding draws fresh secret randomness (docs/architecture.md)."""
-    fed = Federation(tmp_path, ["ines", "jon", "kai"])
-    fed.provision(SECURE_PLAN.replace("rounds = 2", "rounds = 3"))
-    try:
-        first = fed.start_coordinator("state")
-        for m in fed.members:
-            (fed.root / "verify" / m).mkdir(parents=True, exist_ok=True)
-            fed.start_participant(m, f"nodes/{m}", FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
-        fed.wait_for(tmp_path / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
-        fed.crash_coordinator("state")
-        before_crash = json.loads((tmp_path / "state" / "status.json").read_text())["wall_seconds"]
-        assert first.returncode != 0
-        time.sleep(2)
-        second = fed.start_coordinator("state")
-        assert second.wait(900) == 0, fed.tail("coordinator:state")
-    finally:
-        fed.stop_all()
-    summary = json.loads((tmp_path / "state" / "outputs" / "summary.json").read_text())
-    assert summary["secure_aggregation"] is True and summary["resumed_after_round"] >= 1
-    by_round = rows(tmp_path / "state" / "outputs" / "metrics.jsonl")
-    in_flight = summary["resumed_after_round"] + 1  # the round the crash interrupted
-    done = [r for r in (1, 2, 3) if by_round[r]["skipped"] is None]
-    for r in (1, 2, 3):
-        if r in done:
-            assert len(by_round[r]["aggregated"]) == 3 and not by_round[r]["refusals"], by_round[r]
-        else:
-            # members that had already masked for this training round before the crash never contribute
-            # to it again (a second sum over the same round and model would reveal who was in which)
-            assert r == in_flight and by_round[r]["refusals"], by_round[r]
-            assert {x["rule"] for x in by_round[r]["refusals"]} == {"contribution.repeat"}, by_round[r]
-            # the console gives each refusal with its rule, literally, and the skipped round's reason
-            console = (tmp_path / "state.out").read_text(errors="replace")
-            assert re.search(rf"round {r}: \w+ refused: \[contribution\.repeat\]", console), console[-3000:]
-            assert f"round {r} skipped: " in console
-    assert summary["rounds_completed"] == len(done) >= 2 and 3 in done
-    # the whole run's time: what the first start had run until the crash, plus the resumed part
-    assert summary["wall_seconds"] > before_crash > 0, (summary["wall_seconds"], before_crash)
-    assert max(largest_secure_error(fed, "state", done)) <= 1 + 1e-6
-    kinds = [json.loads(line)["kind"] for line in (tmp_path / "state" / "ledger.jsonl").read_text().splitlines()]
-    assert kinds.count("resume") == 1 and kinds.count("round") == 3

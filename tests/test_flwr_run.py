@@ -11,6 +11,7 @@ import re
 
 import pytest
 from shared_runs import FLWR_PARTICIPANTS, FLWR_ROUNDS
+from sockets import assert_loopback_only
 
 from fedloom.processes import flower_exit_code
 
@@ -73,3 +74,13 @@ def test_flwr_run_local_simulation(flwr_local_run):
     assert f"fedloom: round {FLWR_ROUNDS} done in " in output
     assert f"fedloom: done: {FLWR_ROUNDS} of {FLWR_ROUNDS} rounds completed" in output
     assert not run.leftovers  # `flwr run` leaves its local SuperLink running: the fixture stopped it
+
+
+@pytest.mark.slow
+def test_flwr_run_local_simulation_listens_on_loopback_only(flwr_local_run):
+    """`flwr run . local` (the session's run, tests/shared_runs.py): Flower's own local SuperLink
+    (detached, so found by its FLWR_HOME) and the Ray its simulation process starts."""
+    run = flwr_local_run
+    assert run.returncode == 0 and (run.out / "summary.json").exists(), run.output[-3000:]
+    assert not run.leftovers
+    assert_loopback_only(run.listeners, run.log, ("flower-superlink", "flwr-simulation", "gcs_server", "raylet"))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sockets import assert_loopback_only
 
 SUMMARY_KEYS = {
     "rounds_completed",
@@ -76,3 +77,10 @@ def test_accuracy_rises(plain_run):
     first, last = rows[0]["eval_accuracy"], rows[-1]["eval_accuracy"]
     assert last > first + 0.3, (first, last)
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+
+
+@pytest.mark.slow
+def test_fedloom_simulate_listens_on_loopback_only(simulate_run):
+    """`fedloom simulate` (the session's run, tests/shared_runs.py): Ray and every simulation component."""
+    assert simulate_run.returncode == 0, simulate_run.output[-3000:]
+    assert_loopback_only(simulate_run.listeners, simulate_run.log, ("gcs_server", "raylet", "ray::RuntimeEnvAgent"))
