@@ -21,7 +21,7 @@ from .journal import Journal
 from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
 from .secure import RunHooks
-from .transport import Exchange, exchange
+from .transport import Exchange, told_exchange
 
 log = logging.getLogger("fedloom.coordinator")
 
@@ -108,18 +108,7 @@ class PlainRounds:
                 self.journal.member_of[reply.metadata.src_node_id] = who.member
             on_reply(reply)
 
-        self.journal.stage(round_, stage, self.nodes)
-        trip = exchange(
-            self.grid,
-            self.nodes,
-            build,
-            self.plan.stage_timeout,
-            take,
-            self.plan.reconnect_grace,
-            watch=self.journal.watcher(round_, stage),
-        )
-        self.journal.trip_done(round_, stage, self.nodes, trip)
-        return trip
+        return told_exchange(self.grid, self.nodes, build, take, self.plan, self.journal, round_, stage)
 
 
 def _why_nothing(result: RoundResult) -> str:

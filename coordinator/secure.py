@@ -56,7 +56,7 @@ from .contribution import assign
 from .journal import Journal
 from .ledger_feed import LedgerFeed
 from .results import EvalSummary, RoundResult
-from .transport import exchange
+from .transport import told_exchange
 
 log = logging.getLogger("fedloom.coordinator")
 
@@ -195,17 +195,9 @@ class SecureRounds:
 
         asked = [n for n in self.nodes if kind == "train" or payload.get(n)]
         stage = stage or kind
-        self.journal.stage(round_, stage, asked)
-        trip = exchange(
-            self.grid,
-            self.nodes,
-            build,
-            self.plan.stage_timeout,
-            self._on_reply,
-            self.plan.reconnect_grace,
-            watch=self.journal.watcher(round_, stage),
+        trip = told_exchange(
+            self.grid, self.nodes, build, self._on_reply, self.plan, self.journal, round_, stage, asked
         )
-        self.journal.trip_done(round_, stage, asked, trip)
         if trip.resent and (s := self._session(round_)) is not None:
             s.resent += [
                 {"member": self.member_of.get(n), "node": n, "trip": kind, "times": k} for n, k in trip.resent.items()
@@ -507,18 +499,7 @@ class SecureRounds:
             content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
             return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
 
-        stage = "final evaluation"
-        self.journal.stage(round_, stage, self.nodes)
-        trip = exchange(
-            self.grid,
-            self.nodes,
-            build,
-            self.plan.stage_timeout,
-            self._on_reply,
-            self.plan.reconnect_grace,
-            watch=self.journal.watcher(round_, stage),
-        )
-        self.journal.trip_done(round_, stage, self.nodes, trip)
+        told_exchange(self.grid, self.nodes, build, self._on_reply, self.plan, self.journal, round_, "final evaluation")
         return EvalSummary.combine(self._evals)
 
 

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
@@ -19,6 +20,11 @@ from flwr.serverapp import Grid
 from fedloom import triplog
 
 from .stop import STOP
+
+if TYPE_CHECKING:
+    from fedloom.plan import Plan
+
+    from .journal import Journal
 
 log = logging.getLogger("fedloom.coordinator")
 
@@ -194,3 +200,31 @@ def _recheck_away(grid: Grid, away: dict[int, tuple[str, float]], out: Exchange,
         out.resent[node] = out.resent.get(node, 0) + 1
         log.warning("participant node %s is back; sending its message again", node)
     return back
+
+
+def told_exchange(
+    grid: Grid,
+    nodes: list[int],
+    build: Callable[[int], Message | None],
+    on_reply: Callable[[Message], None],
+    plan: Plan,
+    journal: Journal,
+    round_: int,
+    stage: str,
+    asked: list[int] | None = None,
+) -> Exchange:
+    """One trip (`exchange` with the plan's timeout and grace), told on the operator's console: the
+    stage line with who is `asked` (default: every node) before it, live waits during, the outcome after."""
+    asked = list(nodes) if asked is None else asked
+    journal.stage(round_, stage, asked)
+    trip = exchange(
+        grid,
+        nodes,
+        build,
+        plan.stage_timeout,
+        on_reply,
+        plan.reconnect_grace,
+        watch=journal.watcher(round_, stage),
+    )
+    journal.trip_done(round_, stage, asked, trip)
+    return trip
