@@ -82,7 +82,7 @@ def view_of(msg: Message, context: Context) -> NodeView:
     if "kit" in nc:  # deployment: trust only what is on this machine
         kit = _kit(str(nc["kit"]))
         policy = Policy.load(nc.get("policy") or Path(str(nc["kit"])) / POLICY_FILE)
-        data = from_path(kit.plan.task.name, str(nc["data-path"]))
+        data = from_path(kit.plan.task.ref, str(nc["data-path"]))
         state = Path(str(nc["state-dir"])) if nc.get("state-dir") else None
         return NodeView(
             plan,
