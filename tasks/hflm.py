@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 PAD_ID = -1  # pads the last test window; never a target, fed to the model as token 0 (only after real tokens)
 MODES = ("lora", "full")
 LORA_TARGETS = ("q_proj", "v_proj")
+EVAL_BATCH = 8  # windows per forward pass: SmolLM2's float32 logits are 8 x 128 x 49152 x 4 B = 200 MB
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,9 @@ class HFCausalLMTask(Task):
         config = LoraConfig(
             r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)
         )
-        return LMWrapper(get_peft_model(lm, config))
+        with warnings.catch_warnings():  # peft reads a property transformers 5 deprecated: not the user's business
+            warnings.simplefilter("ignore", FutureWarning)
+            return LMWrapper(get_peft_model(lm, config))
 
     # ------------------------------------------------------------ train / evaluate
 
@@ -310,7 +314,9 @@ class HFCausalLMTask(Task):
         mean = (torch.stack(losses[-tail:]) * weights).sum() / weights.sum()
         return TrainResult(loss=float(mean.item()), num_examples=n, steps=len(losses))
 
-    def evaluate(self, model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 32) -> EvalResult:
+    def evaluate(
+        self, model: nn.Module, data: Dataset, device: torch.device, batch_size: int = EVAL_BATCH
+    ) -> EvalResult:
         """Nats per scored token, next-token accuracy, and the number of scored tokens."""
         stats = window_stats(model, data, device, batch_size)
         scored = int(stats["tokens"].sum())
@@ -386,7 +392,9 @@ def _checkpointing(wrapper: LMWrapper, device: torch.device, wanted: bool) -> It
 
 
 @torch.no_grad()
-def window_stats(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 32) -> dict[str, np.ndarray]:
+def window_stats(
+    model: nn.Module, data: Dataset, device: torch.device, batch_size: int = EVAL_BATCH
+) -> dict[str, np.ndarray]:
     """Per window: ``nats`` (summed over scored tokens), ``tokens`` scored, ``correct``, ``chars`` covered.
 
     A target is scored unless it is :data:`PAD_ID`; position 0 of each window is context only.
@@ -417,7 +425,9 @@ def window_stats(model: nn.Module, data: Dataset, device: torch.device, batch_si
     }
 
 
-def bits_per_char(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+def bits_per_char(
+    model: nn.Module, data: Dataset, device: torch.device, batch_size: int = EVAL_BATCH
+) -> dict[str, float]:
     """``{code: bits per character}`` for every language in ``data``: summed next-token cross-entropy
     / ln 2 over the scored tokens, divided by the characters those tokens cover."""
     stats = window_stats(model, data, device, batch_size)
@@ -430,7 +440,7 @@ def bits_per_char(model: nn.Module, data: Dataset, device: torch.device, batch_s
     return out
 
 
-def pooled_bpc(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 32) -> float:
+def pooled_bpc(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = EVAL_BATCH) -> float:
     """Bits per character over all of ``data`` (languages weighted by their characters)."""
     stats = window_stats(model, data, device, batch_size)
     return float(stats["nats"].sum() / math.log(2) / max(1, int(stats["chars"].sum())))

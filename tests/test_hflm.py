@@ -5,6 +5,7 @@ SmolLM2 GGUF (cached after its first load)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -175,8 +176,31 @@ def test_gradient_checkpointing_is_ignored_on_cpu():
         cfg = tasks.TrainConfig(steps=3, batch_size=4, lr=0.01, optimizer="adamw", gradient_checkpointing=checkpointing)
         t.train(model, data, cfg, CPU)
         results.append(tasks.model_to_vector(model))
-        assert not model.lm.is_gradient_checkpointing
     np.testing.assert_array_equal(*results)
+
+
+def test_the_cuda_path_switches_checkpointing_and_bf16_autocast(monkeypatch):
+    """No GPU here: the CUDA-only switches are checked without running a kernel."""
+    from participant.trainer import train_config
+    from tasks.hflm import _autocast, _checkpointing
+
+    model = task("tiny-llama-lora").build_model()
+    calls: list = []
+    monkeypatch.setattr(model.lm, "gradient_checkpointing_enable", lambda **kw: calls.append(("on", kw)))
+    monkeypatch.setattr(model.lm, "gradient_checkpointing_disable", lambda: calls.append("off"))
+    with _checkpointing(model, CPU, True):
+        assert calls == []
+    with _checkpointing(model, torch.device("cuda"), False):
+        assert calls == []
+    with _checkpointing(model, torch.device("cuda"), True):
+        assert calls == [("on", {"gradient_checkpointing_kwargs": {"use_reentrant": False}})]
+    assert calls[-1] == "off"
+    assert not isinstance(_autocast(CPU), torch.autocast)  # CPU trains in float32
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+        cuda = _autocast(torch.device("cuda"))
+    assert isinstance(cuda, torch.autocast) and cuda.fast_dtype == torch.bfloat16
+    plan = Plan.from_dict({"training": {"gradient_checkpointing": True}})
+    assert train_config(plan, 0).gradient_checkpointing and "gradient_checkpointing" in plan.to_dict()["training"]
 
 
 # ---------------------------------------------------------------- the plan's options and the pin
