@@ -56,6 +56,7 @@ from torch.nn import functional as F
 import tasks.hflm_base as hb
 from tasks.base import Dataset, EvalResult, Task, TokenDataset, TrainConfig, TrainResult, make_optimizer, minibatches
 from tasks.charlm import LANGUAGES, CharLMTask, language_index
+from tasks.params import num_parameters
 from tasks.registry import UnknownTaskError, register_task, task_ref
 from tasks.text import token_windows
 
@@ -258,6 +259,13 @@ class HFCausalLMTask(Task):
         with warnings.catch_warnings():  # peft reads a property transformers 5 deprecated: not the user's business
             warnings.simplefilter("ignore", FutureWarning)
             return LMWrapper(get_peft_model(lm, config))
+
+    def vector_length(self) -> int:
+        """The length of the parameter vector without building a second full model (full mode counts
+        a meta-device skeleton; LoRA builds its adapters over the shared base)."""
+        if self.mode == "full":
+            return hb.count_parameters(self.source())
+        return num_parameters(self.build_model())
 
     # ------------------------------------------------------------ train / evaluate
 

@@ -70,6 +70,8 @@ def test_full_vector_is_every_parameter_once():
     model = task("tiny-llama-full").build_model()
     assert tasks.num_parameters(model) == TINY_PARAMS == sum(p.numel() for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
+    assert task("tiny-llama-full").vector_length() == TINY_PARAMS  # counted on the meta device
+    assert task("tiny-llama-lora").vector_length() == TINY_LORA_R8
 
 
 @pytest.mark.parametrize("spec", ["tiny-llama-lora", "tiny-llama-full"])
@@ -350,6 +352,7 @@ def test_smollm2_loads_from_the_wheel_with_the_expected_sizes():
     model = lora.build_model()
     assert sum(p.numel() for p in model.parameters() if not p.requires_grad) == 134_515_008
     assert tasks.num_parameters(model) == 30 * 8 * ((576 + 576) + (576 + 192)) == 460_800
+    assert task("smollm2-full").vector_length() == 134_515_008
     ids, chars = hb.load_codec(lora.source()).encode("Tots els éssers humans neixen lliures")
     assert chars.sum() == len("Tots els éssers humans neixen lliures") and len(ids) < chars.sum()
     assert isinstance(model, LMWrapper)
