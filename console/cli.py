@@ -351,13 +351,22 @@ def participant_start(
         Path | None, typer.Option(help="Where this node keeps its state (default: KIT/state).")
     ] = None,
     superlink: Annotated[str | None, typer.Option(help="Override the coordinator address in the kit.")] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Language-model tasks: this member's copy of the base (.gguf or HF directory); "
+            "it must hash to the plan's base_sha256."
+        ),
+    ] = None,
 ) -> None:
     """Start this member's SuperNode: it trains on its own data and device, under its own policy."""
     from participant import service
 
     _logging()
     try:
-        code = service.start(str(kit), str(data), device, str(state_dir) if state_dir else None, superlink)
+        code = service.start(
+            str(kit), str(data), device, str(state_dir) if state_dir else None, superlink, str(base) if base else None
+        )
     except UserError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -392,9 +401,9 @@ def participant_sovereign(
         if not (models / "base.safetensors").exists():
             raise UserError(f"no shared base in {models}: this node has not finished a training round yet")
         plan = member.plan
-        local = from_path(plan.task.name, str(data))
+        local = from_path(plan.task.ref, str(data))
         dev = resolve_device(device)
-        task = tasks.get_task(plan.task.name)
+        task = tasks.get_task(plan.task.ref)
         spec = SovereignSpec.from_plan(plan, steps, lr)
         with console.status(f"fine-tuning the shared base for {steps} steps on {len(local.train)} examples"):
             vector, card = build_from_directory(models, task, local.train, spec, dev)
@@ -527,16 +536,19 @@ def _check_data_fits(plan) -> None:
     from tasks.partition import partition
 
     try:
-        task = tasks.get_task(plan.task.name)
+        task = tasks.get_task(plan.task.ref)
     except tasks.UnknownTaskError as exc:
         raise UserError(str(exc)) from exc
-    pool = tasks.load_pool(task if not tasks.registry.is_registered(task) else plan.task.name, seed=plan.task.seed)
+    try:
+        pool = tasks.load_pool(task if not tasks.registry.is_registered(task) else plan.task.ref, seed=plan.task.seed)
+    except tasks.hflm_base.BaseModelError as exc:  # a language model's base: missing, or not the pinned one
+        raise UserError(str(exc)) from None
     if plan.participants > len(pool):
         raise UserError(f"{plan.participants} participants but only {len(pool)} training samples in {plan.task.name}")
     try:
         groups = None
         if plan.task.partition == "groups":
-            groups = tasks.participants.resolve_groups(plan.task.name, plan.task.group_labels())
+            groups = tasks.participants.resolve_groups(plan.task.ref, plan.task.group_labels())
         partition(
             pool.y,
             plan.participants,

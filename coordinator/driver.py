@@ -74,7 +74,7 @@ class RunSettings:
 
 def initial_model(plan: Plan) -> np.ndarray:
     torch.manual_seed(plan.seed)
-    return tasks.model_to_vector(tasks.get_task(plan.task.name).build_model())
+    return tasks.model_to_vector(tasks.get_task(plan.task.ref).build_model())
 
 
 @dataclass

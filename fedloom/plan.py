@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from .errors import UserError
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "diloco")
 PARTITIONS = ("iid", "dirichlet", "shards", "groups")
 OPTIMIZERS = ("sgd", "adamw")
+TASK_OPTIONS = ("base", "base_sha256", "lora_rank", "context")  # TaskSpec fields that configure the task itself
+# (table, key) added after plans were first hashed: left out of to_dict() at their defaults
+OPTIONAL_KEYS = (*(("task", k) for k in TASK_OPTIONS), ("training", "gradient_checkpointing"))
 MAX_ROUNDS = 100_000  # far beyond any real federation; a typo'd 10**9 would otherwise run (and log) for ever
 
 
@@ -34,9 +38,26 @@ class TaskSpec:
     shards: int = 2
     seed: int = 0  # data split and partitioning seed
     groups: tuple[str, ...] = ()  # partition = "groups": member i holds groups[i], e.g. "arb+tzm"
+    # Language-model tasks (tasks/hflm.py, e.g. "smollm2-lora"); "" / 0 = the task's default. Left at
+    # their defaults these keys are not in the plan's JSON, so plans without them keep their hashes.
+    base: str = ""  # "smollm2", "tiny", a .gguf file or an HF model directory
+    base_sha256: str = ""  # the pin: members refuse a base with another hash (required for a path)
+    lora_rank: int = 0
+    context: int = 0  # tokens per window
 
     def group_labels(self) -> tuple[tuple[str, ...], ...]:
         return tuple(tuple(g.split("+")) for g in self.groups)
+
+    def options(self) -> dict[str, str | int]:
+        """The task options this spec sets (those not at their defaults)."""
+        return {k: getattr(self, k) for k in TASK_OPTIONS if getattr(self, k) != getattr(TaskSpec, k)}
+
+    @property
+    def ref(self) -> str:
+        """The task with its options as one spec string, ``name?key=value&...`` (sorted; the name alone
+        when none is set): how the options reach tasks.get_task, which parses this form."""
+        items = sorted((k, str(v)) for k, v in self.options().items())
+        return f"{self.name}?{urlencode(items)}" if items else self.name
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,9 @@ class TrainingSpec:
     # each member keeps its inner optimizer's state (e.g. AdamW moments) from one round to the next,
     # on its own node, as DiLoCo does; false = a fresh optimizer every round
     keep_optimizer_state: bool = False
+    # recompute activations during backward to save GPU memory (language-model tasks, CUDA only; ignored on
+    # CPU); false is left out of the plan's JSON, so plans without it keep their hashes
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,7 +133,12 @@ class Plan:
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The plan as plain data; keys added after plans were first hashed are left out at their defaults."""
+        data = asdict(self)
+        for table, key in OPTIONAL_KEYS:
+            if data[table][key] == getattr(getattr(Plan(), table), key):
+                del data[table][key]
+        return data
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -152,6 +181,12 @@ class Plan:
         need(t.partition in PARTITIONS, f"task.partition must be one of {', '.join(PARTITIONS)} (got {t.partition!r})")
         need(math.isfinite(t.alpha) and t.alpha > 0, f"task.alpha must be > 0 (got {t.alpha})")
         need(t.shards >= 1, f"task.shards must be at least 1 (got {t.shards})")
+        need(
+            t.base_sha256 == "" or (len(t.base_sha256) == 64 and all(c in "0123456789abcdef" for c in t.base_sha256)),
+            f"task.base_sha256 must be 64 lowercase hex digits (got {t.base_sha256!r})",
+        )
+        need(t.lora_rank >= 0, f"task.lora_rank must be >= 0 (0 = the task's default; got {t.lora_rank})")
+        need(t.context >= 0, f"task.context must be >= 0 (0 = the task's default; got {t.context})")
         tr = self.training
         need(tr.epochs >= 1, f"training.epochs must be at least 1 (got {tr.epochs})")
         need(tr.batch_size >= 1, f"training.batch_size must be at least 1 (got {tr.batch_size})")

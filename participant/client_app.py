@@ -171,7 +171,7 @@ def _answer_requests(
         log.warning("member %d: round %d's request came again; sending the same reply", view.member, view.round)
         fit.update(kept.fit)
         return kept.replies, Masked.from_dict(kept.info)
-    d = vector_length(view.plan.task.name)
+    d = vector_length(view.plan.task.ref)
     params = protocol_params(view.plan, d, len(kit.roster))
     participant = load_participant(
         context, kit, params, view.policy.min_cohort, state_dir, max_model_uses=view.policy.max_model_uses

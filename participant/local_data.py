@@ -26,7 +26,7 @@ def simulated(spec: TaskSpec, partition_id: int, num_partitions: int) -> LocalDa
     `groups`, the held-out data of its own groups: a member evaluates on what it knows)."""
     groups = spec.group_labels() if spec.partition == "groups" else None
     train = tasks.load_partition(
-        spec.name,
+        spec.ref,
         partition_id,
         num_partitions,
         scheme=spec.partition,
@@ -35,9 +35,9 @@ def simulated(spec: TaskSpec, partition_id: int, num_partitions: int) -> LocalDa
         seed=spec.seed,
         groups=groups,
     )
-    test = tasks.load_test(spec.name, seed=spec.seed)
+    test = tasks.load_test(spec.ref, seed=spec.seed)
     if groups is not None:
-        resolved = resolve_groups(spec.name, groups)
+        resolved = resolve_groups(spec.ref, groups)
         return LocalData(train, test.subset(by_groups(test.y, resolved)[partition_id]))
     slices = iid(len(test), num_partitions, seed=spec.seed + 1) if len(test) >= num_partitions else None
     local_test = test.subset(slices[partition_id]) if slices else test

@@ -82,7 +82,7 @@ def view_of(msg: Message, context: Context) -> NodeView:
     if "kit" in nc:  # deployment: trust only what is on this machine
         kit = _kit(str(nc["kit"]))
         policy = Policy.load(nc.get("policy") or Path(str(nc["kit"])) / POLICY_FILE)
-        data = from_path(kit.plan.task.name, str(nc["data-path"]))
+        data = from_path(kit.plan.task.ref, str(nc["data-path"]))
         state = Path(str(nc["state-dir"])) if nc.get("state-dir") else None
         return NodeView(
             plan,
@@ -117,7 +117,9 @@ def vector_length(task_name: str) -> int:
     """The model's parameter count, for protocol-only trips: those never train, and in a simulation
     a process serves many participants, so building each one's trainer just to count would cost
     more than the trip's cryptography."""
-    return tasks.num_parameters(tasks.get_task(task_name).build_model())
+    task = tasks.get_task(task_name)
+    count = getattr(task, "vector_length", None)  # a large model's task counts without a second copy
+    return int(count()) if callable(count) else tasks.num_parameters(task.build_model())
 
 
 def trainer_for(view: NodeView) -> LocalTrainer:

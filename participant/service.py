@@ -120,7 +120,33 @@ def _warn_about_scale(task_name: str, local, data_path: Path) -> None:
             log.warning("%s", warning)
 
 
-def start(kit: str, data: str, device: str = "auto", state_dir: str | None = None, superlink: str | None = None) -> int:
+def _check_base(task_ref: str, base: str | None) -> None:
+    """A language-model task's base: this member's own copy (``base``) must hash to the plan's pin. Checked
+    here, before the node connects, and again wherever the model is built (the node inherits the path)."""
+    import tasks
+    from tasks.hflm_base import BASE_ENV
+
+    if base:
+        os.environ[BASE_ENV] = str(Path(base).expanduser().resolve())
+    task = tasks.get_task(task_ref)
+    source = getattr(task, "source", None)
+    if callable(source):
+        try:
+            source()
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    elif base:
+        raise UserError(f"--base is for language-model tasks; the plan's task {task.name!r} has no base model")
+
+
+def start(
+    kit: str,
+    data: str,
+    device: str = "auto",
+    state_dir: str | None = None,
+    superlink: str | None = None,
+    base: str | None = None,
+) -> int:
     kit_dir = Path(kit).resolve()
     member = load_member_kit(kit_dir)
     for name, what in (
@@ -131,14 +157,15 @@ def start(kit: str, data: str, device: str = "auto", state_dir: str | None = Non
         _need(kit_dir / name, what)
     if not member.plan.app_hash:
         raise UserError(f"the plan in {kit_dir} names no app hash: this kit was not made by `fedloom provision`")
+    _check_base(member.plan.task.ref, base)
     data_path = Path(data).resolve()
     if not data_path.exists():
         raise UserError(f"data not found: {data_path}")
     try:
-        local = from_path(member.plan.task.name, str(data_path))
+        local = from_path(member.plan.task.ref, str(data_path))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    _warn_about_scale(member.plan.task.name, local, data_path)
+    _warn_about_scale(member.plan.task.ref, local, data_path)
     resolve_device(device)  # a bad or unavailable device is a user error now, not a failed round later
     address = superlink or json.loads((kit_dir / "federation.json").read_text())["address"]
     state = Path(state_dir).resolve() if state_dir else kit_dir / "state"

@@ -30,6 +30,7 @@ def train_config(plan: Plan, seed: int, *, epochs: int | None = None, steps: int
         momentum=t.momentum,
         weight_decay=t.weight_decay,
         seed=seed,
+        gradient_checkpointing=t.gradient_checkpointing,
     )
 
 
@@ -62,7 +63,7 @@ class LocalTrainer:
         self.plan = plan
         self.data = data
         self.device = device
-        self.task = _task(plan.task.name)
+        self.task = _task(plan.task.ref)
         torch.manual_seed(plan.seed)
         self.model = self.task.build_model().to(device)
 
@@ -76,7 +77,7 @@ class LocalTrainer:
     def probe_loss(self) -> float:
         """The current (local) model's loss on the plan's public probe set, checked by hash."""
         c = self.plan.contribution
-        probe = _probe(self.plan.task.name, c.probe, self.plan.task.seed)
+        probe = _probe(self.plan.task.ref, c.probe, self.plan.task.seed)
         if c.probe_hash and dataset_hash(probe) != c.probe_hash:
             raise ValueError(f"probe set {c.probe!r} does not match the hash in the plan")
         return float(self.task.evaluate(self.model, probe, self.device).loss)

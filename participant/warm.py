@@ -145,7 +145,7 @@ def warm_up(kit: Path, data: str, device: str) -> float:
     # threads, and a child's first parallel op would hang (seen: a digits epoch on 2 threads)
     torch.set_num_threads(1)
     try:
-        trainer = LocalTrainer(member.plan, from_path(member.plan.task.name, data), where)
+        trainer = LocalTrainer(member.plan, from_path(member.plan.task.ref, data), where)
         trainer.train(tasks.model_to_vector(trainer.model), 0, member.member.id)
         del trainer
     finally:

@@ -16,8 +16,8 @@ from participant.trainer import train_config
 
 def centralized_baseline(plan: Plan, device: str = "cpu", threads: int = 2) -> dict[str, float]:
     torch.set_num_threads(threads)
-    task = tasks.get_task(plan.task.name)
-    train, test = tasks.load_splits(plan.task.name, seed=plan.task.seed)
+    task = tasks.get_task(plan.task.ref)
+    train, test = tasks.load_splits(plan.task.ref, seed=plan.task.seed)
     torch.manual_seed(plan.seed)
     model = task.build_model().to(device)
     t = plan.training

@@ -201,7 +201,7 @@ def _check_report(report: ReportSpec, plan: Plan) -> None:
     import tasks
 
     try:
-        task = tasks.get_task(plan.task.name)
+        task = tasks.get_task(plan.task.ref)
     except tasks.UnknownTaskError as exc:
         raise UserError(str(exc)) from exc
     if not callable(getattr(task, "bits_per_char", None)):
@@ -308,7 +308,7 @@ def with_probe_hash(plan: Plan) -> Plan:
     from tasks.probe import dataset_hash, probe_set
 
     try:
-        digest = dataset_hash(probe_set(plan.task.name, c.probe, plan.task.seed))
+        digest = dataset_hash(probe_set(plan.task.ref, c.probe, plan.task.seed))
     except ValueError as exc:
         raise UserError(f"contribution.probe: {exc}") from exc
     return replace(plan, contribution=replace(c, probe_hash=digest))

@@ -81,8 +81,8 @@ def _pooled_data(plan: Plan):
     """The union of the members' training data (what a centralized trainer would be handed)."""
     import tasks
 
-    pool = tasks.load_pool(plan.task.name, seed=plan.task.seed)
-    labels = tasks.resolve_groups(plan.task.name, plan.task.group_labels())
+    pool = tasks.load_pool(plan.task.ref, seed=plan.task.seed)
+    labels = tasks.resolve_groups(plan.task.ref, plan.task.group_labels())
     held = sorted({label for group in labels for label in group})
     return pool.subset(np.flatnonzero(np.isin(pool.y, held)))
 
@@ -99,7 +99,7 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     plan = Plan.from_json(job.plan_json)
-    task = tasks.get_task(plan.task.name)
+    task = tasks.get_task(plan.task.ref)
     device = torch.device("cpu")
     if job.kind == "base":
         from safetensors.numpy import load_file
@@ -117,7 +117,7 @@ def run_job(job: Job) -> dict[str, Any]:
         vector = tasks.model_to_vector(model)
     model = task.build_model()
     tasks.vector_to_model(model, vector)
-    test = tasks.load_test(plan.task.name, seed=plan.task.seed)
+    test = tasks.load_test(plan.task.ref, seed=plan.task.seed)
     bpc = task.bits_per_char(model, test, device)
     if job.save_to:
         from safetensors.numpy import save_file
@@ -169,7 +169,7 @@ def _char_bytes(plan: Plan) -> dict[str, tuple[int, int]]:
     from tasks.charlm import LANGUAGES
     from tasks.text import PAD, is_lead_byte
 
-    test = tasks.load_test(plan.task.name, seed=plan.task.seed)
+    test = tasks.load_test(plan.task.ref, seed=plan.task.seed)
     targets = np.asarray(test.x)[:, 1:]
     real = targets != PAD
     lead = is_lead_byte(targets) & real

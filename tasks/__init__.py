@@ -1,13 +1,14 @@
 """Federated learning tasks (data, model, local training) shared by coordinator and participants.
 
-Look a task up by name with :func:`get_task` ("digits", "mnist5k", "charlm") or plug in your own with
-``"package.module:object"``. Importing this package is cheap: datasets load only when asked.
+Look a task up by name with :func:`get_task` ("digits", "mnist5k", "charlm", "smollm2-lora", ...) or plug
+in your own with ``"package.module:object"``. Importing this package is cheap: datasets load only when asked.
 """
 
 from tasks.base import Dataset, EvalResult, Task, TokenDataset, TrainConfig, TrainResult
 from tasks.charlm import CharLMTask
 from tasks.classification import ClassificationTask
 from tasks.digits import DigitsTask
+from tasks.hflm import HFCausalLMTask
 from tasks.mnist5k import Mnist5kTask
 from tasks.params import model_to_vector, num_parameters, vector_to_model
 from tasks.participants import (
@@ -22,7 +23,7 @@ from tasks.participants import (
     partition_indices,
     resolve_groups,
 )
-from tasks.registry import UnknownTaskError, get_task, register_task, task_names
+from tasks.registry import UnknownTaskError, get_task, register_task, task_names, task_ref
 from tasks.synthetic import Synthetic1e5, Synthetic1e6
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Dataset",
     "DigitsTask",
     "EvalResult",
+    "HFCausalLMTask",
     "Mnist5kTask",
     "Synthetic1e5",
     "Synthetic1e6",
@@ -54,5 +56,6 @@ __all__ = [
     "register_task",
     "resolve_groups",
     "task_names",
+    "task_ref",
     "vector_to_model",
 ]

@@ -8,7 +8,7 @@ wire is a flat parameter vector (see :mod:`tasks.params`), so the types here sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -97,6 +97,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 0
     optimizer: str = "sgd"
+    gradient_checkpointing: bool = False  # recompute activations in backward (tasks that support it, on CUDA)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -174,6 +175,18 @@ class Task(ABC):
     name: ClassVar[str]
     # the range the model's inputs are scaled to (None: not stated); data far outside it gets a warning
     input_range: ClassVar[tuple[float, float] | None] = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> Task:
+        """An instance configured by a spec's options (``name?key=value``); tasks without options refuse any."""
+        if options:
+            raise ValueError(f"task {cls.name!r} takes no options (got {', '.join(sorted(options))})")
+        return cls()
+
+    @property
+    def ref(self) -> str:
+        """The spec naming this task with its options (a cache key for its data): the name, unless options are set."""
+        return self.name
 
     def label_index(self, label: str) -> int:
         """The integer label that ``label`` names (e.g. a language code), for label-group partitions.

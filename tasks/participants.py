@@ -93,7 +93,7 @@ def _cache_key(task: Task | str) -> str | None:
     """The string identifying the task's data, or None when it cannot be cached safely."""
     if isinstance(task, str):
         return task.strip()
-    return task.name if is_registered(task) else None
+    return task.ref if is_registered(task) else None
 
 
 def load_splits(task: Task | str, seed: int = 0) -> tuple[Dataset, Dataset]:

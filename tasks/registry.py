@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from tasks.base import Task
 
@@ -50,10 +52,39 @@ def get_task(spec: str | Task) -> Task:
     spec = spec.strip()
     if spec in _REGISTRY:
         return _REGISTRY[spec]()
+    if "?" in spec:
+        return _with_options(spec)
     if ":" in spec:
         return _from_import_path(spec)
     known = ", ".join(task_names()) or "(none)"
     raise UnknownTaskError(f"unknown task {spec!r}; known tasks: {known} (or use 'package.module:object')")
+
+
+def task_ref(name: str, options: Mapping[str, object]) -> str:
+    """The spec string for task ``name`` with ``options`` (``name?key=value&...``, sorted; just ``name`` without any).
+
+    The typed options of a plan cross into this layer as this string, which also keys the data caches.
+    """
+    items = sorted((k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items())
+    return f"{name}?{urlencode(items)}" if items else name
+
+
+def _with_options(spec: str) -> Task:
+    name, _, query = spec.partition("?")
+    try:
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        raise UnknownTaskError(f"task spec {spec!r}: options must look like name?key=value&key=value") from None
+    cls = _REGISTRY.get(name.strip())
+    if cls is None:
+        known = ", ".join(task_names()) or "(none)"
+        raise UnknownTaskError(f"unknown task {name!r} (options are for registered tasks); known tasks: {known}")
+    try:
+        return cls.from_options(options)
+    except UnknownTaskError:
+        raise
+    except ValueError as exc:
+        raise UnknownTaskError(str(exc)) from None
 
 
 def is_registered(task: Task) -> bool:

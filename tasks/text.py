@@ -41,21 +41,29 @@ def windows(data: bytes, context: int, stride: int, *, pad_tail: bool) -> np.nda
     :data:`PAD` (so with ``stride == context`` every byte after the first is a target exactly once);
     without it, one extra window is aligned to the end (its targets may repeat earlier ones).
     """
-    if context < 1 or stride < 1:
-        raise ValueError(f"context and stride must be >= 1, got {context} and {stride}")
     if len(data) < 2:
         raise ValueError(f"need at least 2 bytes to make a window, got {len(data)}")
-    arr = np.frombuffer(data, dtype=np.uint8)
+    return token_windows(np.frombuffer(data, dtype=np.uint8), context, stride, pad_tail=pad_tail, pad=PAD)
+
+
+def token_windows(arr: np.ndarray, context: int, stride: int, *, pad_tail: bool, pad: int) -> np.ndarray:
+    """:func:`windows` over any 1-D integer sequence (bytes, token ids, per-token counts); short
+    windows are filled with ``pad``. The result keeps ``arr``'s dtype."""
+    if context < 1 or stride < 1:
+        raise ValueError(f"context and stride must be >= 1, got {context} and {stride}")
+    arr = np.asarray(arr)
+    if arr.ndim != 1 or len(arr) < 2:
+        raise ValueError(f"need a 1-D sequence of at least 2 items to make a window, got shape {arr.shape}")
     size = context + 1
     if pad_tail:
         starts = range(0, len(arr) - 1, stride)  # every window has at least one real target
-        out = np.full((len(starts), size), PAD, dtype=np.uint8)
+        out = np.full((len(starts), size), pad, dtype=arr.dtype)
         for row, start in enumerate(starts):
             chunk = arr[start : start + size]
             out[row, : chunk.size] = chunk
         return out
     if len(arr) < size:
-        raise ValueError(f"need at least {size} bytes for an unpadded window, got {len(arr)}")
+        raise ValueError(f"need at least {size} items for an unpadded window, got {len(arr)}")
     starts_list = list(range(0, len(arr) - size + 1, stride))
     if starts_list[-1] != len(arr) - size:
         starts_list.append(len(arr) - size)
