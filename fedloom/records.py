@@ -12,13 +12,16 @@ versions: old and new coordinators and members interoperate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 
 MODEL = "model"  # ArrayRecord {"vector": float32[d]}
 UPDATE = "update"  # ArrayRecord {"vector": float32[d]} (plaintext mode only)
@@ -63,7 +66,7 @@ def training_round(protocol_round_: int) -> int:
 def model_digest(vector: np.ndarray) -> bytes:
     """SHA-256 of a model vector's float32 bytes: what a member trained on, bound into what it signs
     (the same digest, hex, as a model card's `sha256`)."""
-    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).digest()
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32)).digest()  # the buffer, not a copy of it
 
 
 def vector_record(vec: np.ndarray) -> ArrayRecord:
@@ -71,12 +74,24 @@ def vector_record(vec: np.ndarray) -> ArrayRecord:
 
 
 def read_vector(content: RecordDict, key: str) -> np.ndarray:
-    return content[key][VECTOR].numpy()
+    """The record's vector: a read-only view into the message's own bytes when it is a plain 1-D
+    float32 .npy (Flower's `.numpy()` would copy the d floats), else Flower's copy."""
+    array = content[key][VECTOR]
+    view = _npy_view(array, np.dtype(np.float32))
+    return view if view is not None else array.numpy()
 
 
 def protocol_record(encoded: list[bytes]) -> ArrayRecord:
     """Protocol messages in their own byte encoding, as uint8 arrays (big ones travel chunked)."""
-    return ArrayRecord({str(i): Array(np.frombuffer(b, dtype=np.uint8)) for i, b in enumerate(encoded)})
+    return ArrayRecord({str(i): _uint8_array(b) for i, b in enumerate(encoded)})
+
+
+def _uint8_array(raw: bytes) -> Array:
+    """`Array(np.frombuffer(raw, dtype=np.uint8))` byte for byte (np.save's .npy: a 1.0 header, then
+    the bytes), built with one copy of `raw` where np.save into a buffer makes two."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (len(raw),)})
+    return Array(dtype="uint8", shape=(len(raw),), stype=SType.NUMPY, data=header.getvalue() + raw)
 
 
 def read_protocol(content: RecordDict) -> list[bytes]:
@@ -84,6 +99,40 @@ def read_protocol(content: RecordDict) -> list[bytes]:
         return []
     record = content[PROTOCOL]
     return [record[str(i)].numpy().tobytes() for i in range(len(record))]
+
+
+def protocol_views(content: RecordDict) -> list[bytes | memoryview]:
+    """`read_protocol` without copies, for the coordinator: a masked input is 4d bytes, and Flower's
+    `Array.numpy()` copies it once and `.tobytes()` again. Each message is a read-only view into the
+    record's own buffer (kept alive by the view) once its .npy header says uint8, 1-D and the exact
+    length; anything else takes the copying path, which decodes (or refuses) it as before."""
+    if PROTOCOL not in content:
+        return []
+    record = content[PROTOCOL]
+    return [_uint8_view(record[str(i)]) for i in range(len(record))]
+
+
+def _uint8_view(array: Array) -> bytes | memoryview:
+    view = _npy_view(array, np.dtype(np.uint8))
+    return memoryview(view) if view is not None else array.numpy().tobytes()
+
+
+def _npy_view(array: Array, want: np.dtype) -> np.ndarray | None:
+    """A read-only 1-D view of an Array's .npy bytes when its header says exactly `want`, 1-D, C order
+    and the length the bytes hold; None otherwise (the caller then takes Flower's copying path)."""
+    data = array.data
+    if array.stype != SType.NUMPY or not isinstance(data, bytes):
+        return None
+    f = io.BytesIO(data)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with contextlib.suppress(ValueError):
+        version = np.lib.format.read_magic(f)
+        if version in read:
+            shape, fortran, dtype = read[version](f)
+            start = f.tell()
+            if dtype == want and len(shape) == 1 and not fortran and start + shape[0] * want.itemsize == len(data):
+                return np.frombuffer(data, dtype=want, offset=start)
+    return None
 
 
 def request_config(round_: int, plan_json: str, plan_hash: str, extra: Mapping[str, Any] = ()) -> ConfigRecord:

@@ -110,6 +110,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         replies, masked = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
         out[rec.PROTOCOL] = rec.protocol_record(replies)
+        del replies  # the record holds the bytes now (the masked input is 4d of them)
         clipped = masked.clipped if masked is not None else 0
         if not fit and view.plan.contribution.enabled:
             # left out of this round (e.g. by the quality floor): train anyway, upload nothing, and
