@@ -29,6 +29,7 @@ CONFIG = "config"  # ConfigRecord: round, plan, plan-hash, flags
 FIT = "fit"  # MetricRecord: FitReport (num-examples, train-loss, clipped, probe-loss)
 EVAL = "eval"  # ConfigRecord: EvalReport (loss, accuracy, num-examples) of the received model
 PROTOCOL = "secagg"  # ArrayRecord {"0": uint8[...], "1": ...}: encoded protocol messages, in order
+# (a message over PART_BYTES travels in parts: "i" holds its first PART_BYTES, "i.1", "i.2", ... the rest)
 REFUSAL = "refusal"  # ConfigRecord: RefusalReport (member, round, rule, detail): a policy refusal
 WHO = "who"  # ConfigRecord: Who (member, examples when public, ledger-head)
 SECAGG_ACTION = "query.secagg"  # message type of trips that only carry protocol messages
@@ -81,12 +82,37 @@ def read_vector(content: RecordDict, key: str) -> np.ndarray:
     return view if view is not None else array.numpy()
 
 
+PART_BYTES = 16 << 20
+
+
 def protocol_record(encoded: list[bytes]) -> ArrayRecord:
-    """Protocol messages in their own byte encoding, as uint8 arrays (big ones travel chunked)."""
-    return ArrayRecord({str(i): _uint8_array(b) for i, b in enumerate(encoded)})
+    """Protocol messages in their own byte encoding, as uint8 arrays (Flower chunks each for the wire).
+
+    A message over PART_BYTES (a masked input: 4d bytes) is cut into arrays of PART_BYTES: Flower
+    rebuilds each received array with two passing copies of it (the joined chunks, then `bytes` of
+    them), so a receiver that takes one big array in holds about three times the message at once;
+    in parts it holds the message and two copies of one part. Smaller messages keep the layout of
+    earlier versions (one array each, keys "0", "1", ...)."""
+    arrays: dict[str, Array] = {}
+    for i, raw in enumerate(encoded):
+        view = memoryview(raw)
+        for j, start in enumerate(range(0, max(len(view), 1), PART_BYTES)):
+            arrays[str(i) if j == 0 else f"{i}.{j}"] = _uint8_array(view[start : start + PART_BYTES])
+    return ArrayRecord(arrays)
 
 
-def _uint8_array(raw: bytes) -> Array:
+def _part_keys(record: ArrayRecord) -> list[list[str]]:
+    """The keys of each message's parts, in order: [["0"], ["1", "1.1", "1.2"], ...]."""
+    out = []
+    for i in range(sum(1 for k in record if "." not in k)):
+        keys = [str(i)]
+        while f"{i}.{len(keys)}" in record:
+            keys.append(f"{i}.{len(keys)}")
+        out.append(keys)
+    return out
+
+
+def _uint8_array(raw: bytes | memoryview) -> Array:
     """`Array(np.frombuffer(raw, dtype=np.uint8))` byte for byte (np.save's .npy: a 1.0 header, then
     the bytes), built with one copy of `raw` where np.save into a buffer makes two."""
     header = io.BytesIO()
@@ -98,18 +124,33 @@ def read_protocol(content: RecordDict) -> list[bytes]:
     if PROTOCOL not in content:
         return []
     record = content[PROTOCOL]
-    return [record[str(i)].numpy().tobytes() for i in range(len(record))]
+    return [b"".join(record[k].numpy().tobytes() for k in keys) for keys in _part_keys(record)]
 
 
 def protocol_views(content: RecordDict) -> list[bytes | memoryview]:
     """`read_protocol` without copies, for the coordinator: a masked input is 4d bytes, and Flower's
     `Array.numpy()` copies it once and `.tobytes()` again. Each message is a read-only view into the
     record's own buffer (kept alive by the view) once its .npy header says uint8, 1-D and the exact
-    length; anything else takes the copying path, which decodes (or refuses) it as before."""
+    length; anything else takes the copying path, which decodes (or refuses) it as before.
+
+    A message in parts is copied once, into one buffer of its size, each part taken out of the
+    record (and so freed) as soon as it is in: the reply holds the message once, not twice."""
     if PROTOCOL not in content:
         return []
     record = content[PROTOCOL]
-    return [_uint8_view(record[str(i)]) for i in range(len(record))]
+    return [_uint8_view(record[keys[0]]) if len(keys) == 1 else _joined(record, keys) for keys in _part_keys(record)]
+
+
+def _joined(record: ArrayRecord, keys: list[str]) -> memoryview:
+    views = [_uint8_view(record[k]) for k in keys]
+    buf = bytearray(sum(len(v) for v in views))
+    at = 0
+    for k in keys:
+        part = views.pop(0)
+        buf[at : at + len(part)] = part
+        at += len(part)
+        del part, record[k]  # this part's bytes go now
+    return memoryview(buf)
 
 
 def _uint8_view(array: Array) -> bytes | memoryview:

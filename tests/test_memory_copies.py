@@ -124,3 +124,14 @@ def test_replies_of_d_coordinates_are_pulled_and_folded_one_at_a_time():
 def test_sized_synthetic_tasks_have_exactly_d_parameters(name):
     d = {"synthetic-1e4": 10**4, "synthetic-1e7": 10**7}[name]
     assert tasks.num_parameters(tasks.get_task(name).build_model()) == d
+
+
+def test_a_big_protocol_message_travels_in_parts_and_comes_back_whole(monkeypatch):
+    monkeypatch.setattr(rec, "PART_BYTES", 1000)
+    msgs = [b"a" * 10, bytes(range(256)) * 20, b"", b"z" * 1000, b"y" * 1001]
+    record = rec.protocol_record(msgs)
+    assert sorted(record) == ["0", "1", "1.1", "1.2", "1.3", "1.4", "1.5", "2", "3", "4", "4.1"]
+    assert rec.read_protocol(RecordDict({rec.PROTOCOL: record})) == msgs
+    content = RecordDict({rec.PROTOCOL: rec.protocol_record(msgs)})
+    assert [bytes(v) for v in rec.protocol_views(content)] == msgs
+    assert sorted(content[rec.PROTOCOL]) == ["0", "2", "3"]  # the parts left the reply once copied
