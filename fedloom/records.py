@@ -7,7 +7,10 @@ metrics, and the participant's evaluation of the model it received.
 Every key a record carries is named here and nowhere else (tests/test_records.py checks it); the
 other modules build and read records through the typed classes below (`Who`, `FitReport`,
 `EvalReport`, `RefusalReport`, `request_config`). The bytes on the wire are those of earlier
-versions: old and new coordinators and members interoperate.
+versions, except that a protocol message over PART_BYTES (16 MiB: a masked input once d is above
+about 4 million) now travels in parts (`protocol_record`): a coordinator reads an earlier member's
+reply, an earlier coordinator cannot read a new member's big masked input (a run uses one app
+bundle on every side, pinned by hash, so versions do not mix within a federation).
 """
 
 from __future__ import annotations
