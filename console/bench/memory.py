@@ -1,6 +1,6 @@
 """Peak memory of a secure round at d parameters: the coordinator's side and a member's.
 
-    fedloom bench memory                                  # d = 1e7, 1e8; simulation and deployment
+    fedloom bench memory                                  # d = 1e7; simulation and deployment
     fedloom bench memory --d 1e7,1e8,1.35e8 --mode deployment --json memory.json --label after
     fedloom bench memory --quick                          # d = 1e4, simulation, 1 round: a smoke run
 
@@ -442,7 +442,7 @@ def parse_sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedloom bench memory", description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--d", default="1e7,1e8", help=f"parameter counts, comma-separated: {', '.join(ALIASES)}")
+    ap.add_argument("--d", default="1e7", help=f"parameter counts, comma-separated: {', '.join(ALIASES)}")
     ap.add_argument("--mode", default="simulation,deployment", help="simulation and/or deployment")
     ap.add_argument("--members", type=int, help="members (default 4 in simulation, 3 in deployment)")
     ap.add_argument("--rounds", type=int, default=1, help="secure rounds per run (default 1)")
