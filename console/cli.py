@@ -474,6 +474,14 @@ def bench_deployment(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(list(ctx.args)))
 
 
+@bench_app.command("memory", context_settings=_PASSTHROUGH)
+def bench_memory(ctx: typer.Context) -> None:
+    """Peak RSS of the coordinator and a member in a secure round at d parameters (`--help` for options)."""
+    from console.bench.memory import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 @bench_app.command("all", context_settings=_PASSTHROUGH)
 def bench_all(ctx: typer.Context) -> None:
     """Every section (--quick: a few minutes) and the issue's targets checked (--help)."""

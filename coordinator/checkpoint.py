@@ -52,7 +52,7 @@ class Checkpoint:
 
 def model_hash(model: np.ndarray) -> str:
     """The ledger's `model_hash`: SHA-256 of the float32 parameter vector."""
-    return hashlib.sha256(np.ascontiguousarray(model, dtype=np.float32).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(model, dtype=np.float32)).hexdigest()  # no copy
 
 
 def save(

@@ -103,7 +103,7 @@ def foreign_history(res: RoundResult, names: dict[int, str]) -> str | None:
     Members count the protocol rounds they answered (`round.replay`) and keep their own ledger copy
     (`ledger.fork`, `ledger.truncated`): a coordinator that forgot its history is refused every round,
     so going on would only waste them all."""
-    if res.mean_update is not None:
+    if res.completed:
         return None
     hits = [r for r in res.refusals if r["rule"] in FOREIGN_HISTORY_RULES]
     if not hits:
@@ -187,14 +187,15 @@ def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> RunSu
         if r == first and settings.state_dir is not None and (stale := foreign_history(res, journal.names)):
             raise ForeignHistory(stale)
         if res.mean_update is not None:
-            model = optimizer.step(model, res.mean_update.astype(np.float32))
+            model = optimizer.step(model, res.mean_update.astype(np.float32, copy=False))
+            res.release_update()
         else:
             log.warning("round %d skipped: %s", r, res.skipped)
         progress.model = model
         history.append(res)
         rows[r] = _row(res, time.perf_counter() - t0, rounds.secure)
         complete(r - 1, res.incoming_eval)
-        completed = done_before + sum(1 for h in history if h.mean_update is not None)
+        completed = done_before + sum(1 for h in history if h.completed)
         _record_round(settings, journal, r, res, rows[r], model, optimizer, epoch, completed)
     final = rounds.evaluate(plan.rounds, model)
     complete(plan.rounds, final)

@@ -38,7 +38,10 @@ class FedAvg(OuterOptimizer):
         self.lr = lr
 
     def step(self, model: np.ndarray, mean_update: np.ndarray) -> np.ndarray:
-        return (model + self.lr * mean_update).astype(model.dtype)
+        # model + lr * update with one new vector, not three (the product, the sum, the astype copy)
+        out = np.multiply(mean_update, self.lr, dtype=model.dtype)
+        out += model
+        return out
 
 
 class _Stateful(OuterOptimizer):

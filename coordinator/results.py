@@ -45,3 +45,15 @@ class RoundResult:
     clipped: int = 0  # coordinates clipped by participants' quantizers
     weights_capped: list[dict] = field(default_factory=list)  # {"member", "examples", "weight"}: FedAvg weight capped
     contribution: dict | None = None  # floor, cap, scores, public weights and exclusions (if governed)
+    update_applied: bool = False  # the mean update went into the model and its vector was let go
+
+    @property
+    def completed(self) -> bool:
+        """The round produced an aggregate (also once its d-long mean update was released)."""
+        return self.mean_update is not None or self.update_applied
+
+    def release_update(self) -> None:
+        """Let go of the mean update once the outer optimizer applied it: a run keeps every round's
+        result, and d floats per round would grow without bound (4 GB a round at 10^9 parameters)."""
+        if self.mean_update is not None:
+            self.mean_update, self.update_applied = None, True

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedloom import records as rec
@@ -181,22 +181,34 @@ class SecureRounds:
         self, round_: int, kind: str, payload: dict[int, list[bytes]], with_model: np.ndarray | None, stage: str = ""
     ) -> None:
         """One round trip: node -> encoded protocol messages (plus the model on a training trip).
-        `stage` names it on the operator's console."""
+        `stage` names it on the operator's console. The model's record is built once and shared by
+        every node's message (Flower serializes it into the record: one copy of 4d bytes, not n)."""
+        model = _SharedModel(with_model) if with_model is not None else None
 
         def build(node: int) -> Message | None:
             if kind != "train" and not payload.get(node):
                 return None
             cfg = self._config(round_, node if kind == "train" else None)
             content = RecordDict({rec.CONFIG: cfg, rec.PROTOCOL: rec.protocol_record(payload.get(node, []))})
-            if with_model is not None:
-                content[rec.MODEL] = rec.vector_record(with_model)
+            if model is not None:
+                content[rec.MODEL] = model.record()
             mtype = MessageType.TRAIN if kind == "train" else rec.SECAGG_ACTION
             return Message(content, dst_node_id=node, message_type=mtype)
 
         asked = [n for n in self.nodes if kind == "train" or payload.get(n)]
         stage = stage or kind
         trip = told_exchange(
-            self.grid, self.nodes, build, self._on_reply, self.plan, self.journal, round_, stage, asked
+            self.grid,
+            self.nodes,
+            build,
+            self._on_reply,
+            self.plan,
+            self.journal,
+            round_,
+            stage,
+            asked,
+            one_at_a_time=kind == "train",  # masked inputs: fold each in and free it before taking the next
+            after_push=model.release if model is not None else None,
         )
         if trip.resent and (s := self._session(round_)) is not None:
             s.resent += [
@@ -218,7 +230,7 @@ class SecureRounds:
             self.declared[who.member] = who.examples
         if self.ledger is not None and who is not None:
             self.ledger.observe(node, who)
-        for raw in rec.read_protocol(content):
+        for raw in rec.protocol_views(content):  # views into the reply: a masked input is not copied
             self._route(node, claimed, raw)
         if rec.FIT in content and claimed is not None:
             fit = rec.FitReport.from_metrics(content[rec.FIT])
@@ -467,11 +479,11 @@ class SecureRounds:
         if agg is None:
             res.skipped = _why_skipped(s)
             return res
-        total, weight = agg.weighted_sum(self.params)
-        if weight <= 0:
+        mean, weight = agg.weighted_mean(self.params)
+        if mean is None:
             res.skipped = "the aggregate has zero total weight"
             return res
-        res.mean_update = total / weight
+        res.mean_update = mean
         res.total_weight = float(weight)
         res.aggregated = list(agg.survivors)
         res.weights_capped = self._capped(res.aggregated, s.contribution)
@@ -494,13 +506,42 @@ class SecureRounds:
 
     def evaluate(self, round_: int, model: np.ndarray) -> EvalSummary | None:
         self._evals = []
+        shared = _SharedModel(model)
 
         def build(node: int) -> Message:
-            content = RecordDict({rec.MODEL: rec.vector_record(model), rec.CONFIG: self._config(round_, node)})
+            content = RecordDict({rec.MODEL: shared.record(), rec.CONFIG: self._config(round_, node)})
             return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
 
-        told_exchange(self.grid, self.nodes, build, self._on_reply, self.plan, self.journal, round_, "final evaluation")
+        told_exchange(
+            self.grid,
+            self.nodes,
+            build,
+            self._on_reply,
+            self.plan,
+            self.journal,
+            round_,
+            "final evaluation",
+            after_push=shared.release,
+        )
         return EvalSummary.combine(self._evals)
+
+
+class _SharedModel:
+    """A trip's model record: built on first use and shared by every node's message (Flower
+    serializes the vector into it: 4d bytes once, not once per node), let go once the messages are
+    pushed (a node sent again gets it built again)."""
+
+    def __init__(self, vector: np.ndarray) -> None:
+        self.vector = vector
+        self._record: ArrayRecord | None = None
+
+    def record(self) -> ArrayRecord:
+        if self._record is None:
+            self._record = rec.vector_record(self.vector)
+        return self._record
+
+    def release(self) -> None:
+        self._record = None
 
 
 def _why_skipped(s: _Session) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedloom.malloc import return_big_buffers
+
 from .driver import RunSettings, initial_model, model_hash, run_federation
 
 
@@ -65,6 +67,7 @@ def make_server_app(settings: RunSettings | Callable[[dict], RunSettings]) -> Se
         if callable(settings):  # Flower's own process (deployment, `flwr run`): its output is the run's log
             log_to_stdout()
         run_settings = settings(dict(context.run_config)) if callable(settings) else settings
+        return_big_buffers()  # the d-long buffers of a round go back to the OS when dropped (fedloom.malloc)
         try:
             run_federation(grid, run_settings)
         finally:

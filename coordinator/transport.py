@@ -101,6 +101,8 @@ def exchange(
     watch: Callable[[str, Exchange, list[int]], None] | None = None,
     watch_every: float = 15.0,
     max_poll: float = 0.25,
+    one_at_a_time: bool = False,
+    after_push: Callable[[], None] | None = None,
 ) -> Exchange:
     """Send `build(node)` to each node (None: nothing for it); call `on_reply` for each good reply
     as it arrives, until all are answered or `timeout`.
@@ -119,7 +121,13 @@ def exchange(
     A stop request (Ctrl-C) raises coordinator.stop.RunInterrupted at the next poll.
 
     `watch(what, exchange, nodes)`, if given, hears "resent" (nodes sent again) as it happens and
-    "waiting" (nodes still awaited) every `watch_every` seconds: the operator's live view."""
+    "waiting" (nodes still awaited) every `watch_every` seconds: the operator's live view.
+
+    Every reply is dropped as soon as `on_reply` returns. With `one_at_a_time` (replies of d
+    coordinates: masked inputs) each awaited reply is pulled on its own, so the coordinator never
+    holds more than one of them, whatever number of them the SuperLink has ready: n small pulls per
+    poll instead of one. `after_push()`, if given, is called after every push (the caller may let go of
+    what only the messages needed; a resend builds them again)."""
     out = Exchange()
     waiting: dict[str, int] = {}  # message id -> node
 
@@ -132,6 +140,12 @@ def exchange(
                 waiting[msg.metadata.message_id] = node
             else:
                 out.errors[node] = "the SuperLink did not accept the message"
+        del msgs
+        if after_push is not None:
+            after_push()
+
+    def fold(reply: Message) -> None:
+        _fold_reply(reply, waiting, away, out, on_reply, grace, max_resends)
 
     push(list(nodes))
     away: dict[int, tuple[str, float]] = {}  # node -> (the error it got, when to stop waiting for it)
@@ -140,11 +154,8 @@ def exchange(
     next_note = time.monotonic() + watch_every
     while (waiting or away) and time.monotonic() < deadline:
         STOP.check()
-        got = list(grid.pull_messages(list(waiting))) if waiting else []
-        for reply in got:
-            _fold_reply(reply, waiting, away, out, on_reply, grace, max_resends)
+        got = _pull_and_fold(grid, waiting, fold, one_at_a_time)
         wait = poll if got else min(max_poll, wait * 1.5)
-        del got
         if away and time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
             back = _recheck_away(grid, away, out, grace)
@@ -159,6 +170,20 @@ def exchange(
             time.sleep(wait)
     out.errors.update({node: reason for node, (reason, _) in away.items()})
     return out
+
+
+def _pull_and_fold(grid: Grid, waiting: dict[str, int], fold: Callable[[Message], None], one: bool = False) -> int:
+    """Pull what is ready of the awaited replies and fold each in, dropping it right after; how many came.
+
+    `one`: pull the awaited replies one message id at a time."""
+    batches = [[mid] for mid in list(waiting)] if one else [list(waiting)] if waiting else []
+    count = 0
+    for ids in batches:
+        got = list(grid.pull_messages(ids))
+        count += len(got)
+        while got:
+            fold(got.pop(0))  # the list lets go of each reply once it is folded in
+    return count
 
 
 def _fold_reply(
@@ -212,6 +237,8 @@ def told_exchange(
     round_: int,
     stage: str,
     asked: list[int] | None = None,
+    one_at_a_time: bool = False,
+    after_push: Callable[[], None] | None = None,
 ) -> Exchange:
     """One trip (`exchange` with the plan's timeout and grace), told on the operator's console: the
     stage line with who is `asked` (default: every node) before it, live waits during, the outcome after."""
@@ -225,6 +252,8 @@ def told_exchange(
         on_reply,
         plan.reconnect_grace,
         watch=journal.watcher(round_, stage),
+        one_at_a_time=one_at_a_time,
+        after_push=after_push,
     )
     journal.trip_done(round_, stage, asked, trip)
     return trip

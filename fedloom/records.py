@@ -7,18 +7,24 @@ metrics, and the participant's evaluation of the model it received.
 Every key a record carries is named here and nowhere else (tests/test_records.py checks it); the
 other modules build and read records through the typed classes below (`Who`, `FitReport`,
 `EvalReport`, `RefusalReport`, `request_config`). The bytes on the wire are those of earlier
-versions: old and new coordinators and members interoperate.
+versions, except that a protocol message over PART_BYTES (16 MiB: a masked input once d is above
+about 4 million) now travels in parts (`protocol_record`): a coordinator reads an earlier member's
+reply, an earlier coordinator cannot read a new member's big masked input (a run uses one app
+bundle on every side, pinned by hash, so versions do not mix within a federation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 
 MODEL = "model"  # ArrayRecord {"vector": float32[d]}
 UPDATE = "update"  # ArrayRecord {"vector": float32[d]} (plaintext mode only)
@@ -26,6 +32,7 @@ CONFIG = "config"  # ConfigRecord: round, plan, plan-hash, flags
 FIT = "fit"  # MetricRecord: FitReport (num-examples, train-loss, clipped, probe-loss)
 EVAL = "eval"  # ConfigRecord: EvalReport (loss, accuracy, num-examples) of the received model
 PROTOCOL = "secagg"  # ArrayRecord {"0": uint8[...], "1": ...}: encoded protocol messages, in order
+# (a message over PART_BYTES travels in parts: "i" holds its first PART_BYTES, "i.1", "i.2", ... the rest)
 REFUSAL = "refusal"  # ConfigRecord: RefusalReport (member, round, rule, detail): a policy refusal
 WHO = "who"  # ConfigRecord: Who (member, examples when public, ledger-head)
 SECAGG_ACTION = "query.secagg"  # message type of trips that only carry protocol messages
@@ -63,7 +70,7 @@ def training_round(protocol_round_: int) -> int:
 def model_digest(vector: np.ndarray) -> bytes:
     """SHA-256 of a model vector's float32 bytes: what a member trained on, bound into what it signs
     (the same digest, hex, as a model card's `sha256`)."""
-    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).digest()
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32)).digest()  # the buffer, not a copy of it
 
 
 def vector_record(vec: np.ndarray) -> ArrayRecord:
@@ -71,19 +78,105 @@ def vector_record(vec: np.ndarray) -> ArrayRecord:
 
 
 def read_vector(content: RecordDict, key: str) -> np.ndarray:
-    return content[key][VECTOR].numpy()
+    """The record's vector: a read-only view into the message's own bytes when it is a plain 1-D
+    float32 .npy (Flower's `.numpy()` would copy the d floats), else Flower's copy."""
+    array = content[key][VECTOR]
+    view = _npy_view(array, np.dtype(np.float32))
+    return view if view is not None else array.numpy()
+
+
+PART_BYTES = 16 << 20
 
 
 def protocol_record(encoded: list[bytes]) -> ArrayRecord:
-    """Protocol messages in their own byte encoding, as uint8 arrays (big ones travel chunked)."""
-    return ArrayRecord({str(i): Array(np.frombuffer(b, dtype=np.uint8)) for i, b in enumerate(encoded)})
+    """Protocol messages in their own byte encoding, as uint8 arrays (Flower chunks each for the wire).
+
+    A message over PART_BYTES (a masked input: 4d bytes) is cut into arrays of PART_BYTES: Flower
+    rebuilds each received array with two passing copies of it (the joined chunks, then `bytes` of
+    them), so a receiver that takes one big array in holds about three times the message at once;
+    in parts it holds the message and two copies of one part. Smaller messages keep the layout of
+    earlier versions (one array each, keys "0", "1", ...)."""
+    arrays: dict[str, Array] = {}
+    for i, raw in enumerate(encoded):
+        view = memoryview(raw)
+        for j, start in enumerate(range(0, max(len(view), 1), PART_BYTES)):
+            arrays[str(i) if j == 0 else f"{i}.{j}"] = _uint8_array(view[start : start + PART_BYTES])
+    return ArrayRecord(arrays)
+
+
+def _part_keys(record: ArrayRecord) -> list[list[str]]:
+    """The keys of each message's parts, in order: [["0"], ["1", "1.1", "1.2"], ...]."""
+    out = []
+    for i in range(sum(1 for k in record if "." not in k)):
+        keys = [str(i)]
+        while f"{i}.{len(keys)}" in record:
+            keys.append(f"{i}.{len(keys)}")
+        out.append(keys)
+    return out
+
+
+def _uint8_array(raw: bytes | memoryview) -> Array:
+    """`Array(np.frombuffer(raw, dtype=np.uint8))` byte for byte (np.save's .npy: a 1.0 header, then
+    the bytes), built with one copy of `raw` where np.save into a buffer makes two."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (len(raw),)})
+    return Array(dtype="uint8", shape=(len(raw),), stype=SType.NUMPY, data=header.getvalue() + raw)
 
 
 def read_protocol(content: RecordDict) -> list[bytes]:
     if PROTOCOL not in content:
         return []
     record = content[PROTOCOL]
-    return [record[str(i)].numpy().tobytes() for i in range(len(record))]
+    return [b"".join(record[k].numpy().tobytes() for k in keys) for keys in _part_keys(record)]
+
+
+def protocol_views(content: RecordDict) -> list[bytes | memoryview]:
+    """`read_protocol` without copies, for the coordinator: a masked input is 4d bytes, and Flower's
+    `Array.numpy()` copies it once and `.tobytes()` again. Each message is a read-only view into the
+    record's own buffer (kept alive by the view) once its .npy header says uint8, 1-D and the exact
+    length; anything else takes the copying path, which decodes (or refuses) it as before.
+
+    A message in parts is copied once, into one buffer of its size, each part taken out of the
+    record (and so freed) as soon as it is in: the reply holds the message once, not twice."""
+    if PROTOCOL not in content:
+        return []
+    record = content[PROTOCOL]
+    return [_uint8_view(record[keys[0]]) if len(keys) == 1 else _joined(record, keys) for keys in _part_keys(record)]
+
+
+def _joined(record: ArrayRecord, keys: list[str]) -> memoryview:
+    views = [_uint8_view(record[k]) for k in keys]
+    buf = bytearray(sum(len(v) for v in views))
+    at = 0
+    for k in keys:
+        part = views.pop(0)
+        buf[at : at + len(part)] = part
+        at += len(part)
+        del part, record[k]  # this part's bytes go now
+    return memoryview(buf)
+
+
+def _uint8_view(array: Array) -> bytes | memoryview:
+    view = _npy_view(array, np.dtype(np.uint8))
+    return memoryview(view) if view is not None else array.numpy().tobytes()
+
+
+def _npy_view(array: Array, want: np.dtype) -> np.ndarray | None:
+    """A read-only 1-D view of an Array's .npy bytes when its header says exactly `want`, 1-D, C order
+    and the length the bytes hold; None otherwise (the caller then takes Flower's copying path)."""
+    data = array.data
+    if array.stype != SType.NUMPY or not isinstance(data, bytes):
+        return None
+    f = io.BytesIO(data)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with contextlib.suppress(ValueError):
+        version = np.lib.format.read_magic(f)
+        if version in read:
+            shape, fortran, dtype = read[version](f)
+            start = f.tell()
+            if dtype == want and len(shape) == 1 and not fortran and start + shape[0] * want.itemsize == len(data):
+                return np.frombuffer(data, dtype=want, offset=start)
+    return None
 
 
 def request_config(round_: int, plan_json: str, plan_hash: str, extra: Mapping[str, Any] = ()) -> ConfigRecord:

@@ -27,6 +27,7 @@ from flwr.clientapp import ClientApp
 from fedloom import records as rec
 from fedloom import triplog
 from fedloom.kits import MemberKit
+from fedloom.malloc import return_big_buffers
 from fedloom.policy import PolicyRefusal
 from fedloom.session import protocol_params
 from protocol.errors import ProtocolError, Rule
@@ -42,6 +43,7 @@ from .trainer import LocalTrainer
 
 log = logging.getLogger("fedloom.participant")
 app = ClientApp()
+return_big_buffers()  # in every process that loads the ClientApp: its d-long buffers go back to the OS when dropped
 
 
 def _check_policy(view: NodeView, msg: Message) -> None:
@@ -110,6 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         replies, masked = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
         out[rec.PROTOCOL] = rec.protocol_record(replies)
+        del replies  # the record holds the bytes now (the masked input is 4d of them)
         clipped = masked.clipped if masked is not None else 0
         if not fit and view.plan.contribution.enabled:
             # left out of this round (e.g. by the quality floor): train anyway, upload nothing, and

@@ -39,7 +39,7 @@ CARD_VERSION = 1
 
 def vector_hash(vector: np.ndarray) -> str:
     """SHA-256 of the float32 parameter vector: the coordinator's ledger `model_hash`."""
-    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32)).hexdigest()  # no copy
 
 
 def named_tensors(model: torch.nn.Module, vector: np.ndarray) -> dict[str, np.ndarray]:

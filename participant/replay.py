@@ -15,7 +15,6 @@ the Simulation Engine misses a heartbeat.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedloom.files import atomic_write_bytes
+from fedloom.files import atomic_write
 
 log = logging.getLogger("fedloom.participant")
 REPLY_FILE = "last-reply.npz"
@@ -77,6 +76,9 @@ def save(state_dir: Path, kept: KeptReply) -> None:
     """Replace the kept reply atomically (a crash leaves the old one or the new one)."""
     meta = {"count": len(kept.replies), "info": kept.info, "fit": kept.fit}
     arrays = {f"reply-{i}": np.frombuffer(raw, dtype=np.uint8) for i, raw in enumerate(kept.replies)}
-    buf = io.BytesIO()
-    np.savez(buf, digest=np.array(kept.digest), meta=np.array(json.dumps(meta, default=_plain)), **arrays)
-    atomic_write_bytes(state_dir / REPLY_FILE, buf.getvalue(), mode=0o600)
+
+    def write(tmp: str) -> None:  # straight into the file: an in-memory archive would be two more copies of 4d
+        with open(tmp, "wb") as f:
+            np.savez(f, digest=np.array(kept.digest), meta=np.array(json.dumps(meta, default=_plain)), **arrays)
+
+    atomic_write(state_dir / REPLY_FILE, write, mode=0o600)

@@ -115,6 +115,7 @@ def answer(
                 if msg.weights:  # a contribution policy's public weight (the protocol checks the table)
                     weight = dict(zip(msg.shared, msg.weights, strict=False)).get(participant.member, weight)
                 reply = participant.mask(msg, update, weight, model_digest)
+                del update  # d floats: masked now, not needed while the reply is encoded
                 masked = Masked(weight, int(examples), participant.clipped)
             else:
                 reply = participant.handle(msg)
@@ -124,4 +125,5 @@ def answer(
             log.warning("member %d refused a request of protocol round %d: %s", participant.member, pround, err)
             reply = Refusal(pround, participant.member, err.rule.value, err.detail)
         out.append(reply.encode())
+        del reply  # a masked input's d ring elements go before the next message (or the record) is built
     return out, masked

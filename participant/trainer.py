@@ -91,5 +91,7 @@ class LocalTrainer:
             result = self.task.train(self.model, self.data.train, cfg, self.device, optimizer_state=optimizer_state)
         else:
             result = self.task.train(self.model, self.data.train, cfg, self.device)
-        update = tasks.model_to_vector(self.model) - vector.astype(np.float32, copy=False)
-        return LocalResult(update.astype(np.float32, copy=False), result.num_examples, result.loss)
+        self.model.zero_grad(set_to_none=True)  # the last step's gradients (d floats) are not needed any more
+        update = tasks.model_to_vector(self.model)
+        update -= vector  # in place: one d-long vector, not two
+        return LocalResult(update, result.num_examples, result.loss)

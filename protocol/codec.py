@@ -48,8 +48,10 @@ class Writer:
         return self
 
     def var(self, data: bytes | memoryview) -> Writer:
-        raw = bytes(data)  # len() of a memoryview counts items, not bytes
-        self.u32(len(raw))
+        # a byte view, not a copy: getvalue() copies once (a masked vector is 4d bytes);
+        # len() of a memoryview counts items, not bytes, hence the cast
+        raw = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.u32(raw.nbytes if isinstance(raw, memoryview) else len(raw))
         self._parts.append(raw)
         return self
 

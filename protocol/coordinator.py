@@ -58,7 +58,7 @@ from .messages import (
 )
 from .params import ProtocolParams
 from .participant import parse_share_plaintext, shares_signed_by_dealer
-from .quantize import dequantize
+from .quantize import dequantize, weighted_mean
 from .roster import Roster
 from .stages import Stage
 from .verify import verify_bundle
@@ -80,6 +80,10 @@ class AggregateResult:
     def weighted_sum(self, params: ProtocolParams) -> tuple[np.ndarray, int]:
         """(sum of w_i x_i as float64, sum of w_i)."""
         return dequantize(self.total, params, self.public_total)
+
+    def weighted_mean(self, params: ProtocolParams) -> tuple[np.ndarray | None, int]:
+        """(sum of w_i x_i / sum of w_i as float32, sum of w_i), in chunks (see quantize.weighted_mean)."""
+        return weighted_mean(self.total, params, self.public_total)
 
 
 @dataclass

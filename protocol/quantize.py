@@ -95,9 +95,34 @@ def quantize(
     return QuantizedInput(out, clipped)
 
 
-def dequantize(
+def weighted_mean(
     total: np.ndarray, params: ProtocolParams, public_total: int | None = None
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray | None, int]:
+    """(sum of w*x / sum of w as float32, sum of w) from an unmasked ring sum; (None, sum of w) when
+    the weights sum to zero or less. The same float64 arithmetic as `dequantize` then a division,
+    bit for bit, but chunk by chunk: no d-long float64 vectors (8 bytes per coordinate each)."""
+    if total.shape != (params.masked_length,) or total.dtype != params.dtype:
+        raise ProtocolError(Rule.INPUT_LENGTH, "aggregate has the wrong shape or dtype")
+    weight = int(total[-1])
+    if weight <= 0:
+        return None, weight
+    signed = total[:-1].view(np.int32 if params.ring_bits == 32 else np.int64)
+    out = np.empty(signed.shape[0], dtype=np.float32)
+    step = min(CHUNK, max(1, signed.shape[0]))
+    buf = np.empty(step, dtype=np.float64)
+    for s in range(0, signed.shape[0], step):
+        part = buf[: min(step, signed.shape[0] - s)]
+        np.copyto(part, signed[s : s + part.shape[0]], casting="unsafe")
+        if public_total is None:
+            part /= params.scale
+        else:
+            part *= public_total / params.public_scale
+        part /= weight
+        out[s : s + part.shape[0]] = part
+    return out, weight
+
+
+def dequantize(total: np.ndarray, params: ProtocolParams, public_total: int | None = None) -> tuple[np.ndarray, int]:
     """(sum of w*x as float64, sum of w) from an unmasked ring sum. `public_total`: the sum of C1's
     public weights, when inputs were pre-multiplied by their fractions of it."""
     if total.shape != (params.masked_length,) or total.dtype != params.dtype:

@@ -8,6 +8,7 @@ covers every parameter and every floating-point buffer (integer buffers such as 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,6 +35,18 @@ def model_to_vector(model: torch.nn.Module) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
+def _float32_tensor(vec: np.ndarray) -> torch.Tensor:
+    """`vec` as a float32 CPU tensor sharing its memory (it is only read from): no d-long copy. A
+    read-only array (a view into a received message) is wrapped the same way; torch's warning that
+    writes through the tensor would be undefined does not apply to a tensor that is only copied from."""
+    src = np.ascontiguousarray(vec, dtype=np.float32)
+    if src.flags.writeable:
+        return torch.from_numpy(src)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(src)
+
+
 def vector_to_model(model: torch.nn.Module, vec: np.ndarray) -> None:
     """Write ``vec`` into the model in place; the exact inverse of :func:`model_to_vector`.
 
@@ -46,7 +59,7 @@ def vector_to_model(model: torch.nn.Module, vec: np.ndarray) -> None:
     expected = num_parameters(model)
     if vec.shape[0] != expected:
         raise ValueError(f"parameter vector has {vec.shape[0]} entries, but the model needs {expected}")
-    flat = torch.from_numpy(np.array(vec, dtype=np.float32))  # a private, writable copy
+    flat = _float32_tensor(vec)
     offset = 0
     with torch.no_grad():
         for tensor in _entries(model):

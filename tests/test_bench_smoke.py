@@ -350,3 +350,38 @@ def test_profile_report_splits_each_trip_into_participants_and_the_rest(tmp_path
     assert rep["server_seconds"] == 9.0 and "server_top_self" in rep
     parts = {r["part"].strip(): r for r in rep["client_breakdown"]}
     assert "protocol: mask (quantize + masks)" in parts and parts["local training"]["calls"] == 0
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def test_memory_rows_are_judged_against_the_issue_targets():
+    from console.bench import memory
+
+    assert memory.parse_sizes("1e7, 1.35e8,100000000") == [10**7, 134_515_008, 10**8]
+    with pytest.raises(ValueError, match="sized synthetic"):
+        memory.parse_sizes("3e7")
+    watch = memory.Watch(lambda: {})
+    watch.procs = {
+        "coordinator": {1: memory.Proc(idle=100, peak=100 + 3 * 4 * 1000, reset=True)},
+        "member": {2: memory.Proc(idle=50, peak=250 + 6 * 4 * 1000)},
+    }
+    row = memory.judge({"d": 1000, "mode": "deployment", **watch.figures(1000, member_base=250)})
+    assert row["ratio"] == pytest.approx(3.0) and row["met"]  # the deployment target is <= 3 x 4d
+    assert row["member_ratio"] == pytest.approx(6.0) and not row["member_met"]
+    row = memory.judge({"d": 1000, "mode": "simulation", **watch.figures(1000, member_base=250)})
+    assert row["target_ratio"] == 4.0
+    memory.table([row])  # renders
+
+
+def test_memory_quick_run_measures_a_real_secure_simulation(tmp_path):
+    from console.bench import memory
+
+    out = tmp_path / "memory.json"
+    assert memory.main(["--quick", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["d"], row["mode"], row["members"]) == (10**4, "simulation", 4)
+    for key in ("coordinator_idle_rss_bytes", "coordinator_peak_rss_bytes", "member_peak_rss_bytes"):
+        assert row[key] > 50 * 2**20, key  # a Python process with Flower (and torch, for a member) loaded
+    assert row["coordinator_peak_rss_bytes"] >= row["coordinator_idle_rss_bytes"]
+    assert row["member_base_rss_bytes"] > 0 and isinstance(row["met"], bool)

@@ -55,7 +55,7 @@ STEPS = ("pull_wait", "launch", "start_imports", "handler", "train", "reply", "c
 PLAN = """rounds = {rounds}
 seed = 0
 [plan.task]
-name = "digits"
+name = "{task}"
 partition = "iid"
 [plan.training]
 epochs = 1
@@ -123,6 +123,7 @@ class Federation:
     members: list[str]
     secure: bool
     rounds: int
+    task: str = "digits"  # `fedloom bench memory` runs its sized synthetic tasks here
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -140,7 +141,7 @@ class Federation:
         import tasks
 
         members = "".join(f'[[members]]\nname = "{m}"\n' for m in self.members)
-        plan = PLAN.format(rounds=self.rounds, secure="true" if self.secure else "false")
+        plan = PLAN.format(rounds=self.rounds, secure="true" if self.secure else "false", task=self.task)
         text = (
             f'[federation]\nname = "bench-deployment"\naddress = "127.0.0.1:{self.port}"\nsans = ["127.0.0.1"]\n'
             f"{members}[plan]\n{plan}"
@@ -152,7 +153,7 @@ class Federation:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"fedloom provision failed: {(proc.stdout + proc.stderr)[-1500:]}")
-        tasks.export_partitions("digits", self.root / "data", len(self.members), "iid")
+        tasks.export_partitions(self.task, self.root / "data", len(self.members), "iid")
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         out = (self.root / f"{name}.out").open("ab")
