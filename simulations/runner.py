@@ -58,7 +58,25 @@ def start_ray(init_args: dict[str, Any]) -> None:
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath  # Ray's workers need the driver's import path
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this one
+            if RAY_START_TIMEOUT not in str(exc) or attempt == RAY_START_ATTEMPTS:
+                raise
+            stop_ray()
+            log.warning(
+                "Ray did not start within its fixed 30 s (a busy machine?); starting it again (try %d)", attempt + 1
+            )
+
+
+log = logging.getLogger("fedloom.simulate")
+
+# Ray waits a fixed 30 s for its raylet to register (ray/_private/node.py, not configurable); on a
+# machine busy with other work that can run out although nothing is wrong: try again, twice at most.
+RAY_START_TIMEOUT = "timed out during startup"
+RAY_START_ATTEMPTS = 3
 
 
 def stop_ray() -> None:
