@@ -65,7 +65,7 @@ def start_ray(init_args: dict[str, Any]) -> None:
         except Exception as exc:  # Ray raises a bare Exception for this one
             if RAY_START_TIMEOUT not in str(exc) or attempt == RAY_START_ATTEMPTS:
                 raise
-            stop_ray()
+            ray.shutdown()  # whatever it started (GCS, raylet) goes, even though init did not finish
             log.warning(
                 "Ray did not start within its fixed 30 s (a busy machine?); starting it again (try %d)", attempt + 1
             )
