@@ -134,14 +134,28 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     if not summary_path.exists():
         raise RunFailed(f"the simulation ended without writing {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text())
-    if scenario.report.enabled and not summary.get("interrupted"):
-        from coordinator.outputs import write_json
+    if not summary.get("interrupted"):
+        finish(scenario, out_dir, summary, getattr(observer, "note", None))
+    return summary
 
+
+def finish(scenario: Scenario, out_dir: Path, summary: dict[str, Any], note: Callable[[str], None] | None) -> None:
+    """After a finished run: the consortium report ([report]), then, for a Hugging Face LM task, the
+    N+1 models as HF model directories (simulations/hf_models.py); both noted in summary.json."""
+    from coordinator.outputs import SUMMARY, write_json
+
+    from .hf_models import export_run, is_hf_task
+
+    changed = False
+    if scenario.report.enabled:
         from .tapestry import build_report
 
-        note = getattr(observer, "note", None)
         if note:
             note("report: training the member-alone and centralized baselines and the sovereign builds")
         summary["report"] = build_report(scenario, out_dir, summary, note)
-        write_json(summary_path, summary)
-    return summary
+        changed = True
+    if (out_dir / "model.safetensors").is_file() and is_hf_task(scenario.plan):
+        summary["hf_models"] = export_run(scenario, out_dir, summary, note)
+        changed = True
+    if changed:
+        write_json(out_dir / SUMMARY, summary)

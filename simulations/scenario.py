@@ -11,7 +11,8 @@ tables make the plan (see fedloom.plan); the rest is the scenario's own:
     [[members]]   name = "morocco", country = "MA"   (optional, one per participant, in order;
                   names the kits, the report's rows and the model folders; default member-1..n)
     [report]      sovereign_steps = 150, ...   (the per-language consortium report, see
-                  simulations/tapestry.py; tasks with bits per character only)
+                  simulations/tapestry.py; tasks with bits per character only;
+                  unheld = false scores only the members' own languages)
 
 Unknown keys are errors, so a typo never silently falls back to a default.
 """
@@ -49,6 +50,7 @@ class ReportSpec:
     sovereign_steps: int = 100  # each member's sovereign build: fine-tuning steps on its own data
     sovereign_lr: float = 0.0  # 0 = the plan's training.lr
     workers: int = 0  # processes for the baselines and sovereign builds; 0 = one per CPU
+    unheld: bool = True  # also score the languages no member holds (false: only the members' own, cheaper)
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,10 @@ def _check_report(report: ReportSpec, plan: Plan) -> None:
         task = tasks.get_task(plan.task.ref)
     except tasks.UnknownTaskError as exc:
         raise UserError(str(exc)) from exc
-    if not callable(getattr(task, "bits_per_char", None)):
-        raise UserError(f"[report] needs a task that reports bits per character (charlm); {plan.task.name} does not")
+    if not all(callable(getattr(task, hook, None)) for hook in ("bits_per_char", "scored_units")):
+        raise UserError(
+            f"[report] needs a task that reports bits per character (charlm, the hflm tasks); {plan.task.name} does not"
+        )
     if plan.task.partition != "groups":
         raise UserError('[report] compares members by their languages: it needs task.partition = "groups"')
 

@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from .scenario import Scenario
 
 REPORT_JSON, REPORT_MD, PLOT = "report.json", "report.md", "tapestry.png"
 TARGET_RATIO = 1.10  # "within 10 % of the centralized model"
-BASE, CENTRAL = "shared base", "centralized"
+BASE, CENTRAL, INITIAL = "shared base", "centralized", "initial model"
 
 
 # ---------------------------------------------------------------- jobs (run in worker processes)
@@ -56,7 +56,7 @@ BASE, CENTRAL = "shared base", "centralized"
 class Job:
     """One model to train (or fine-tune) and score on every language's held-out text."""
 
-    kind: str  # "base" | "centralized" | "alone" | "sovereign"
+    kind: str  # "initial" | "base" | "centralized" | "alone" | "sovereign"
     plan_json: str
     member: str = ""  # for alone / sovereign
     member_index: int = -1  # 0-based partition id
@@ -65,10 +65,11 @@ class Job:
     lr: float = 0.0
     source: str = ""  # base: the run's model file; sovereign: the member's model folder
     save_to: str = ""  # where to write the model (baselines), "" = do not
+    languages: tuple[str, ...] = ()  # the held-out languages to score; () = every language
 
     @property
     def label(self) -> str:
-        return {"base": BASE, "centralized": CENTRAL}.get(self.kind, f"{self.kind}:{self.member}")
+        return {"initial": INITIAL, "base": BASE, "centralized": CENTRAL}.get(self.kind, f"{self.kind}:{self.member}")
 
 
 def _member_data(plan: Plan, index: int):
@@ -101,7 +102,11 @@ def run_job(job: Job) -> dict[str, Any]:
     plan = Plan.from_json(job.plan_json)
     task = tasks.get_task(plan.task.ref)
     device = torch.device("cpu")
-    if job.kind == "base":
+    if job.kind == "initial":
+        from coordinator.driver import initial_model
+
+        vector = initial_model(plan)
+    elif job.kind == "base":
         from safetensors.numpy import load_file
 
         vector = load_file(job.source)["vector"]
@@ -118,6 +123,8 @@ def run_job(job: Job) -> dict[str, Any]:
     model = task.build_model()
     tasks.vector_to_model(model, vector)
     test = tasks.load_test(plan.task.ref, seed=plan.task.seed)
+    if job.languages:
+        test = test.subset(np.flatnonzero(np.isin(test.y, [task.label_index(c) for c in job.languages])))
     bpc = task.bits_per_char(model, test, device)
     if job.save_to:
         from safetensors.numpy import save_file
@@ -133,7 +140,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "bpc": bpc,
         "seconds": round(time.perf_counter() - t0, 2),
         "sha256": vector_hash(vector),
-        **({"steps": job.steps} if job.kind != "base" else {}),
+        **({"steps": job.steps} if job.kind not in ("initial", "base") else {}),
     }
 
 
@@ -163,21 +170,14 @@ def budget(plan: Plan) -> dict[str, Any]:
     return {"steps": 0, "epochs": plan.rounds * t.epochs, "unit": "epochs"}
 
 
-def _char_bytes(plan: Plan) -> dict[str, tuple[int, int]]:
-    """Per language: (scored bytes, characters) of its held-out windows (to convert nats/byte to bpc)."""
+def unit_counts(plan: Plan) -> dict[str, tuple[int, int]]:
+    """Per language: (scored units, characters) of its held-out windows, from the task's own
+    ``scored_units`` (units: bytes for charlm, tokens for the hflm tasks): what converts the
+    federation's loss (nats per scored unit) to bits per character."""
     import tasks
-    from tasks.charlm import LANGUAGES
-    from tasks.text import PAD, is_lead_byte
 
-    test = tasks.load_test(plan.task.ref, seed=plan.task.seed)
-    targets = np.asarray(test.x)[:, 1:]
-    real = targets != PAD
-    lead = is_lead_byte(targets) & real
-    out = {}
-    for label in np.unique(test.y):
-        rows = test.y == label
-        out[LANGUAGES[int(label)]] = (int(real[rows].sum()), int(lead[rows].sum()))
-    return out
+    task = tasks.get_task(plan.task.ref)
+    return task.scored_units(tasks.load_test(plan.task.ref, seed=plan.task.seed))
 
 
 def pooled(bpc: dict[str, float], languages: list[str], counts: dict[str, tuple[int, int]]) -> float:
@@ -190,20 +190,20 @@ def base_curve(out_dir: Path, plan: Plan, held: list[str], counts: dict[str, tup
     """Pooled bpc of the shared base after each round, from the federation's own evaluation.
 
     Row r of metrics.jsonl holds the members' evaluation of the model after round r, as nats per
-    scored byte over their held-out text; with every member answering that is exactly the pooled
-    nats/byte over the held languages, so bpc = loss x bytes / chars / ln 2. Rows where not every
+    scored unit (byte or token) over their held-out text; with every member answering that is exactly
+    the pooled nats/unit over the held languages, so bpc = loss x units / chars / ln 2. Rows where not every
     member answered are left out (the conversion would not be exact).
     """
     from coordinator.outputs import METRICS, read_jsonl
 
-    nbytes = sum(counts[c][0] for c in held)
+    units = sum(counts[c][0] for c in held)
     chars = sum(counts[c][1] for c in held)
     curve = []
     for row in read_jsonl(out_dir / METRICS):
         if row.get("eval_loss") is None or row.get("eval_participants", 0) < plan.participants:
             continue
         curve.append(
-            {"round": int(row["round"]), "pooled_bpc": round(row["eval_loss"] * nbytes / chars / math.log(2), 4)}
+            {"round": int(row["round"]), "pooled_bpc": round(row["eval_loss"] * units / chars / math.log(2), 4)}
         )
     return curve
 
@@ -225,11 +225,12 @@ def build_report(
     names, countries = scenario.member_names(), scenario.member_countries()
     groups = [list(g) for g in plan.task.group_labels()]
     held = [c for c in LANGUAGES if any(c in g for g in groups)]
-    unheld = [c for c in LANGUAGES if c not in held]
+    unheld = [c for c in LANGUAGES if c not in held] if spec.unheld else []
+    scored = () if spec.unheld else tuple(held)
     b = budget(plan)
     members_dir = out_dir / "members"
     pj = plan.canonical_json()
-    jobs = [Job("base", pj, source=str(out_dir / "model.safetensors"))]
+    jobs = [Job("initial", pj), Job("base", pj, source=str(out_dir / "model.safetensors"))]
     if spec.centralized:
         jobs.append(Job("centralized", pj, steps=b["steps"], epochs=b["epochs"], save_to=_bl(out_dir, "centralized")))
     if spec.alone:
@@ -244,9 +245,10 @@ def build_report(
                 )
             elif note:
                 note(f"report: {name} kept no final base (dropped out?): no sovereign build")
+    jobs = [replace(j, languages=scored) for j in jobs]
     workers = spec.workers or os.cpu_count() or 1
     results = run_jobs(jobs, min(workers, len(jobs)), note)
-    counts = _char_bytes(plan)
+    counts = unit_counts(plan)
     rows = []
     for r in results:
         bpc = {c: round(float(r["bpc"][c]), 4) for c in LANGUAGES if c in r["bpc"]}
@@ -293,7 +295,7 @@ def build_report(
             ),
         },
         "members": members,
-        "languages": list(LANGUAGES),
+        "languages": [c for c in LANGUAGES if c in held or c in unheld],
         "held_languages": held,
         "unheld_languages": unheld,
         "models": rows,
@@ -330,6 +332,8 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rows = {r["label"]: r for r in report["models"]}
     base = rows[BASE]
     out: dict[str, dict[str, Any]] = {}
+    if INITIAL in rows:
+        out["base_improves_every_members_languages"] = _improves(report, rows[INITIAL], base)
     alone = [r for r in report["models"] if r["kind"] == "alone"]
     if alone:
         langs_of = {m["name"]: set(m["languages"]) for m in report["members"]}
@@ -361,9 +365,25 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _improves(report: dict[str, Any], initial: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Every member's own languages: lower bpc with the shared base than with the initial model
+    (for a pretrained base in LoRA mode, the initial model IS the pretrained base: adapters start at 0)."""
+    cells = [(m["name"], c, initial["bpc"][c] - base["bpc"][c]) for m in report["members"] for c in m["languages"]]
+    worst = min(cells, key=lambda t: t[2])
+    won = sum(1 for *_, gain in cells if gain > 0)
+    return {
+        "pass": won == len(cells),
+        "cells": len(cells),
+        "cells_won": won,
+        "smallest_gain": {"member": worst[0], "language": worst[1], "bpc_initial_minus_base": round(worst[2], 4)},
+        "summary": f"{won}/{len(cells)} member x own-language cells improved over the initial model; smallest gain "
+        f"{worst[2]:+.3f} bpc ({worst[0]} on {worst[1]})",
+    }
+
+
 # ---------------------------------------------------------------- markdown and plot
 def _order(report: dict[str, Any]) -> list[dict[str, Any]]:
-    rank = {"base": 0, "centralized": 1, "sovereign": 2, "alone": 3}
+    rank = {"initial": 0, "base": 1, "centralized": 2, "sovereign": 3, "alone": 4}
     names = [m["name"] for m in report["members"]]
     return sorted(
         report["models"], key=lambda r: (rank[r["kind"]], names.index(r["member"]) if r["member"] in names else -1)

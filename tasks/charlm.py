@@ -441,6 +441,18 @@ class CharLMTask(Task):
         """Per-language bits per character; see :func:`bits_per_char`."""
         return bits_per_char(model, data, device)
 
+    def scored_units(self, data: Dataset) -> dict[str, tuple[int, int]]:
+        """Per language: (scored bytes, characters) of ``data``, so a loss in nats per byte (what
+        :meth:`evaluate` reports) converts to bits per character without the model."""
+        targets = np.asarray(data.x)[:, 1:]
+        real = targets != PAD
+        lead = is_lead_byte(targets) & real
+        return {
+            LANGUAGES[int(label)]: (int(real[rows].sum()), int(lead[rows].sum()))
+            for label in np.unique(data.y)
+            for rows in [data.y == label]
+        }
+
     def language_groups(self, groups: Iterable[Iterable[str]]) -> tuple[tuple[int, ...], ...]:
         """Language-code groups as label groups, e.g. ``[["arb", "tzm"], ["eng"]] -> ((0, 1), (10,))``."""
         return tuple(tuple(language_index(code) for code in group) for group in groups)

@@ -267,6 +267,28 @@ class HFCausalLMTask(Task):
             return hb.count_parameters(self.source())
         return num_parameters(self.build_model())
 
+    # ------------------------------------------------------------ export
+
+    def transformers_model(self, model: nn.Module) -> Any:
+        """A plain transformers model computing what ``model`` computes, for export: in LoRA mode the
+        adapters merged into a DEEP COPY of the weights (the base is shared and frozen in this process:
+        merging in place would change every LoRA model built on it); in full mode the model itself."""
+        lm = _wrapper(model).lm
+        if self.mode == "full":
+            return lm
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return copy.deepcopy(lm).merge_and_unload()
+
+    def hf_tokenizer(self) -> Any:
+        """The base's Hugging Face tokenizer (a byte-level one whose ids are the UTF-8 bytes for the tiny base)."""
+        codec = hb.load_codec(self.source())
+        if isinstance(codec, hb.TokenizerCodec):
+            return codec.tokenizer
+        from tasks.hf_export import byte_tokenizer
+
+        return byte_tokenizer()
+
     # ------------------------------------------------------------ train / evaluate
 
     def train(
@@ -340,6 +362,18 @@ class HFCausalLMTask(Task):
     def bits_per_char(self, model: nn.Module, data: Dataset, device: torch.device) -> dict[str, float]:
         """Per-language bits per character; see :func:`bits_per_char`."""
         return bits_per_char(model, data, device)
+
+    def scored_units(self, data: Dataset) -> dict[str, tuple[int, int]]:
+        """Per language: (scored tokens, characters they cover) of ``data``, so a loss in nats per
+        token (what :meth:`evaluate` reports) converts to bits per character without the model."""
+        x = np.asarray(data.x)
+        scored = (x[:, 0, 1:] != PAD_ID).sum(axis=1)
+        chars = x[:, 1, 1:].sum(axis=1)
+        return {
+            LANGUAGES[int(label)]: (int(scored[rows].sum()), int(chars[rows].sum()))
+            for label in np.unique(data.y)
+            for rows in [data.y == label]
+        }
 
     def probe(self, name: str, seed: int = 0) -> Dataset:
         """Public probe sets as charlm's: ``"test"`` or language codes joined by ``+``."""

@@ -251,14 +251,19 @@ def test_report_has_every_language_for_every_model_and_states_its_checks(tmp_pat
     short = build_report(sc, out, {"secure_aggregation": True, "wall_seconds": 1.0})
     report = json.loads((out / "report.json").read_text())
     kinds = sorted(r["kind"] for r in report["models"])
-    assert kinds == ["alone"] * 3 + ["base", "centralized"] + ["sovereign"] * 3
+    assert kinds == ["alone"] * 3 + ["base", "centralized", "initial"] + ["sovereign"] * 3
     for row in report["models"]:
         assert set(row["bpc"]) == set(LANGUAGES), row["label"]
         assert all(np.isfinite(v) and v > 0 for v in row["bpc"].values())
     assert report["held_languages"] == ["kri", "spa", "glg", "eng", "jam"]
     assert report["budget"]["steps"] == 6  # rounds x local steps, for alone and centralized alike
     assert {r["steps"] for r in report["models"] if r["kind"] in ("alone", "centralized")} == {6}
-    assert set(short["checks"]) == {"base_beats_alone_on_other_languages", "base_within_10pct_of_centralized"}
+    assert set(short["checks"]) == {
+        "base_improves_every_members_languages",
+        "base_beats_alone_on_other_languages",
+        "base_within_10pct_of_centralized",
+    }
+    assert report["checks"]["base_improves_every_members_languages"]["cells"] == 5  # the members' own languages
     assert report["checks"]["base_beats_alone_on_other_languages"]["cells"] == 3 + 3 + 4  # others' languages
     assert all(m["final_base_matches"] for m in report["members"])
     assert [p["round"] for p in report["curve"]] == [0, 1, 2]
@@ -282,9 +287,9 @@ def test_curve_conversion_is_exact_and_rounds_to():
     parts = [simulated(plan.task, i, 3).test for i in range(3)]
     evs = [TASK.evaluate(model, p, CPU) for p in parts]
     loss = sum(e.loss * e.num_examples for e in evs) / sum(e.num_examples for e in evs)
-    from simulations.tapestry import _char_bytes, pooled
+    from simulations.tapestry import pooled, unit_counts
 
-    counts = _char_bytes(plan)
+    counts = unit_counts(plan)
     held = ["kri", "spa", "glg", "eng", "jam"]
     nbytes, chars = sum(counts[c][0] for c in held), sum(counts[c][1] for c in held)
     via_eval = loss * nbytes / chars / np.log(2)
@@ -337,7 +342,7 @@ def test_tiny_tapestry_end_to_end(tmp_path):
         sovereign = read_model(folder, "sovereign", TASK.build_model())
         assert sovereign.card["derived_from"] == model_hash(final)
     report = json.loads((out / "report.json").read_text())
-    assert len(report["models"]) == 2 + 3 * 2 and all(len(r["bpc"]) == len(LANGUAGES) for r in report["models"])
+    assert len(report["models"]) == 3 + 3 * 2 and all(len(r["bpc"]) == len(LANGUAGES) for r in report["models"])
     assert [p["round"] for p in report["curve"]] == [0, 1, 2]
 
 
