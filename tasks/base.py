@@ -165,6 +165,19 @@ class EvalResult:
     num_examples: int
 
 
+def scored_eval_result(stats: dict[str, np.ndarray], unit: str) -> EvalResult:
+    """Mean nats per scored `unit` (byte, token) and next-unit accuracy from per-window sums
+    (`nats`, `correct`, and `unit + "s"`: how many targets each window scored)."""
+    scored = int(stats[f"{unit}s"].sum())
+    if scored == 0:
+        raise ValueError(f"the data has no scored {unit}s (all targets are padding)")
+    return EvalResult(
+        loss=float(stats["nats"].sum() / scored),
+        accuracy=float(stats["correct"].sum() / scored),
+        num_examples=scored,
+    )
+
+
 class Task(ABC):
     """One federated learning problem: data, model, local training and evaluation.
 

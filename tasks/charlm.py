@@ -49,6 +49,7 @@ from tasks.base import (
     TrainResult,
     make_optimizer,
     minibatches,
+    scored_eval_result,
 )
 from tasks.registry import register_task
 from tasks.text import PAD, VOCAB_SIZE, is_lead_byte, split_bytes, windows
@@ -405,15 +406,7 @@ class CharLMTask(Task):
         self, model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 256
     ) -> EvalResult:
         """Mean nats per scored byte, next-byte accuracy, and the number of scored bytes."""
-        stats = window_stats(model, data, device, batch_size)
-        scored = int(stats["bytes"].sum())
-        if scored == 0:
-            raise ValueError("the data has no scored bytes (all targets are padding)")
-        return EvalResult(
-            loss=float(stats["nats"].sum() / scored),
-            accuracy=float(stats["correct"].sum() / scored),
-            num_examples=scored,
-        )
+        return scored_eval_result(window_stats(model, data, device, batch_size), "byte")
 
     def probe(self, name: str, seed: int = 0) -> Dataset:
         """A public probe set for the contribution policy, named in the plan (and hashed there).

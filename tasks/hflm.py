@@ -54,7 +54,17 @@ from torch import nn
 from torch.nn import functional as F
 
 import tasks.hflm_base as hb
-from tasks.base import Dataset, EvalResult, Task, TokenDataset, TrainConfig, TrainResult, make_optimizer, minibatches
+from tasks.base import (
+    Dataset,
+    EvalResult,
+    Task,
+    TokenDataset,
+    TrainConfig,
+    TrainResult,
+    make_optimizer,
+    minibatches,
+    scored_eval_result,
+)
 from tasks.charlm import LANGUAGES, CharLMTask, language_index
 from tasks.params import num_parameters
 from tasks.registry import UnknownTaskError, register_task, task_ref
@@ -349,15 +359,7 @@ class HFCausalLMTask(Task):
         self, model: nn.Module, data: Dataset, device: torch.device, batch_size: int = EVAL_BATCH
     ) -> EvalResult:
         """Nats per scored token, next-token accuracy, and the number of scored tokens."""
-        stats = window_stats(model, data, device, batch_size)
-        scored = int(stats["tokens"].sum())
-        if scored == 0:
-            raise ValueError("the data has no scored tokens (all targets are padding)")
-        return EvalResult(
-            loss=float(stats["nats"].sum() / scored),
-            accuracy=float(stats["correct"].sum() / scored),
-            num_examples=scored,
-        )
+        return scored_eval_result(window_stats(model, data, device, batch_size), "token")
 
     def bits_per_char(self, model: nn.Module, data: Dataset, device: torch.device) -> dict[str, float]:
         """Per-language bits per character; see :func:`bits_per_char`."""

@@ -205,6 +205,13 @@ class Federation:
         f = self.root / f"{name}.out"
         return "\n".join(f.read_text(errors="replace").splitlines()[-lines:]) if f.exists() else ""
 
+    def check_finished(self, coord: subprocess.Popen, timeout: float) -> None:
+        """Raise unless the coordinator has exited, and with 0 (its log's tail in the message)."""
+        if coord.poll() is None:
+            raise TimeoutError(f"the run did not finish within {timeout:.0f} s: {self.tail('coordinator')}")
+        if coord.returncode != 0:
+            raise RuntimeError(f"the coordinator exited with {coord.returncode}: {self.tail('coordinator')}")
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -252,10 +259,7 @@ def run_mode(work: Path, secure: bool, members: int, rounds: int, idle: float, t
         while coord.poll() is None and time.time() < deadline:
             sampler.sample()
             time.sleep(1.0)
-        if coord.poll() is None:
-            raise TimeoutError(f"the run did not finish within {timeout:.0f} s: {fed.tail('coordinator')}")
-        if coord.returncode != 0:
-            raise RuntimeError(f"the coordinator exited with {coord.returncode}: {fed.tail('coordinator')}")
+        fed.check_finished(coord, timeout)
     finally:
         fed.stop_all()
     cpu = {

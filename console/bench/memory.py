@@ -346,10 +346,7 @@ def run_deployment(work: Path, d: int, members: int, rounds: int, interval: floa
         while coord.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         watch.stop()
-        if coord.poll() is None:
-            raise TimeoutError(f"the run did not finish within {timeout:.0f} s: {fed.tail('coordinator')}")
-        if coord.returncode != 0:
-            raise RuntimeError(f"the coordinator exited with {coord.returncode}: {fed.tail('coordinator')}")
+        fed.check_finished(coord, timeout)
     finally:
         fed.stop_all()
     return watch
