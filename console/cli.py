@@ -358,6 +358,13 @@ def participant_start(
             "it must hash to the plan's base_sha256."
         ),
     ] = None,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between this node's heartbeats (10-1800); the coordinator learns the node is gone "
+            "after 2 missed ones. Shorter notices a hung machine sooner, for a little more traffic."
+        ),
+    ] = 30.0,
 ) -> None:
     """Start this member's SuperNode: it trains on its own data and device, under its own policy."""
     from participant import service
@@ -365,7 +372,13 @@ def participant_start(
     _logging()
     try:
         code = service.start(
-            str(kit), str(data), device, str(state_dir) if state_dir else None, superlink, str(base) if base else None
+            str(kit),
+            str(data),
+            device,
+            str(state_dir) if state_dir else None,
+            superlink,
+            str(base) if base else None,
+            heartbeat,
         )
     except UserError as exc:
         _fail(exc)

@@ -22,6 +22,7 @@ import logging
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,13 +185,28 @@ def stop_stale_run(svc: Service) -> None:
             svc.flwr("stop", str(old), CONNECTION, check=False)
 
 
-def submit(svc: Service, node_wait: float) -> int:
+def submit(svc: Service, node_wait: float, app_hash: str) -> int:
+    """`flwr run` of a staged copy of the app holding only its bundle's files (fedloom.appbundle:
+    Flower's own walk of the app directory would go through its virtualenv too); the copy must still
+    be the bundle the federation agreed to (`app_hash`), or members would refuse every message."""
+    from fedloom.appbundle import stage_app_bundle
+
     config = f'kit="{svc.kit}" state-dir="{svc.state}" node-wait={node_wait}'
-    proc = svc.flwr("run", str(svc.app), CONNECTION, "--run-config", config, "--format", "json")
+    with tempfile.TemporaryDirectory(prefix="app-", dir=svc.state) as staged:
+        bundle_hash = stage_app_bundle(svc.app, Path(staged))
+        if bundle_hash != app_hash:
+            raise UserError(
+                f"the app in {svc.app} changed while the coordinator started (now {bundle_hash[:16]}…, "
+                f"agreed {app_hash[:16]}…); members would refuse it"
+            )
+        proc = svc.flwr("run", staged, CONNECTION, "--run-config", config, "--format", "json")
     try:
-        run_id = int(json.loads(proc.stdout)["run-id"])
+        out = json.loads(proc.stdout)
+        run_id = int(out["run-id"])
     except (ValueError, KeyError) as exc:
         raise RuntimeError(f"could not read the run id from `flwr run`: {proc.stdout[-800:]}") from exc
+    if not bundle_hash.startswith(out.get("fab-hash") or "-"):  # flwr prints the hash's first 8 digits
+        raise RuntimeError(f"`flwr run` submitted bundle {out.get('fab-hash')}…, not the app's {bundle_hash[:8]}…")
     (svc.state / "run.json").write_text(json.dumps({"run_id": run_id}) + "\n")
     return run_id
 
@@ -324,7 +340,7 @@ def start(kit: str, state_dir: str, bind: str, app: str, node_wait: float, on_ev
             bind,
             len(names),
         )
-        svc.run_id = submit(svc, node_wait)
+        svc.run_id = submit(svc, node_wait, plan.app_hash)
         log.info("run %s submitted; state in %s", svc.run_id, svc.state)
         events = EventTail(svc.state)  # only this start's events: earlier starts' are in the file already
         watch = RunWatch(f"127.0.0.1:{svc.superlink_port}", svc.kit / "ca.crt")

@@ -19,9 +19,12 @@ What the hash depends on (measured and read in flwr's build code):
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import shutil
 import tomllib
 import warnings
+import zipfile
 from pathlib import Path
 
 from fedloom.errors import UserError
@@ -98,3 +101,24 @@ def fab_hash(fab: bytes) -> str:
 
 def app_bundle_hash(app_dir: str | Path) -> str:
     return fab_hash(build_app_bundle(app_dir))
+
+
+def stage_app_bundle(app_dir: str | Path, dest: Path) -> str:
+    """Copy into `dest` exactly the files the app's bundle holds; returns the bundle's hash, which
+    `flwr run dest` reproduces (checked here: the staged copy must build the same bytes).
+
+    `flwr run DIR` walks all of DIR before its filters drop files, the virtualenv's ~50,000 too:
+    15 s on a quiet 2-core machine, 30-45 s on a busy one, on every coordinator start. The staged
+    copy holds ~120 files."""
+    app = _app_dir(app_dir)
+    fab = build_app_bundle(app)
+    with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
+        names = [n for n in bundle.namelist() if not n.startswith(".info/")]  # Flower's own manifest
+    for name in names:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(app / name, target)  # pyproject.toml as on disk: Flower re-serializes it again
+    staged = app_bundle_hash(dest)
+    if staged != fab_hash(fab):
+        raise RuntimeError(f"the staged copy of {app} bundles to {staged[:16]}…, not {fab_hash(fab)[:16]}…")
+    return staged

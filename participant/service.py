@@ -23,6 +23,7 @@ from fedloom.processes import flower_env, flower_exit_code, free_port, spawn, st
 from .device import resolve_device
 from .guard import KIT_ENV
 from .local_data import from_path
+from .supernode import FLOWER_HEARTBEAT, HEARTBEAT_ENV, HEARTBEAT_RANGE
 from .warm_client import SOCKET_ENV, socket_path
 
 log = logging.getLogger("fedloom.participant")
@@ -146,7 +147,11 @@ def start(
     state_dir: str | None = None,
     superlink: str | None = None,
     base: str | None = None,
+    heartbeat: float = FLOWER_HEARTBEAT,
 ) -> int:
+    low, high = HEARTBEAT_RANGE
+    if not low <= heartbeat <= high:
+        raise UserError(f"--heartbeat {heartbeat:g}: Flower's SuperLink accepts {low:g} to {high:g} seconds")
     kit_dir = Path(kit).resolve()
     member = load_member_kit(kit_dir)
     for name, what in (
@@ -173,6 +178,8 @@ def start(
     guard_bin = install_guard(state / "bin")
     sock = socket_path(state)
     env = flower_env({KIT_ENV: str(kit_dir), SOCKET_ENV: str(sock), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL}, guard_bin)
+    if heartbeat != FLOWER_HEARTBEAT:  # Flower's own interval needs nothing changed
+        env[HEARTBEAT_ENV] = f"{heartbeat:g}"
     cmd = supernode_command(kit_dir, data_path, device, state, address, free_port())
     warm = spawn([sys.executable, "-m", "participant.warm", str(sock), str(data_path), device], env, state / "warm.log")
     log.info(

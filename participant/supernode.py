@@ -12,6 +12,11 @@ authentication and retries) but gives that module a `time` whose `sleep` uses fe
     when it is idle, so an idle federation costs the coordinator what it always did;
   - waits on the node's own state (reply ready, object stored): `LOCAL_POLL`.
 
+Heartbeats: Flower's SuperNode tells the SuperLink it beats every 30 s, and the SuperLink gives up on
+it after 2 missed intervals; no flag sets it. With FEDLOOM_HEARTBEAT_INTERVAL (from `fedloom
+participant start --heartbeat`) the node declares and keeps that interval instead (Flower's
+SuperLink accepts 10-1800 s), so a member whose machine hangs is noticed after 2 x that.
+
 With FEDLOOM_TRIP_LOG set it also notes when each message was received and its reply sent
 (`fedloom.triplog`, for `fedloom bench deployment`).
 
@@ -20,6 +25,8 @@ Run: python -m participant.supernode <flower-supernode arguments>
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 import time
 import types
@@ -33,6 +40,12 @@ FLOWER_LOCAL_SLEEP = 0.5  # what Flower sleeps between looks at its own state
 PULL_FAST = 0.2
 BUSY_WINDOW = 30.0
 LOCAL_POLL = 0.05
+HEARTBEAT_ENV = "FEDLOOM_HEARTBEAT_INTERVAL"
+FLOWER_HEARTBEAT = 30.0  # flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL
+HEARTBEAT_RANGE = (10.0, 1800.0)  # what Flower's SuperLink accepts (HEARTBEAT_MIN/MAX_INTERVAL)
+# the modules of Flower 1.41's SuperNode that read the interval: the one that declares it to the
+# SuperLink (activation and each beat) and the one that times the beats
+HEARTBEAT_MODULES = ("flwr.supernode.fleet_http_connection", "flwr.supercore.heartbeat")
 
 
 class PullClock(types.SimpleNamespace):
@@ -92,13 +105,25 @@ def install(module: types.ModuleType, clock: PullClock) -> None:
     module._push_messages = _noting(module._push_messages, clock, "sent", lambda _r: True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import importlib
+def set_heartbeat(interval: float) -> None:
+    """Declare and keep `interval` seconds between heartbeats in this process's SuperNode."""
+    low, high = HEARTBEAT_RANGE
+    if not low <= interval <= high:
+        raise ValueError(f"heartbeat interval {interval:g} s is outside what Flower accepts ({low:g}-{high:g} s)")
+    for name in HEARTBEAT_MODULES:
+        module = importlib.import_module(name)
+        if not isinstance(getattr(module, "HEARTBEAT_DEFAULT_INTERVAL", None), int | float):  # a Flower that changed
+            raise RuntimeError(f"{name} has no HEARTBEAT_DEFAULT_INTERVAL: this Flower times heartbeats elsewhere")
+        module.HEARTBEAT_DEFAULT_INTERVAL = interval
 
+
+def main(argv: list[str] | None = None) -> None:
     import fedloom  # noqa: F401  (telemetry off before flwr loads)
 
     # the package re-exports functions under the modules' names: take the modules themselves
     install(importlib.import_module("flwr.supernode.start_client_internal"), PullClock())
+    if os.environ.get(HEARTBEAT_ENV):
+        set_heartbeat(float(os.environ[HEARTBEAT_ENV]))
     flower = importlib.import_module("flwr.supernode.cli.flower_supernode")
     sys.argv = ["flower-supernode", *(sys.argv[1:] if argv is None else argv)]
     flower.flower_supernode()

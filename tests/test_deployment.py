@@ -33,6 +33,8 @@ from deployment import (
 from fedloom.processes import free_port
 
 pytestmark = pytest.mark.slow  # every test here starts a coordinator service and nodes
+HEARTBEAT = 10  # seconds, `participant start --heartbeat`: the least Flower's SuperLink accepts
+
 
 @pytest.fixture(scope="module")
 def secure_run(tmp_path_factory):
@@ -43,16 +45,19 @@ def secure_run(tmp_path_factory):
     try:
         coordinator = fed.start_coordinator("state")
         fed.wait_for(fed.root / "state" / "service.json", 120)
-        for m in fed.members:
-            fed.start_participant(m, f"nodes/{m}", FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
+        for m in fed.members:  # with Flower's shortest heartbeat, so a hung or killed node is noticed in 20 s, not 60
+            fed.start_participant(m, f"nodes/{m}", heartbeat=HEARTBEAT, FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
             (fed.root / "verify" / m).mkdir(parents=True, exist_ok=True)
         attempts["unregistered"] = unregistered_node(fed)
         attempts["rogue_public"] = rogue_run(fed, marker, via="public")
         attempts["rogue_loopback"] = rogue_run(fed, marker, via="loopback")
-        # chen's machine freezes right after it trained in round 1: its heartbeats stop, the
-        # SuperLink reports it unavailable, and the coordinator must wait for it, not drop it
-        fed.wait_for(fed.root / "verify" / "chen" / "r1-m3.npz", 600)
-        fed.freeze_participant("nodes/chen", until="asking again once it is online")
+        # chen's machine freezes as round 1's training trip goes out, before it can answer: its heartbeats
+        # stop, the SuperLink reports it unavailable after 2 x HEARTBEAT, and the coordinator must wait for
+        # it, not drop it. (Frozen while its reply is being uploaded instead, nothing is reported until
+        # Flower's 180 s upload-session limit; tests/test_reconnect.py covers that answer's handling.)
+        asked = "round 1 · train + mask: asked"
+        fed.wait_for(fed.root / "state" / "events.jsonl", 600, lambda p: asked in p.read_text(), poll=0.05)
+        fed.freeze_participant("nodes/chen", until="asking again once it is online", limit=9 * HEARTBEAT)
         fed.wait_for(fed.root / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
         fed.crash_participant("nodes/dara")  # killed while round 2 is under way
         assert coordinator.wait(900) == 0, fed.tail("coordinator:state")
@@ -144,10 +149,11 @@ def test_the_console_tells_the_story_and_status_reads_it(secure_run):
 
 
 def test_a_member_frozen_past_its_heartbeats_is_waited_for_and_answers_once(secure_run):
-    """chen froze in round 1 right after training, until the coordinator heard it had not answered
-    (missed heartbeats past Flower's patience of 2 x 30 s, or its reply's upload cut off): the
-    coordinator waited, sent its message again once chen was online, and chen answered with what it
-    had already sent, if it had (never a second masked input)."""
+    """chen froze as round 1's training trip went out, until the coordinator heard it had not answered
+    (missed heartbeats past Flower's patience of 2 x HEARTBEAT; were that never reported, the freeze would
+    end after 9 x HEARTBEAT and chen would answer without a resend): the coordinator waited, sent its
+    message again once chen was online, and chen answered with what it had already sent, if it had
+    (never a second masked input)."""
     fed, _, _ = secure_run
     by_round = rows(fed.root / "state" / "outputs" / "metrics.jsonl")
     resent = [e for r in by_round.values() for e in r.get("resent", []) if e["member"] == 3]
@@ -155,6 +161,14 @@ def test_a_member_frozen_past_its_heartbeats_is_waited_for_and_answers_once(secu
     assert 3 in by_round[1]["aggregated"] and not by_round[1]["refusals"], by_round[1]
     log = (fed.root / "nodes" / "chen" / "supernode.log").read_text(errors="replace")
     assert "round.replay" not in log  # a repeat is never answered by the protocol a second time
+
+
+def test_members_heartbeat_at_the_interval_they_chose(secure_run):
+    """`participant start --heartbeat 10` is what each node declared to the SuperLink (so it gave up on
+    frozen chen and killed dara after 2 x 10 s); the coordinator's console said why dara was dropped."""
+    fed, _, _ = secure_run
+    assert fed.heartbeat_intervals("state") == [HEARTBEAT] * len(fed.members)
+    assert "failed to report a heartbeat within 2 × its expected interval" in (fed.root / "state.out").read_text()
 
 
 def test_secure_aggregate_equals_the_plaintext_mean(secure_run):

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from console.cli import app
 from fedloom import kits, tls
-from fedloom.appbundle import app_bundle_hash, build_app_bundle
+from fedloom.appbundle import app_bundle_hash, build_app_bundle, stage_app_bundle
 from fedloom.errors import UserError
 from fedloom.plan import Plan
 
@@ -447,6 +447,32 @@ def test_app_hash_is_flowers_fab_hash_and_deterministic(tmp_path):
     pyproject = app_dir / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n# a comment\n")
     assert app_bundle_hash(app_dir) == first
+
+
+def test_a_staged_app_is_the_bundles_files_only_and_flower_builds_the_same_bytes_from_it(tmp_path, monkeypatch):
+    """The coordinator service runs `flwr run` on a staged copy (Flower's walk of the app directory goes
+    through its virtualenv too): the copy holds only what the bundle holds, and Flower's own build of it
+    is byte for byte the app's bundle; a copy that would bundle differently is refused."""
+    from flwr.cli.build import build_fab_from_disk
+
+    app_dir = snapshot_app(tmp_path / "app")
+    (app_dir / ".venv" / "lib").mkdir(parents=True)
+    (app_dir / ".venv" / "lib" / "site.py").write_text("x = 1\n")
+    (app_dir / "notes.txt").write_text("not in any bundle\n")
+    staged = tmp_path / "staged"
+    assert stage_app_bundle(app_dir, staged) == app_bundle_hash(app_dir)
+    assert build_fab_from_disk(staged) == build_app_bundle(app_dir)
+    files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert "pyproject.toml" in files and "fedloom/appbundle.py" in files
+    assert not any(f.startswith(".venv") or f == "notes.txt" or f.startswith(".info") for f in files)
+    before = build_app_bundle(app_dir)
+    with (app_dir / "fedloom" / "errors.py").open("a") as f:  # the app changes between its build and the copy
+        f.write("# one more line\n")
+    monkeypatch.setattr(
+        "fedloom.appbundle.build_app_bundle", lambda d: before if Path(d) == app_dir else build_app_bundle(d)
+    )
+    with pytest.raises(RuntimeError, match="staged copy"):
+        stage_app_bundle(app_dir, tmp_path / "staged-again")
 
 
 @pytest.mark.slow

