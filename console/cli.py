@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from fedloom.errors import RunFailed, UserError
 if TYPE_CHECKING:
     from coordinator.summary import RunSummary
     from fedloom.ledger import Comparison, VerifyReport
+    from simulations.scenario import Scenario
 
 
 def _keep_argument_help() -> None:
@@ -164,9 +166,13 @@ def _adversary_line(adv: dict[str, Any]) -> Text:
 
 @app.command()
 def simulate(
-    scenario: Annotated[
-        str | None,
-        typer.Argument(help=f"Scenario TOML file, or a built-in: {', '.join(_builtin_scenarios())} (default: default)"),
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Scenario TOML file(s), or built-ins: {', '.join(_builtin_scenarios())} (default: default). "
+            "Several run one after another on one Ray start, each in OUT/<scenario name>.",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<timestamp>).")] = None,
     rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
@@ -175,21 +181,43 @@ def simulate(
     force: Annotated[bool, typer.Option(help="Write over the outputs of an earlier run in --out.")] = False,
 ) -> None:
     """Simulate a whole federation on this machine (Flower Simulation Engine)."""
-    from coordinator.outputs import SUMMARY, plot_run, write_json
     from simulations.scenario import default_out_dir, load_scenario
 
+    names = scenarios or [None]
     try:
-        sc = load_scenario(scenario)
-        plan = sc.plan.with_overrides(rounds=rounds, participants=participants)
-        _check_data_fits(plan)
-        sc = sc.with_plan(plan)
-        out_dir = _writable_dir((out or Path(default_out_dir())).resolve())
-        _not_a_previous_run(out_dir, force)
-        _keep_scenario(sc, out_dir)
+        runs = []
+        for name in names:  # every scenario checked before anything starts
+            sc = load_scenario(name)
+            plan = sc.plan.with_overrides(rounds=rounds, participants=participants)
+            _check_data_fits(plan)
+            runs.append(sc.with_plan(plan))
+        base = (out or Path(default_out_dir())).resolve()
+        if len(runs) > 1:
+            seen = [sc.name for sc in runs]
+            twice = sorted({n for n in seen if seen.count(n) > 1})
+            if twice:
+                raise UserError(f"scenario name(s) given twice: {', '.join(twice)} (each run writes OUT/<name>)")
+        out_dirs = [base / sc.name if len(runs) > 1 else base for sc in runs]
+        for sc, out_dir in zip(runs, out_dirs, strict=True):
+            _not_a_previous_run(_writable_dir(out_dir), force)
+            _keep_scenario(sc, out_dir)
     except UserError as exc:
         _fail(exc)
+    from simulations.runner import one_ray
+
+    with one_ray() if len(runs) > 1 else contextlib.nullcontext():
+        for i, (sc, out_dir) in enumerate(zip(runs, out_dirs, strict=True)):
+            if len(runs) > 1:
+                console.rule(f"{sc.name} ({i + 1} of {len(runs)})")
+            _simulate_one(sc, out_dir, baseline)
+
+
+def _simulate_one(sc: Scenario, out_dir: Path, baseline: bool) -> None:
+    """One scenario: run it, then its table, adversary verdict, final line, report checks."""
+    from coordinator.outputs import SUMMARY, plot_run, write_json
     from simulations.runner import run_scenario
 
+    plan = sc.plan
     observer = RichObserver()
     try:
         summary = run_scenario(sc, out_dir, observer)

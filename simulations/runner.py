@@ -2,11 +2,14 @@
 
 Ray stays private and on loopback (single-machine mode so every component binds 127.0.0.1, see
 `fedloom.localray`; its own temp dir, no dashboard, only this machine's CPUs), and no SuperLink is
-started (the in-process engine), so nothing outlives the run.
+started (the in-process engine), so nothing outlives the run. Several runs in one process
+(`fedloom simulate A B ...`) share one Ray inside `one_ray()`: started by the first, shut down on
+leaving; between runs only the runs' actors go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +82,48 @@ RAY_START_TIMEOUT = "timed out during startup"
 RAY_START_ATTEMPTS = 3
 
 
+def ray_is_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 def stop_ray() -> None:
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+_shared_ray_dir: str | None = None  # set inside one_ray(): the runs' common Ray temp dir
+
+
+def _terminate_actors_only(backend: Any) -> None:
+    """Flower's RayBackend.terminate without its ray.shutdown(): the run's actors go, Ray stays."""
+    if backend.pool:
+        backend.pool.terminate_all_actors()
+
+
+@contextlib.contextmanager
+def one_ray() -> Iterator[None]:
+    """Runs inside share one Ray instance (started by the first run, shut down on leaving): Ray's
+    start-up (~10 s, more on a busy machine) is paid once for a campaign of scenarios. Flower's
+    RayBackend.terminate ends every run with ray.shutdown(); inside, it only ends the run's actors."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    global _shared_ray_dir
+    if _shared_ray_dir is not None:
+        raise RuntimeError("one_ray() is already active")
+    terminate = RayBackend.terminate
+    _shared_ray_dir = tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    RayBackend.terminate = _terminate_actors_only  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayBackend.terminate = terminate  # type: ignore[method-assign]
+        stop_ray()
+        shutil.rmtree(_shared_ray_dir, ignore_errors=True)
+        _shared_ray_dir = None
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> dict[str, Any]:
@@ -101,8 +141,9 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
     keep_ray_on_loopback()  # again, right before Ray starts: holds even if ray was imported before fedloom
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ray_dir = tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    private: list[Callable[[], None]] = [lambda: shutil.rmtree(ray_dir, ignore_errors=True)]
+    shared = _shared_ray_dir
+    ray_dir = shared or tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    private: list[Callable[[], None]] = [] if shared else [lambda: shutil.rmtree(ray_dir, ignore_errors=True)]
 
     def cleanup() -> None:
         for step in private:
@@ -115,7 +156,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
             settings = run_settings(scenario, workspace, out_dir, scenario.simulation.node_wait, observer=observer)
             backend = ray_backend_config(scenario, ray_dir)
             if not guard.interrupted:
-                start_ray(backend["init_args"])
+                if not (shared and ray_is_up()):
+                    start_ray(backend["init_args"])
                 guard.install()
             if not guard.interrupted:
                 _run_simulation(
@@ -126,7 +168,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
                     exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 )
         finally:
-            stop_ray()
+            if not shared or guard.interrupted:
+                stop_ray()
             cleanup()
         if guard.interrupted:
             write_minimal_summary(out_dir, scenario.name, STOP.signum or signal.SIGINT, guard.started)

@@ -43,3 +43,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     """Hand the longest files to the xdist workers first (longest-processing-time-first)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """In-process simulations of one module share one Ray start (`simulations.runner.one_ray`, what
+    `fedloom simulate A B ...` uses); it is shut down when the module's tests are done."""
+    from simulations.runner import one_ray
+
+    with one_ray():
+        yield

@@ -8,7 +8,7 @@ dealer: its bundle convicts it, and a deployed node never honours the config key
 Part 2 (slow): every `simulations/attack-*.toml` scenario through `fedloom simulate` (Flower's
 Simulation Engine, the production ServerApp and ClientApp). Each must end with `succeeded: false`,
 the honest members' refusals naming the rule the attack broke, and training going on around it.
-The runs are started together, two at a time (Ray start-up dominates each ~30 s run).
+The seven runs are one `fedloom simulate` campaign: one process, Ray started once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -203,22 +202,24 @@ EXPECTED: dict[str, tuple[str, ...]] = {  # kind -> rules the honest members ans
 ROUND_SURVIVES = {"double-request", "garbage-shares"}  # the attacked round still ends with a sum
 
 
-def _simulate(kind: str, out: Path) -> dict:
-    scenario = SCENARIO_DIR / f"attack-{kind}.toml"
-    cmd = [sys.executable, "-m", "console.cli", "simulate", str(scenario), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"adversary {kind}" in proc.stdout and "failed" in proc.stdout
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"summary": json.loads((out / "summary.json").read_text()), "rows": {r["round"]: r for r in rows}}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
+    """All seven attack scenarios in one `fedloom simulate A B ...`: one process and one Ray start
+    for the campaign (each run still its own ServerApp, ClientApp actors, keys and outputs)."""
     base = tmp_path_factory.mktemp("attacks")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(_simulate, k, base / k) for k in EXPECTED}
-        return {k: f.result() for k, f in futures.items()}
+    scenarios = [str(SCENARIO_DIR / f"attack-{kind}.toml") for kind in EXPECTED]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", *scenarios, "--out", str(base)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found: dict[str, dict] = {}
+    for kind in EXPECTED:
+        out = base / f"attack-{kind}"
+        verdict = next(line for line in proc.stdout.splitlines() if line.startswith(f"adversary {kind} ("))
+        assert ": failed" in verdict, verdict
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        found[kind] = {"summary": json.loads((out / "summary.json").read_text()), "rows": {r["round"]: r for r in rows}}
+    assert proc.stdout.count("outputs: ") == len(EXPECTED)
+    return found
 
 
 def test_every_adversary_kind_has_a_scenario():

@@ -66,6 +66,16 @@ def test_impossible_override():
     assert "participants must be at least 1" in result.output
 
 
+def test_several_scenarios_are_all_checked_before_any_starts(tmp_path):
+    """`fedloom simulate A B`: a bad B or a name given twice is one line before A starts (no outputs)."""
+    result = run("simulate", "attack-overlap", "no-such-scenario", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "unknown scenario 'no-such-scenario'" in result.output
+    result = run("simulate", "attack-overlap", "attack-replay", "attack-overlap", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "scenario name(s) given twice: attack-overlap (each run writes OUT/<name>)" in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json"))
+
+
 def test_real_process_exit_code_and_single_line(tmp_path):
     """The installed console script, as a user runs it."""
     bad = scenario(tmp_path, "[task]\nalpha = 0\n")

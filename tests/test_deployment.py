@@ -43,14 +43,20 @@ def secure_run(tmp_path_factory):
     marker = fed.root / "ROGUE-CODE-RAN"
     attempts: dict[str, object] = {}
     try:
-        coordinator = fed.start_coordinator("state")
+        coordinator = fed.start_coordinator("state", node_wait=900)  # it waits for all 4 members, chen last
         fed.wait_for(fed.root / "state" / "service.json", 120)
-        for m in fed.members:  # with Flower's shortest heartbeat, so a hung or killed node is noticed in 20 s, not 60
-            fed.start_participant(m, f"nodes/{m}", heartbeat=HEARTBEAT, FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
+
+        def start(m: str) -> None:  # with Flower's shortest heartbeat: a hung or killed node is noticed in 20 s
             (fed.root / "verify" / m).mkdir(parents=True, exist_ok=True)
+            fed.start_participant(m, f"nodes/{m}", heartbeat=HEARTBEAT, FEDLOOM_VERIFY_DIR=str(fed.root / "verify" / m))
+
+        for m in ("amara", "bo", "dara"):
+            start(m)
+        # the attempts while the coordinator still waits for its 4th member: the run cannot start yet
         attempts["unregistered"] = unregistered_node(fed)
         attempts["rogue_public"] = rogue_run(fed, marker, via="public")
         attempts["rogue_loopback"] = rogue_run(fed, marker, via="loopback")
+        start("chen")
         # chen's machine freezes as round 1's training trip goes out, before it can answer: its heartbeats
         # stop, the SuperLink reports it unavailable after 2 x HEARTBEAT, and the coordinator must wait for
         # it, not drop it. (Frozen while its reply is being uploaded instead, nothing is reported until

@@ -321,6 +321,7 @@ clip = 0.5
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")  # both runs on one Ray start
 @pytest.mark.parametrize("spec", ["tiny-llama-lora", "tiny-llama-full"])
 def test_secure_rounds_in_a_simulation_are_exact(spec, tmp_path):
     from coordinator.driver import LogObserver

@@ -61,3 +61,34 @@ def test_any_other_start_up_error_is_not_tried_again(fake_ray):
     with pytest.raises(ValueError, match="bad argument"):
         runner.start_ray({})
     assert ray.calls == 1
+
+
+def test_one_ray_keeps_ray_between_runs_and_restores_flowers_terminate(fake_ray):
+    """Inside one_ray(), Flower's RayBackend.terminate ends a run's actors but not Ray; on leaving,
+    Flower's own terminate is back and Ray is shut down. If a Flower upgrade changes terminate's shape,
+    the campaign's premise is gone: this fails first."""
+    import inspect
+
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    source = inspect.getsource(RayBackend.terminate)
+    assert "self.pool.terminate_all_actors()" in source and "ray.shutdown()" in source
+    fake = fake_ray([])
+    flowers = RayBackend.terminate
+
+    class Pool:
+        terminated = 0
+
+        def terminate_all_actors(self) -> None:
+            self.terminated += 1
+
+    backend = RayBackend.__new__(RayBackend)
+    backend.pool = Pool()
+    with runner.one_ray():
+        assert RayBackend.terminate is not flowers and runner._shared_ray_dir is not None
+        with pytest.raises(RuntimeError, match="already active"), runner.one_ray():
+            pass
+        backend.terminate()
+        assert backend.pool.terminated == 1 and fake.shutdowns == 0  # the run's actors went, Ray stayed
+    assert RayBackend.terminate is flowers and runner._shared_ray_dir is None
+    assert fake.shutdowns == 1

@@ -13,6 +13,7 @@ from simulations.runner import run_scenario
 from simulations.scenario import load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("shared_ray")  # the module's three runs start Ray once
 
 
 def rows(out: Path) -> dict[int, dict]:
