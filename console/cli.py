@@ -460,6 +460,38 @@ def participant_sovereign(
     )
 
 
+@participant_app.command("export")
+def participant_export(
+    kit: Annotated[Path, typer.Option(help="This member's kit (its plan names the language-model task).")],
+    out: Annotated[Path, typer.Option(help="Where to write shared-base/ and <member>/.")],
+    state_dir: Annotated[
+        Path | None, typer.Option(help="The node's state directory (default: KIT/state); models/ is in it.")
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="This member's copy of the base, as for `participant start --base`.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Write over an earlier export in --out.")] = False,
+) -> None:
+    """Write the shared base and this member's own model as Hugging Face model directories.
+
+    Language-model tasks only. Reads STATE/models/ (the last shared base received, the sovereign or
+    local model); writes OUT/shared-base and OUT/<member> (weights, tokenizer, config, a model card
+    with the base pin and lineage), loadable by transformers and servers that read HF directories."""
+    from participant.hf_export import export_member
+    from tasks.hflm_base import BASE_ENV
+
+    _logging()
+    if base:
+        os.environ[BASE_ENV] = str(base.expanduser().resolve())
+    try:
+        with console.status("writing HF model directories"):
+            written = export_member(kit.resolve(), (state_dir or kit / "state").resolve(), out.resolve(), force)
+    except UserError as exc:
+        _fail(exc)
+    for name, directory in written.items():
+        console.print(f"{name}: {directory}", soft_wrap=True)
+
+
 bench_app = _typer(no_args_is_help=True, help="Benchmarks: tables on the terminal, JSON on request.")
 app.add_typer(bench_app, name="bench")
 

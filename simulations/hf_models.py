@@ -25,18 +25,16 @@ from typing import Any
 import numpy as np
 
 from fedloom.plan import Plan
+from participant.hf_export import SHARED, card_facts, hf_task, lineage, write_hf_dir
 
 from .scenario import Scenario
 
 HF_DIR = "hf"
-SHARED = "shared-base"
 
 
 def is_hf_task(plan: Plan) -> bool:
     """Whether the plan's task can export HF model directories (the hflm tasks)."""
-    import tasks
-
-    return callable(getattr(tasks.get_task(plan.task.ref), "transformers_model", None))
+    return hf_task(plan.task.ref) is not None
 
 
 def export_run(
@@ -55,12 +53,12 @@ def export_run(
     task = tasks.get_task(plan.task.ref)
     report = _report(out_dir)
     names, groups = scenario.member_names(), [list(g) for g in plan.task.group_labels()]
-    facts = _common(task, plan, names, bool(summary.get("secure_aggregation")))
+    facts = card_facts(task, plan, tuple(names), bool(summary.get("secure_aggregation")))
     written: dict[str, str] = {}
     final = load_file(str(out_dir / "model.safetensors"))["vector"]
     held = sorted({c for g in groups for c in g})
-    shared_lineage = next((_lineage(c) for n in names if (c := read_card(out_dir / "members" / n, "base"))), ())
-    written[SHARED] = _write(
+    shared_lineage = next((lineage(c) for n in names if (c := read_card(out_dir / "members" / n, "base"))), ())
+    written[SHARED] = write_hf_dir(
         task, final, out_dir / HF_DIR / SHARED, facts, title=f"{scenario.name}: shared base", kind="shared base",
         languages=tuple(held), lineage=shared_lineage, metrics=_metrics(report, "base", "", held),
     )  # fmt: skip
@@ -72,44 +70,14 @@ def export_run(
                 note(f"hf export: {name} kept no model (dropped out?): not exported")
             continue
         saved = read_model(folder, kind, task.build_model())
-        written[name] = _write(
+        written[name] = write_hf_dir(
             task, saved.vector, out_dir / HF_DIR / name, facts, title=f"{scenario.name}: {name}'s {kind} model",
-            kind=kind, member=name, languages=tuple(langs), lineage=_lineage(saved.card),
+            kind=kind, member=name, languages=tuple(langs), lineage=lineage(saved.card),
             metrics=_metrics(report, kind, name, langs),
         )  # fmt: skip
     if note:
         note(f"hf export: {len(written)} model directories under {out_dir / HF_DIR}")
     return written
-
-
-def _common(task: Any, plan: Plan, names: list[str], secure: bool) -> dict[str, Any]:
-    return {
-        "task": task.ref,
-        "mode": task.mode,
-        "base": task.base,
-        "base_sha256": task.source().sha256,
-        "rounds": plan.rounds,
-        "secure_aggregation": secure,
-        "plan_hash": plan.hash,
-        "members": tuple(names),
-    }
-
-
-def _write(task: Any, vector: np.ndarray, out: Path, facts: dict[str, Any], **fields: Any) -> str:
-    """One HF directory: the vector into a task model, merged into a plain transformers model."""
-    import tasks
-    from participant.models import vector_hash
-    from tasks.hf_export import ExportCard, save_pretrained_dir
-
-    model = task.build_model()
-    tasks.vector_to_model(model, vector)
-    card = ExportCard(sha256=vector_hash(vector), **facts, **fields)
-    save_pretrained_dir(task.transformers_model(model), task.hf_tokenizer(), out, card)
-    return str(out)
-
-
-def _lineage(card: dict[str, Any] | None) -> tuple[str, ...]:
-    return tuple(e["sha256"] for e in (card or {}).get("lineage", []))
 
 
 def _report(out_dir: Path) -> dict[str, Any] | None:

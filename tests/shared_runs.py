@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import sockets
 
+from fedloom.appbundle import stage_app_bundle
 from fedloom.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +114,9 @@ def simulate_run(tmp_path_factory) -> WatchedRun:
 
 @pytest.fixture(scope="session")
 def flwr_local_run(tmp_path_factory) -> WatchedRun:
-    """`flwr run . local --stream` on a private FLWR_HOME: Flower's own tooling running fedloom, 3
-    members, 2 rounds (tests/test_flwr_run.py checks the run, tests/test_loopback_only.py its sockets)."""
+    """`flwr run APP local --stream` on a private FLWR_HOME (APP: the checkout's bundle files, what
+    `flwr run .` bundles): Flower's own tooling running fedloom, 3 members, 2 rounds
+    (tests/test_flwr_run.py checks the run, tests/test_loopback_only.py its sockets)."""
     root = tmp_path_factory.mktemp("flwr-run")
     home = root / "flwr-home"
     home.mkdir()
@@ -128,7 +130,10 @@ def flwr_local_run(tmp_path_factory) -> WatchedRun:
     )
     out, log = root / "out", root / "flwr.log"
     config = f'rounds={FLWR_ROUNDS} participants={FLWR_PARTICIPANTS} out-dir="{out}"'
-    cmd = [str(BIN / "flwr"), "run", ".", "local", "--run-config", config]
+    # the checkout's bundle files, as `flwr run .` bundles them, without the virtualenv Flower would walk
+    app = root / "app"
+    stage_app_bundle(ROOT, app)
+    cmd = [str(BIN / "flwr"), "run", str(app), "local", "--run-config", config]
     cmd += ["--federation-config", f"num-supernodes={FLWR_PARTICIPANTS}", "--stream"]
     for attempt in (1, 2):
         try:

@@ -59,7 +59,7 @@ def test_flower_exit_status_is_read_from_the_log():
 
 @pytest.mark.slow
 def test_flwr_run_local_simulation(flwr_local_run):
-    """The session's `flwr run . local --stream` (tests/shared_runs.py): exit 0, Flower's own status
+    """The session's `flwr run APP local --stream` (tests/shared_runs.py): exit 0, Flower's own status
     in the log says success, the run finished with every member, and nothing of it is left running."""
     run = flwr_local_run
     output = run.output
