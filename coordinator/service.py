@@ -133,8 +133,9 @@ def start_superlink(svc: Service) -> None:
         "subprocess",
     ]
     svc.superlink = spawn(cmd, svc.env(), svc.state / "logs" / "superlink.log")
-    wait_for_tls("127.0.0.1", svc.superlink_port, k / "ca.crt", 60, svc.superlink)
-    wait_for_tls("127.0.0.1", svc.fleet_port, k / "ca.crt", 30, svc.superlink)
+    # generous: a failed start is seen at once (the process exits), a slow one on a busy host is not one
+    wait_for_tls("127.0.0.1", svc.superlink_port, k / "ca.crt", 180, svc.superlink)
+    wait_for_tls("127.0.0.1", svc.fleet_port, k / "ca.crt", 60, svc.superlink)
     svc.flwr_home.mkdir(parents=True, exist_ok=True)
     (svc.flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -162,7 +163,7 @@ def start_gateway(svc: Service) -> None:
     svc.gateway = spawn(cmd, svc.env(), svc.state / "logs" / "gateway.log")
     host, _, port = svc.bind.rpartition(":")
     probe = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host.strip("[]")
-    wait_for_tls(probe, int(port), k / "ca.crt", 30, svc.gateway)
+    wait_for_tls(probe, int(port), k / "ca.crt", 60, svc.gateway)
 
 
 def register_nodes(svc: Service) -> list[str]:
@@ -171,7 +172,7 @@ def register_nodes(svc: Service) -> list[str]:
         proc = svc.flwr("supernode", "register", str(pub), CONNECTION, check=False)
         text = proc.stdout + proc.stderr
         if proc.returncode != 0 and "already" not in text.lower():
-            raise RuntimeError(f"registering {pub.stem} failed: {text[-800:]}")
+            raise RuntimeError(f"registering {pub.stem} failed (exit {proc.returncode}): {text[-800:] or 'no output'}")
         registered.append(pub.stem)
     return registered
 

@@ -146,6 +146,18 @@ class Federation:
             time.sleep(poll)
         raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
 
+    def stage_asked(self, state: str, round_: int, stage: str) -> bool:
+        """Whether the coordinator's journal (events.jsonl) says it sent `stage` of round `round_`."""
+        p = self.root / state / "events.jsonl"
+        for line in p.read_text().splitlines() if p.exists() else []:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # a line still being written
+                continue
+            if event["kind"] == "stage" and (event["round"], event["stage"]) == (round_, stage):
+                return True
+        return False
+
     def checkpoint_round(self, state: str) -> int:
         p = self.root / state / "checkpoint.json"
         return json.loads(p.read_text())["round"] if p.exists() else 0

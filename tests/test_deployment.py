@@ -61,8 +61,7 @@ def secure_run(tmp_path_factory):
         # stop, the SuperLink reports it unavailable after 2 x HEARTBEAT, and the coordinator must wait for
         # it, not drop it. (Frozen while its reply is being uploaded instead, nothing is reported until
         # Flower's 180 s upload-session limit; tests/test_reconnect.py covers that answer's handling.)
-        asked = "round 1 · train + mask: asked"
-        fed.wait_for(fed.root / "state" / "events.jsonl", 600, lambda p: asked in p.read_text(), poll=0.05)
+        fed.wait_for(fed.root / "state", 600, lambda _: fed.stage_asked("state", 1, "train + mask"), poll=0.05)
         fed.freeze_participant("nodes/chen", until="asking again once it is online", limit=9 * HEARTBEAT)
         fed.wait_for(fed.root / "state" / "checkpoint.json", 600, lambda p: fed.checkpoint_round("state") >= 1)
         fed.crash_participant("nodes/dara")  # killed while round 2 is under way
