@@ -16,11 +16,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # installed first and alone, so nothing later pulls a multi-GB CUDA build by accident
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
 fi
-# The rest with uv when it installs (a cold install here: ~10 s against pip's ~110 s); pip otherwise.
+# The rest with uv when it installs (a cold install here: ~38 s against pip's ~110 s); pip otherwise.
 # torch stays pip's: uv does not see this machine's local torch wheel, and it keeps the torch
-# that is already installed since it satisfies the pin.
+# that is already installed since it satisfies the pin. --compile-bytecode as pip does: without it
+# every process that first imports a module compiles it (ten processes at once when tests start).
 if [ "${FEDLOOM_NO_UV:-}" != "1" ] && .venv/bin/python -m pip install --quiet "uv>=0.5" 2>/dev/null; then
-  install() { .venv/bin/python -m uv pip install --quiet --python .venv/bin/python "$@"; }
+  install() { .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python "$@"; }
 else
   install() { .venv/bin/python -m pip install --quiet "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 fi

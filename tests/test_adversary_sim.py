@@ -8,7 +8,7 @@ dealer: its bundle convicts it, and a deployed node never honours the config key
 Part 2 (slow): every `simulations/attack-*.toml` scenario through `fedloom simulate` (Flower's
 Simulation Engine, the production ServerApp and ClientApp). Each must end with `succeeded: false`,
 the honest members' refusals naming the rule the attack broke, and training going on around it.
-The seven runs are one `fedloom simulate` campaign: one process, Ray started once.
+The seven runs are two `fedloom simulate A B ...` campaigns side by side (Ray started once in each).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,23 +203,32 @@ EXPECTED: dict[str, tuple[str, ...]] = {  # kind -> rules the honest members ans
 ROUND_SURVIVES = {"double-request", "garbage-shares"}  # the attacked round still ends with a sum
 
 
+def _campaign(kinds: list[str], base: Path) -> str:
+    """`fedloom simulate A B ... --out base`: one process, one Ray start for its runs."""
+    scenarios = [str(SCENARIO_DIR / f"attack-{kind}.toml") for kind in kinds]
+    cmd = [sys.executable, "-m", "console.cli", "simulate", *scenarios, "--out", str(base)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("outputs: ") == len(kinds)
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
-    """All seven attack scenarios in one `fedloom simulate A B ...`: one process and one Ray start
-    for the campaign (each run still its own ServerApp, ClientApp actors, keys and outputs)."""
+    """The seven attack scenarios as two `fedloom simulate A B ...` campaigns side by side: Ray starts
+    once per campaign, and one campaign's runs start their actors while the other's wait on messages
+    (each run still its own ServerApp, ClientApp actors, keys and outputs)."""
     base = tmp_path_factory.mktemp("attacks")
-    scenarios = [str(SCENARIO_DIR / f"attack-{kind}.toml") for kind in EXPECTED]
-    cmd = [sys.executable, "-m", "console.cli", "simulate", *scenarios, "--out", str(base)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    kinds = list(EXPECTED)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        stdout = "".join(pool.map(lambda half: _campaign(half, base), (kinds[0::2], kinds[1::2])))
     found: dict[str, dict] = {}
-    for kind in EXPECTED:
+    for kind in kinds:
         out = base / f"attack-{kind}"
-        verdict = next(line for line in proc.stdout.splitlines() if line.startswith(f"adversary {kind} ("))
+        verdict = next(line for line in stdout.splitlines() if line.startswith(f"adversary {kind} ("))
         assert ": failed" in verdict, verdict
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         found[kind] = {"summary": json.loads((out / "summary.json").read_text()), "rows": {r["round"]: r for r in rows}}
-    assert proc.stdout.count("outputs: ") == len(EXPECTED)
     return found
 
 

@@ -44,7 +44,7 @@ def test_h_is_help(args):
 
 def test_positional_arguments_are_described_and_builtin_scenarios_listed():
     simulate = " ".join(cli("simulate", "-h").stdout.split())
-    assert "Scenario TOML file, or a built-in:" in simulate
+    assert "Scenario TOML file(s), or built-ins:" in simulate
     for name in ("default", "faults", "tapestry", "attack-replay"):
         assert name in simulate
     assert "The federation file" in " ".join(cli("provision", "-h").stdout.split())
