@@ -192,12 +192,13 @@ def simulate(
             _check_data_fits(plan)
             runs.append(sc.with_plan(plan))
         base = (out or Path(default_out_dir())).resolve()
-        if len(runs) > 1:
+        several = len(runs) > 1  # each run then writes OUT/<its name>, all on one Ray start
+        if several:
             seen = [sc.name for sc in runs]
             twice = sorted({n for n in seen if seen.count(n) > 1})
             if twice:
                 raise UserError(f"scenario name(s) given twice: {', '.join(twice)} (each run writes OUT/<name>)")
-        out_dirs = [base / sc.name if len(runs) > 1 else base for sc in runs]
+        out_dirs = [base / sc.name if several else base for sc in runs]
         for sc, out_dir in zip(runs, out_dirs, strict=True):
             _not_a_previous_run(_writable_dir(out_dir), force)
             _keep_scenario(sc, out_dir)
@@ -205,9 +206,9 @@ def simulate(
         _fail(exc)
     from simulations.runner import one_ray
 
-    with one_ray() if len(runs) > 1 else contextlib.nullcontext():
+    with one_ray() if several else contextlib.nullcontext():
         for i, (sc, out_dir) in enumerate(zip(runs, out_dirs, strict=True)):
-            if len(runs) > 1:
+            if several:
                 console.rule(f"{sc.name} ({i + 1} of {len(runs)})")
             _simulate_one(sc, out_dir, baseline)
 
