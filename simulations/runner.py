@@ -63,7 +63,8 @@ def start_ray(init_args: dict[str, Any]) -> None:
     os.environ["PYTHONPATH"] = pythonpath  # Ray's workers need the driver's import path
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            with _ray_keeps_our_sigterm():
+                ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
             return
         except Exception as exc:  # Ray raises a bare Exception for this one
             if RAY_START_TIMEOUT not in str(exc) or attempt == RAY_START_ATTEMPTS:
@@ -75,6 +76,22 @@ def start_ray(init_args: dict[str, Any]) -> None:
 
 
 log = logging.getLogger("fedloom.simulate")
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm() -> Iterator[None]:
+    """ray.init installs a SIGTERM handler that exits with code 15 at once: a SIGTERM during Ray's
+    start-up (seconds on a busy machine) then left no outputs. Ray's Python-level installer does
+    nothing inside this block, so the SignalGuard's handler stays in force."""
+    import ray._private.utils as ray_utils
+
+    original = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+
 
 # Ray waits a fixed 30 s for its raylet to register (ray/_private/node.py, not configurable); on a
 # machine busy with other work that can run out although nothing is wrong: try again, twice at most.
@@ -160,13 +177,21 @@ def run_scenario(scenario: Scenario, out_dir: Path, observer: RunObserver) -> di
                     start_ray(backend["init_args"])
                 guard.install()
             if not guard.interrupted:
-                _run_simulation(
-                    server_app=make_server_app(settings),
-                    client_app=client_app,
-                    num_supernodes=scenario.plan.participants,
-                    backend_config=backend,
-                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                )
+                try:
+                    _run_simulation(
+                        server_app=make_server_app(settings),
+                        client_app=client_app,
+                        num_supernodes=scenario.plan.participants,
+                        backend_config=backend,
+                        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    )
+                except Exception:
+                    # A signal sent to the whole process group also reaches Ray's processes: Flower
+                    # then fails on the dead actors before the coordinator loop sees STOP. That is
+                    # the interruption, not a failed run (the partial outputs are written below).
+                    if not guard.interrupted:
+                        raise
+                    log.debug("Flower stopped with an error after %s", STOP.signum, exc_info=True)
         finally:
             if not shared or guard.interrupted:
                 stop_ray()
