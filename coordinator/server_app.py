@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedloom.malloc import return_big_buffers
 
 from .driver import RunSettings, initial_model, model_hash, run_federation
+from .streaming_pull import stream_pulls
 
 
 def deployment_settings(run_config: dict) -> RunSettings:
@@ -68,6 +69,7 @@ def make_server_app(settings: RunSettings | Callable[[dict], RunSettings]) -> Se
             log_to_stdout()
         run_settings = settings(dict(context.run_config)) if callable(settings) else settings
         return_big_buffers()  # the d-long buffers of a round go back to the OS when dropped (fedloom.malloc)
+        stream_pulls(grid)  # deployment: a reply's chunks are pulled as its arrays are built (streaming_pull)
         try:
             run_federation(grid, run_settings)
         finally:

@@ -146,13 +146,17 @@ def protocol_views(content: RecordDict) -> list[bytes | memoryview]:
 
 def _joined(record: ArrayRecord, keys: list[str]) -> memoryview:
     views = [_uint8_view(record[k]) for k in keys]
-    buf = bytearray(sum(len(v) for v in views))
+    # np.empty, not bytearray(n): bytearray zero-fills, so every page of the buffer was resident
+    # before the first part was in and freed (the message twice at once); these pages arrive as
+    # the parts leave
+    buf = np.empty(sum(len(v) for v in views), dtype=np.uint8)
     at = 0
     for k in keys:
         part = views.pop(0)
         buf[at : at + len(part)] = part
         at += len(part)
         del part, record[k]  # this part's bytes go now
+    buf.flags.writeable = False
     return memoryview(buf)
 
 

@@ -135,3 +135,39 @@ def test_a_big_protocol_message_travels_in_parts_and_comes_back_whole(monkeypatc
     content = RecordDict({rec.PROTOCOL: rec.protocol_record(msgs)})
     assert [bytes(v) for v in rec.protocol_views(content)] == msgs
     assert sorted(content[rec.PROTOCOL]) == ["0", "2", "3"]  # the parts left the reply once copied
+
+
+JOIN_PROBE = """
+import time
+from pathlib import Path
+import numpy as np
+from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+from fedloom import records as rec
+from fedloom.malloc import return_big_buffers
+
+return_big_buffers()
+def status(key):
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+size = 64 << 20
+raw = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+content = RecordDict({rec.PROTOCOL: rec.protocol_record([raw]), "c": ConfigRecord({"a": 1})})
+del raw
+before = status("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # the kernel's peak (VmHWM) starts again from here
+views = rec.protocol_views(content)
+print((status("VmHWM") - before) / size, len(views[0]) == size)
+"""
+
+
+def test_joining_a_message_in_parts_holds_it_about_once():
+    """The parts of a masked input are copied into one buffer and freed one by one; the buffer's
+    pages must not all be resident before the first part goes (bytearray(n) zero-fills them: the
+    message was held twice)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", JOIN_PROBE], capture_output=True, text=True, timeout=120, check=True)
+    growth, whole = out.stdout.split()
+    assert whole == "True"
+    assert float(growth) < 0.5, f"peak grew by {growth} x the message while joining it"

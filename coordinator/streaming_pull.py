@@ -1,0 +1,178 @@
+"""Pull a reply from the SuperLink holding its arrays once, not twice (deployment's ServerApp).
+
+Flower 1.41's `HttpGrid.pull_messages` first pulls every object of a message (a masked input of
+4d bytes arrives as 5 MB chunks), then inflates the message from that dict; the inflated chunks are
+kept until the whole message is built, so a 4d-byte reply costs about 2 × 4d at once, plus the
+passing copies of the chunks pulled concurrently. With the round's accumulator (4d) that was the
+coordinator's peak (4.4 × 4d above idle at d = 10^7).
+
+Here the small objects of the tree (the message, its records and arrays) are pulled first, as
+Flower does; the chunks of each array are pulled when that array is built, and dropped once it is:
+the reply is then held once while it arrives, plus one array part (16 MiB, `fedloom.records`) in
+flight. Same requests, same confirmations, same error message when an object cannot be pulled.
+
+Installed on the grid Flower hands the ServerApp in deployment (`stream_pulls`); the simulation's
+in-memory grid has no such copies and is left alone.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from collections.abc import Callable, Iterable
+from typing import cast
+
+import httpx
+from flwr.app import Message, Metadata
+from flwr.app.error import Error
+from flwr.app.message import make_message
+from flwr.common.constant import ErrorCode
+from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest, ObjectTree  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import PullAppMessagesRequest  # pylint: disable=E0611
+from flwr.serverapp import Grid
+from flwr.supercore.constant import (
+    PULL_BACKOFF_CAP,
+    PULL_INITIAL_BACKOFF,
+    PULL_MAX_TIME,
+    PULL_MAX_TRIES_PER_OBJECT,
+    SYSTEM_MESSAGE_TYPE,
+)
+from flwr.supercore.date import now
+from flwr.supercore.inflatable.inflatable_object import InflatableObject
+from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
+from flwr.supercore.inflatable.inflatable_utils import (
+    ObjectPullError,
+    ObjectUnavailableError,
+    get_object_head_values_from_object_content,
+    inflatable_class_registry,
+    pull_objects,
+)
+from flwr.superlink.grid.http_grid import ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TOO_LARGE, HttpGrid
+
+CHUNK_DEPTH = 4  # Message > RecordDict > ArrayRecord > Array > ArrayChunk: chunks are pulled late
+
+
+def stream_pulls(grid: Grid) -> bool:
+    """Make `grid.pull_messages` this module's on a deployment grid; True if it was one."""
+    if not isinstance(grid, HttpGrid):
+        return False
+    grid.pull_messages = types.MethodType(pull_messages, grid)  # type: ignore[method-assign]
+    return True
+
+
+def pull_messages(grid: HttpGrid, message_ids: Iterable[str]) -> list[Message]:
+    """`HttpGrid.pull_messages` (Flower 1.41) with each message inflated as its chunks arrive."""
+    run_id = grid.run.run_id
+    try:
+        res = grid._runtime_client.PullMessages(PullAppMessagesRequest(message_ids=message_ids))
+    except httpx.HTTPStatusError as e:
+        if e.response.status_code == httpx.codes.REQUEST_ENTITY_TOO_LARGE:
+            from flwr.supercore import log
+
+            log(40, ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TOO_LARGE)
+            return []
+        raise
+    fetch = make_pull_object_fn_protobuf(
+        pull_object_protobuf=grid._runtime_client.PullObject, node=grid.node, run_id=run_id
+    )
+
+    def pull(ids: list[str], late: bool) -> dict[str, bytes]:
+        # an array's chunks one after the other, in this thread: each chunk in flight costs its HTTP
+        # body, the parsed response and the content (3 x 5 MB), and a pool thread's malloc arena
+        # kept what it freed until the trip ended; the small objects as Flower pulls them
+        if late:
+            return {oid: _pull_here(fetch, oid) for oid in ids}
+        return pull_objects(object_ids=ids, pull_object_fn=fetch) if ids else {}
+
+    out: list[Message] = []
+    for msg_proto, tree in zip(res.messages_list, res.message_object_trees, strict=True):
+        msg_id = msg_proto.metadata.message_id
+        try:
+            message = cast(Message, inflate_streaming(tree, pull))
+        except ObjectPullError as e:
+            out.append(_unavailable(grid, run_id, msg_proto.metadata.reply_to_message_id, e))
+            continue
+        grid._runtime_client.ConfirmMessageReceived(
+            ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=msg_id)
+        )
+        message.metadata.__dict__["_message_id"] = msg_id
+        out.append(message)
+    return out
+
+
+def inflate_streaming(tree: ObjectTree, pull: Callable[[list[str], bool], dict[str, bytes]]) -> InflatableObject:
+    """The object at the root of `tree`, built bottom-up as Flower's `inflate_object_from_contents`
+    builds it, but with the objects at CHUNK_DEPTH pulled (those of one parent together) only when
+    their parent is built, and every content and child dropped as soon as nothing left needs it.
+    `pull(ids, late)` returns those objects' contents; `late` marks the chunks."""
+    shallow = [node.object_id for node, depth in _nodes(tree) if depth < CHUNK_DEPTH]
+    contents = pull(list(dict.fromkeys(shallow)), False)
+    uses: dict[str, int] = {}
+    for node, _ in _nodes(tree):
+        uses[node.object_id] = uses.get(node.object_id, 0) + 1
+    built: dict[str, InflatableObject] = {}  # objects the tree names again further on
+
+    def build(node: ObjectTree, depth: int) -> InflatableObject:
+        oid = node.object_id
+        uses[oid] -= 1
+        if oid in built:
+            return built.pop(oid) if uses[oid] == 0 else built[oid]
+        if depth + 1 >= CHUNK_DEPTH and node.children:
+            late = [c.object_id for c in node.children if c.object_id not in contents and c.object_id not in built]
+            contents.update(pull(list(dict.fromkeys(late)), True))
+        content = contents.pop(oid)
+        obj_type, child_ids, _ = get_object_head_values_from_object_content(content)
+        if set(child_ids) != {c.object_id for c in node.children}:
+            raise ObjectPullError(oid, "its children differ from the message's object tree")
+        children = {c.object_id: build(c, depth + 1) for c in node.children}
+        obj = inflatable_class_registry[obj_type].inflate(content, children=children)
+        del content, children
+        if uses[oid] > 0:
+            built[oid] = obj
+        return obj
+
+    return build(tree, 0)
+
+
+def _nodes(tree: ObjectTree, depth: int = 0) -> Iterable[tuple[ObjectTree, int]]:
+    for child in tree.children:
+        yield from _nodes(child, depth + 1)
+    yield tree, depth
+
+
+def _pull_here(fetch: Callable[[str], bytes], oid: str) -> bytes:
+    """One object, retried as Flower's `pull_objects` retries it (backoff up to its caps)."""
+    delay, start = PULL_INITIAL_BACKOFF, time.monotonic()
+    for _ in range(PULL_MAX_TRIES_PER_OBJECT):
+        try:
+            return fetch(oid)
+        except ObjectUnavailableError:
+            if time.monotonic() - start >= PULL_MAX_TIME:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, PULL_BACKOFF_CAP)
+    raise ObjectPullError(oid, "timeout or retry limit reached")
+
+
+def _unavailable(grid: HttpGrid, run_id: int, reply_to: str, err: ObjectPullError) -> Message:
+    """Flower's error reply for a message whose objects cannot be pulled (its wording kept)."""
+    return make_message(
+        metadata=Metadata(
+            run_id=run_id,
+            message_id="",
+            src_node_id=grid.node.node_id,
+            dst_node_id=grid.node.node_id,
+            message_type=SYSTEM_MESSAGE_TYPE,
+            group_id="",
+            ttl=0,
+            reply_to_message_id=reply_to,
+            created_at=now().timestamp(),
+        ),
+        error=Error(
+            code=ErrorCode.MESSAGE_UNAVAILABLE,
+            reason=(
+                "Reply message objects are unavailable. The sender may not have completed the upload "
+                f"before the object-push session expired. {err}"
+            ),
+        ),
+    )
