@@ -8,8 +8,9 @@ coordinator's peak (4.4 × 4d above idle at d = 10^7).
 
 Here the small objects of the tree (the message, its records and arrays) are pulled first, as
 Flower does; the chunks of each array are pulled when that array is built, and dropped once it is:
-the reply is then held once while it arrives, plus one array part (16 MiB, `fedloom.records`) in
-flight. Same requests, same confirmations, same error message when an object cannot be pulled.
+the reply is then held once while it arrives, plus one array part (4 MiB, `fedloom.records`) in
+flight, and the HTTP responses that carried a part are collected as soon as it is built (they sit
+in reference cycles: left to Python's collector, a whole reply's bodies outlived it). Same requests, same confirmations, same error message when an object cannot be pulled.
 
 Installed on the grid Flower hands the ServerApp in deployment (`stream_pulls`); the simulation's
 in-memory grid has no such copies and is left alone.
@@ -17,6 +18,7 @@ in-memory grid has no such copies and is left alone.
 
 from __future__ import annotations
 
+import gc
 import time
 import types
 from collections.abc import Callable, Iterable
@@ -48,6 +50,8 @@ from flwr.supercore.inflatable.inflatable_utils import (
     pull_objects,
 )
 from flwr.superlink.grid.http_grid import ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TOO_LARGE, HttpGrid
+
+from fedloom.malloc import give_back_free_heap
 
 CHUNK_DEPTH = 4  # Message > RecordDict > ArrayRecord > Array > ArrayChunk: chunks are pulled late
 
@@ -127,11 +131,22 @@ def inflate_streaming(tree: ObjectTree, pull: Callable[[list[str], bool], dict[s
         children = {c.object_id: build(c, depth + 1) for c in node.children}
         obj = inflatable_class_registry[obj_type].inflate(content, children=children)
         del content, children
+        if depth + 1 >= CHUNK_DEPTH and node.children:
+            _drop_transport_garbage()
         if uses[oid] > 0:
             built[oid] = obj
         return obj
 
     return build(tree, 0)
+
+
+def _drop_transport_garbage() -> None:
+    """Free what carried an array's chunks now. The HTTP responses they came in sit in reference
+    cycles (httpx), which only the cyclic collector frees: traced in the ServerApp, a whole reply's
+    response bodies (1 x 4d) waited for its next collection, until the trip's end. Then the
+    heap's free pages go back to the OS (fedloom.malloc). About a millisecond per array."""
+    gc.collect(1)  # the young generations: the responses of this array's chunks are a moment old
+    give_back_free_heap()
 
 
 def _nodes(tree: ObjectTree, depth: int = 0) -> Iterable[tuple[ObjectTree, int]]:

@@ -106,3 +106,44 @@ def test_only_a_deployment_grid_is_changed():
 
 def _at_depth(tree, depth: int):
     return [tree] if depth == 0 else [n for c in tree.children for n in _at_depth(c, depth - 1)]
+
+
+class _Carrier:
+    """What Flower's HTTP client leaves behind a pulled object: its body, in a reference cycle."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.me = self
+
+
+def test_what_carried_a_part_is_freed_before_the_next_part_is_pulled(monkeypatch):
+    """httpx responses sit in reference cycles: left to Python's collector, a whole reply's bodies
+    outlived it (traced in a deployment's ServerApp). Each part's carriers must be gone before the
+    next part comes, even with the collector's automatic runs off."""
+    import gc
+    import weakref
+
+    msg, raw = _reply(5 * MIB, monkeypatch)
+    store, tree = _stored(msg)
+    carriers: list[weakref.ref] = []
+    alive_at_next_part: list[int] = []
+
+    def pull(ids: list[str], late: bool) -> dict[str, bytes]:
+        if late:
+            alive_at_next_part.append(sum(1 for c in carriers if c() is not None))
+        out = {}
+        for i in ids:
+            carrier = _Carrier(bytes(store[i]))
+            carriers.append(weakref.ref(carrier))
+            out[i] = carrier.body
+        return out
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        got = inflate_streaming(tree, pull)
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert rec.read_protocol(got.content)[1] == raw
+    assert len(alive_at_next_part) > 3 and alive_at_next_part[1:] == [0] * (len(alive_at_next_part) - 1)
