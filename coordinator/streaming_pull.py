@@ -10,7 +10,8 @@ Here the small objects of the tree (the message, its records and arrays) are pul
 Flower does; the chunks of each array are pulled when that array is built, and dropped once it is:
 the reply is then held once while it arrives, plus one array part (4 MiB, `fedloom.records`) in
 flight, and the HTTP responses that carried a part are collected as soon as it is built (they sit
-in reference cycles: left to Python's collector, a whole reply's bodies outlived it). Same requests, same confirmations, same error message when an object cannot be pulled.
+in reference cycles: left to Python's collector, a whole reply's bodies outlived it). Same
+requests, same confirmations, same error message when an object cannot be pulled.
 
 Installed on the grid Flower hands the ServerApp in deployment (`stream_pulls`); the simulation's
 in-memory grid has no such copies and is left alone.

@@ -10,8 +10,6 @@ import logging
 
 import numpy as np
 
-import tasks
-
 from .models import ModelKeeper
 from .node import NodeView
 from .trainer import LocalTrainer
@@ -28,8 +26,8 @@ def keep_models(view: NodeView, trainer: LocalTrainer, base: np.ndarray) -> None
         lineage = keeper.keep_base(base, view.round - 1)
         t = view.plan.training
         training = {"steps": t.steps, "epochs": t.epochs, "optimizer": t.optimizer, "lr": t.lr}
-        local = tasks.model_to_vector(trainer.model)  # the trainer's model is the local one right after training
-        keeper.keep_local(local, view.round, lineage, training | {"examples": len(view.data.train)})
+        # the trainer's model is the local one right after training: written from its own tensors
+        keeper.keep_local(None, view.round, lineage, training | {"examples": len(view.data.train)})
     except OSError as exc:  # the member's disk, not the round: train on, say so loudly
         log.error("member %d could not keep its models in %s: %s", view.member, view.models_dir, exc)
 

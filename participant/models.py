@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+import tasks
 from fedloom.files import atomic_write, atomic_write_bytes
 
 BASE, LOCAL, SOVEREIGN = "base", "local", "sovereign"
@@ -51,7 +52,7 @@ def named_tensors(model: torch.nn.Module, vector: np.ndarray) -> dict[str, np.nd
         if not tensor.is_floating_point():
             continue
         n = tensor.numel()
-        out[name] = vector[offset : offset + n].reshape(tuple(tensor.shape)).copy()
+        out[name] = vector[offset : offset + n].reshape(tuple(tensor.shape))  # a view: the writer reads it
         offset += n
     if offset != vector.size:
         raise ValueError(f"parameter vector has {vector.size} entries, but the model needs {offset}")
@@ -94,17 +95,31 @@ def write_model(directory: Path, kind: str, model: torch.nn.Module, vector: np.n
 
     The model file goes first: a card never describes a file that is not there yet.
     """
+    return write_tensors(directory, kind, named_tensors(model, vector), card)
+
+
+def write_tensors(directory: Path, kind: str, tensors: dict[str, np.ndarray], card: dict[str, Any]) -> Path:
+    """:func:`write_model` from the named float32 tensors themselves (views into a vector or into
+    a model: nothing d-long is copied); `sha256` is that of their concatenation in this order,
+    which is the parameter vector's (:func:`vector_hash`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}")
     directory = Path(directory)
-    card = {"card_version": CARD_VERSION, "kind": kind, **card, "sha256": vector_hash(vector)}
-    card["parameters"] = int(np.asarray(vector).size)
+    card = {"card_version": CARD_VERSION, "kind": kind, **card, "sha256": tensors_hash(tensors)}
+    card["parameters"] = int(sum(t.size for t in tensors.values()))
     metadata = {k: str(card[k]) for k in ("kind", "task", "round", "plan_hash", "sha256") if k in card}
-    tensors = named_tensors(model, vector)
     path = directory / f"{kind}.safetensors"
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), mode=OWNER_ONLY)
     write_json(directory / f"{kind}.json", card)
     return path
+
+
+def tensors_hash(tensors: dict[str, np.ndarray]) -> str:
+    """:func:`vector_hash` of the tensors' concatenation, without making it."""
+    digest = hashlib.sha256()
+    for tensor in tensors.values():
+        digest.update(np.ascontiguousarray(tensor, dtype=np.float32))  # no copy for a float32 view
+    return digest.hexdigest()
 
 
 def read_card(directory: Path, kind: str) -> dict[str, Any] | None:
@@ -159,7 +174,11 @@ class ModelKeeper:
         write_model(self.directory, BASE, self.model, vector, card)
         return lineage
 
-    def keep_local(self, vector: np.ndarray, round_: int, lineage: list[dict], training: dict[str, Any]) -> None:
-        """This member's model after training in round `round_`, started from the last base in `lineage`."""
+    def keep_local(self, vector: np.ndarray | None, round_: int, lineage: list[dict], training: dict[str, Any]) -> None:
+        """This member's model after training in round `round_`, started from the last base in
+        `lineage`: `vector`, or (None) the keeper's model as it is, written from its own tensors."""
         card = self._card(round=int(round_), lineage=lineage, derived_from=lineage[-1]["sha256"], training=training)
-        write_model(self.directory, LOCAL, self.model, vector, card)
+        if vector is None:
+            write_tensors(self.directory, LOCAL, tasks.model_arrays(self.model), card)
+        else:
+            write_model(self.directory, LOCAL, self.model, vector, card)

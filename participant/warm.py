@@ -119,19 +119,24 @@ def _reap(key: selectors.SelectorKey, sel: selectors.BaseSelector) -> None:
     conn.close()
 
 
+WARM_UP_STEPS = 2  # the optimizer's first step and one with its state: every kernel a round runs
+
+
 def warm_up(kit: Path, data: str, device: str) -> float:
-    """One local training pass on the member's own data, here, before any child is forked: torch's
+    """Two local training steps on the member's own data, here, before any child is forked: torch's
     first-call set-up (kernels, autograd, allocator) is then inherited by every ClientApp, which
-    otherwise paid it on each message (digits: 2.0 s -> 0.08 s an epoch). Nothing leaves this
-    process; on a GPU nothing is done (a CUDA context does not survive a fork). Seconds spent."""
+    otherwise paid it on each message (digits: 2.0 s -> 0.08 s an epoch). Steps on the model
+    itself, not a round's training: that also made the parameter vector and the update, and this
+    process's peak was the member's highest (7.6 x 4d above a bare interpreter at d = 10^7, in
+    `fedloom bench memory`). Nothing leaves this process; on a GPU nothing is done (a CUDA
+    context does not survive a fork). Seconds spent."""
     import time
 
-    import tasks
     from fedloom.kits import load_member_kit
 
     from .device import resolve_device
     from .local_data import from_path
-    from .trainer import LocalTrainer
+    from .trainer import LocalTrainer, train_config
 
     t0 = time.perf_counter()
     where = resolve_device(device)
@@ -146,7 +151,8 @@ def warm_up(kit: Path, data: str, device: str) -> float:
     torch.set_num_threads(1)
     try:
         trainer = LocalTrainer(member.plan, from_path(member.plan.task.ref, data), where)
-        trainer.train(tasks.model_to_vector(trainer.model), 0, member.member.id)
+        cfg = train_config(member.plan, member.plan.train_seed(0, member.member.id), steps=WARM_UP_STEPS)
+        trainer.task.train(trainer.model, trainer.data.train, cfg, where)
         del trainer
     finally:
         torch.set_num_threads(threads)  # the children's own setting; their pool starts in them

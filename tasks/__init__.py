@@ -10,7 +10,7 @@ from tasks.classification import ClassificationTask
 from tasks.digits import DigitsTask
 from tasks.hflm import HFCausalLMTask
 from tasks.mnist5k import Mnist5kTask
-from tasks.params import model_to_vector, num_parameters, vector_to_model
+from tasks.params import model_arrays, model_to_vector, num_parameters, vector_to_model
 from tasks.participants import (
     TEST_FILE,
     export_member_data,
@@ -49,6 +49,7 @@ __all__ = [
     "load_pool",
     "load_splits",
     "load_test",
+    "model_arrays",
     "model_to_vector",
     "num_parameters",
     "participant_file",

@@ -35,6 +35,17 @@ def model_to_vector(model: torch.nn.Module) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
+def model_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The vector's entries by ``state_dict`` name, as float32 arrays that share the model's memory
+    on the CPU (a copy per tensor elsewhere): writing a model out costs no d-long vector. Their
+    concatenation in this order is :func:`model_to_vector`."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            out[name] = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    return out
+
+
 def _float32_tensor(vec: np.ndarray) -> torch.Tensor:
     """`vec` as a float32 CPU tensor sharing its memory (it is only read from): no d-long copy. A
     read-only array (a view into a received message) is wrapped the same way; torch's warning that

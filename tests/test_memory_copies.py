@@ -171,3 +171,35 @@ def test_joining_a_message_in_parts_holds_it_about_once():
     growth, whole = out.stdout.split()
     assert whole == "True"
     assert float(growth) < 0.5, f"peak grew by {growth} x the message while joining it"
+
+
+def test_a_members_local_model_is_written_from_its_own_tensors_as_from_its_vector(tmp_path):
+    """keep_local(None) writes the trainer's model without a d-long vector (model_arrays shares the
+    model's memory; the hash is taken tensor by tensor); the tensors, metadata and card are those of the vector."""
+    import torch
+
+    import tasks
+    from participant.models import LOCAL, ModelKeeper, named_tensors, read_card, tensors_hash, vector_hash
+
+    task = tasks.get_task("charlm")
+    torch.manual_seed(3)
+    model = task.build_model()
+    vector = tasks.model_to_vector(model)
+    arrays = tasks.model_arrays(model)
+    first = next(iter(model.state_dict().values()))
+    assert np.shares_memory(next(iter(arrays.values())), first.numpy())
+    assert tensors_hash(arrays) == vector_hash(vector) == tensors_hash(named_tensors(model, vector))
+    assert all(np.shares_memory(v, vector) for v in named_tensors(model, vector).values())
+    lineage = [{"round": 0, "sha256": "b" * 64, "plan_hash": "p" * 64}]
+    by_vector, by_model = tmp_path / "v", tmp_path / "m"
+    for where, vec in ((by_vector, vector), (by_model, None)):
+        where.mkdir()
+        ModelKeeper(where, "charlm", "p" * 64, "spain", model).keep_local(vec, 1, lineage, {"steps": 1})
+    from safetensors import safe_open
+
+    files = [safe_open(str(where / f"{LOCAL}.safetensors"), "numpy") for where in (by_vector, by_model)]
+    assert files[0].metadata() == files[1].metadata()  # (safetensors writes it in a hash map's order)
+    names = list(files[0].keys())
+    assert names == list(files[1].keys())
+    assert all(np.array_equal(files[0].get_tensor(k), files[1].get_tensor(k)) for k in names)
+    assert read_card(by_vector, LOCAL) == read_card(by_model, LOCAL)

@@ -28,7 +28,9 @@ reset through /proc/PID/clear_refs when the coordinator goes idle, so spikes bet
   (the initial model is built, nothing is sent yet);
 * coordinator_peak_rss_bytes: its peak from then to the end of the run; ratio = (peak - idle) / 4d,
   target <= 4 in simulation, <= 3 in deployment;
-* member_base_rss_bytes: a fresh interpreter with a member's imports (torch, Flower, the ClientApp);
+* member_base_rss_bytes: a fresh interpreter with what a member's warm process preloads (torch, Flower's ClientApp
+  runtime, the guard, the ClientApp): memory that does not grow with d; member_peak_process: which
+  process of a member's tree peaked;
   member_peak_rss_bytes: the largest member process at its peak; member_ratio = (peak - base) / 4d,
   target <= model + optimizer state + 2 in units of 4d (the synthetic task: model 1, SGD momentum 1,
   its gradient 1, so <= 5).
@@ -111,6 +113,11 @@ def descendants(root: int, parents: dict[int, int]) -> list[int]:
     return out
 
 
+def _short(command: str) -> str:
+    """A command line as `program arg arg`, paths cut to their last part (the bench's rows)."""
+    return " ".join(Path(w).name if "/" in w else w for w in command.split()[:4])
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -125,15 +132,18 @@ def reset_peak(pid: int) -> None:
 
 
 BASE_PROBE = (
-    "import pathlib, torch, flwr, tasks, participant.client_app; "
+    "import importlib, pathlib; from participant import warm; "
+    "[importlib.import_module(m) for m in warm.PRELOAD]; "
     "print(next(int(x.split()[1]) for x in pathlib.Path('/proc/self/status').read_text().splitlines() "
     "if x.startswith('VmRSS:')) * 1024)"
 )
 
 
 def member_base_rss() -> int | None:
-    """RSS of a fresh interpreter with a member's imports (torch, Flower, fedloom's ClientApp) and no
-    model yet: the baseline a member's peak is measured from (a Ray worker or forked child inherits it)."""
+    """RSS of a fresh interpreter with what a member's warm process loads before it builds a model
+    (`participant.warm.PRELOAD`: torch, Flower's ClientApp runtime, the guard, fedloom's ClientApp):
+    the baseline a member's peak is measured from, memory that does not grow with d (a forked child
+    inherits it; a Ray worker also has Ray, so in simulation the ratio is, if anything, high)."""
     proc = subprocess.run([sys.executable, "-c", BASE_PROBE], capture_output=True, text=True, timeout=300)
     return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None
 
@@ -144,6 +154,7 @@ class Proc:
     idle: int  # RSS when first seen (members) or when the coordinator went idle
     peak: int
     reset: bool = False  # VmHWM counts from the reset only
+    what: str = ""  # its command line, shortened: which process of a tree peaked
 
 
 @dataclass
@@ -211,7 +222,7 @@ class Watch:
                     continue
                 p = seen.get(pid)
                 if p is None:
-                    seen[pid] = p = Proc(st[0], st[0])
+                    seen[pid] = p = Proc(st[0], st[0], what=_short(cmdline(pid)))
                 p.peak = max(p.peak, st[0], st[1] if (p.reset or role == "member") else 0)
         if self.idle:
             self.tree_peak = max(self.tree_peak, sum(s[0] for p in roles.get("tree", []) if (s := _status(p))))
@@ -224,6 +235,7 @@ class Watch:
             "coordinator_peak_rss_bytes": coord.peak if coord else None,
             "member_base_rss_bytes": member_base,
             "member_peak_rss_bytes": member.peak if member else None,
+            "member_peak_process": member.what if member else None,
             "coordinator_tree_idle_rss_bytes": self.tree_idle or None,
             "coordinator_tree_peak_rss_bytes": self.tree_peak or None,
         }
