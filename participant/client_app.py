@@ -111,7 +111,9 @@ def train(msg: Message, context: Context) -> Message:
         out[rec.UPDATE] = rec.vector_record(update)
     else:
         replies, masked = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
-        out[rec.PROTOCOL] = rec.protocol_record(replies)
+        out[rec.PROTOCOL] = rec.protocol_record(
+            replies, rec.SIMULATION_PART_BYTES if view.simulation else rec.PART_BYTES
+        )
         del replies  # the record holds the bytes now (the masked input is 4d of them)
         clipped = masked.clipped if masked is not None else 0
         if not fit and view.plan.contribution.enabled:
