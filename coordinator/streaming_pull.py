@@ -20,6 +20,7 @@ in-memory grid has no such copies and is left alone.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 import types
 from collections.abc import Callable, Iterable
@@ -54,6 +55,12 @@ from flwr.superlink.grid.http_grid import ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TO
 
 from fedloom.malloc import give_back_free_heap
 
+log = logging.getLogger("fedloom.coordinator")
+UNAVAILABLE = (  # Flower's wording, so the transport's handling and the operator's logs read the same
+    "Reply message objects are unavailable. The sender may not have completed the upload before the "
+    "object-push session expired. "
+)
+UNBUILDABLE = (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError)  # what a malformed object raises
 CHUNK_DEPTH = 4  # Message > RecordDict > ArrayRecord > Array > ArrayChunk: chunks are pulled late
 
 
@@ -72,9 +79,7 @@ def pull_messages(grid: HttpGrid, message_ids: Iterable[str]) -> list[Message]:
         res = grid._runtime_client.PullMessages(PullAppMessagesRequest(message_ids=message_ids))
     except httpx.HTTPStatusError as e:
         if e.response.status_code == httpx.codes.REQUEST_ENTITY_TOO_LARGE:
-            from flwr.supercore import log
-
-            log(40, ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TOO_LARGE)
+            log.error(ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TOO_LARGE)
             return []
         raise
     fetch = make_pull_object_fn_protobuf(
@@ -82,20 +87,27 @@ def pull_messages(grid: HttpGrid, message_ids: Iterable[str]) -> list[Message]:
     )
 
     def pull(ids: list[str], late: bool) -> dict[str, bytes]:
-        # an array's chunks one after the other, in this thread: each chunk in flight costs its HTTP
-        # body, the parsed response and the content (3 x 5 MB), and a pool thread's malloc arena
-        # kept what it freed until the trip ended; the small objects as Flower pulls them
+        # an array's chunks one after the other, in this thread: each chunk in flight costs its
+        # HTTP body, the parsed response and the content (3 x 5 MB); the small objects as Flower
+        # pulls them, several at once
         if late:
             return {oid: _pull_here(fetch, oid) for oid in ids}
         return pull_objects(object_ids=ids, pull_object_fn=fetch) if ids else {}
 
     out: list[Message] = []
     for msg_proto, tree in zip(res.messages_list, res.message_object_trees, strict=True):
-        msg_id = msg_proto.metadata.message_id
+        msg_id, reply_to = msg_proto.metadata.message_id, msg_proto.metadata.reply_to_message_id
         try:
             message = cast(Message, inflate_streaming(tree, pull))
         except ObjectPullError as e:
-            out.append(_unavailable(grid, run_id, msg_proto.metadata.reply_to_message_id, e))
+            out.append(_error_reply(grid, run_id, reply_to, ErrorCode.MESSAGE_UNAVAILABLE, UNAVAILABLE + str(e)))
+            continue
+        except UNBUILDABLE as e:
+            # a member's upload that is not a well-formed message (Flower's own pull raises here and
+            # ends the run): that member's reply is an error, the round goes on without it
+            log.warning("a reply to message %s could not be rebuilt: %s", reply_to, e)
+            reason = f"the reply could not be rebuilt from its objects ({type(e).__name__}: {e})"
+            out.append(_error_reply(grid, run_id, reply_to, ErrorCode.UNKNOWN, reason))
             continue
         grid._runtime_client.ConfirmMessageReceived(
             ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=msg_id)
@@ -170,8 +182,8 @@ def _pull_here(fetch: Callable[[str], bytes], oid: str) -> bytes:
     raise ObjectPullError(oid, "timeout or retry limit reached")
 
 
-def _unavailable(grid: HttpGrid, run_id: int, reply_to: str, err: ObjectPullError) -> Message:
-    """Flower's error reply for a message whose objects cannot be pulled (its wording kept)."""
+def _error_reply(grid: HttpGrid, run_id: int, reply_to: str, code: int, reason: str) -> Message:
+    """An error reply in place of a message that could not be pulled or built (Flower's form)."""
     return make_message(
         metadata=Metadata(
             run_id=run_id,
@@ -184,11 +196,5 @@ def _unavailable(grid: HttpGrid, run_id: int, reply_to: str, err: ObjectPullErro
             reply_to_message_id=reply_to,
             created_at=now().timestamp(),
         ),
-        error=Error(
-            code=ErrorCode.MESSAGE_UNAVAILABLE,
-            reason=(
-                "Reply message objects are unavailable. The sender may not have completed the upload "
-                f"before the object-push session expired. {err}"
-            ),
-        ),
+        error=Error(code=code, reason=reason),
     )

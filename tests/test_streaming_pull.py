@@ -23,9 +23,9 @@ from fedloom import records as rec
 MIB = 1 << 20
 
 
-def _reply(size: int, monkeypatch) -> tuple[Message, bytes]:
+def _reply(size: int, monkeypatch, seed: int = 5) -> tuple[Message, bytes]:
     monkeypatch.setattr(rec, "PART_BYTES", MIB)
-    raw = np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8).tobytes()
+    raw = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
     protocol = rec.protocol_record([b"key bundle", raw])
     content = RecordDict({rec.PROTOCOL: protocol, "cfg": ConfigRecord({"a": 1}), "m": MetricRecord({"x": 0.5})})
     meta = Metadata(1, "reply", 3, 1, "asked", "", time.time(), 600, "train")  # a member's reply, as stored
@@ -147,3 +147,57 @@ def test_what_carried_a_part_is_freed_before_the_next_part_is_pulled(monkeypatch
             gc.enable()
     assert rec.read_protocol(got.content)[1] == raw
     assert len(alive_at_next_part) > 3 and alive_at_next_part[1:] == [0] * (len(alive_at_next_part) - 1)
+
+
+class _Runtime:
+    """The SuperLink's Runtime API as the ServerApp's grid calls it, over the stored objects."""
+
+    def __init__(self, replies: list[tuple[Message, dict[str, bytes], object]]) -> None:
+        self.replies, self.confirmed = replies, []
+
+    def PullMessages(self, request):
+        from flwr.common.serde import message_to_proto
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+
+        return PullAppMessagesResponse(
+            messages_list=[message_to_proto(m) for m, _, _ in self.replies],
+            message_object_trees=[t for _, _, t in self.replies],
+        )
+
+    def PullObject(self, request):
+        from flwr.proto.message_pb2 import PullObjectResponse
+
+        for _, store, _ in self.replies:
+            if request.object_id in store:
+                return PullObjectResponse(
+                    object_found=True, object_available=True, object_content=store[request.object_id]
+                )
+        return PullObjectResponse(object_found=False, object_available=False)
+
+    def ConfirmMessageReceived(self, request):
+        self.confirmed.append(request.message_object_id)
+
+
+def test_a_malformed_reply_is_that_members_error_and_the_others_come_through(monkeypatch):
+    """Flower's pull raises on an object that does not inflate, which ends the run; here that one
+    reply becomes an error reply (the member is dropped from the round) and the rest arrive."""
+    from types import SimpleNamespace
+
+    from flwr.proto.node_pb2 import Node
+
+    good, raw = _reply(3 * MIB, monkeypatch)
+    bad, _ = _reply(2 * MIB, monkeypatch, seed=6)
+    good.metadata.__dict__["_message_id"] = good.object_id
+    bad.metadata.__dict__["_reply_to_message_id"] = "asked-too"
+    bad.metadata.__dict__["_message_id"] = bad.object_id
+    (good_store, good_tree), (bad_store, bad_tree) = _stored(good), _stored(bad)
+    array = next(n.object_id for n in _at_depth(bad_tree, CHUNK_DEPTH - 1) if n.object_id not in good_store)
+    head, _, _body = bad_store[array].partition(b"\x00")
+    bad_store[array] = head + b"\x00" + b"{not json"  # an Array whose body is not its metadata
+    runtime = _Runtime([(good, good_store, good_tree), (bad, bad_store, bad_tree)])
+    grid = SimpleNamespace(run=SimpleNamespace(run_id=1), node=Node(node_id=1), _runtime_client=runtime)
+    got = streaming_pull.pull_messages(grid, [good.object_id, bad.object_id])
+    assert len(got) == 2 and not got[0].has_error() and rec.read_protocol(got[0].content)[1] == raw
+    assert got[1].has_error() and "could not be rebuilt" in got[1].error.reason
+    assert got[1].metadata.reply_to_message_id == "asked-too"
+    assert runtime.confirmed == [good.object_id]
