@@ -61,6 +61,9 @@ from .transport import told_exchange
 log = logging.getLogger("fedloom.coordinator")
 
 
+UNREADABLE = (KeyError, TypeError, ValueError, AttributeError)  # what reading a malformed record raises
+
+
 @dataclass
 class RunHooks:
     """Simulation-only hooks at the adapter boundary (the protocol code stays the production code).
@@ -217,7 +220,12 @@ class SecureRounds:
 
     def _on_reply(self, reply: Message) -> None:
         node = reply.metadata.src_node_id
-        content = reply.content
+        try:
+            self._take_reply(node, reply.content)
+        except UNREADABLE as err:  # a member's records that are not what fedloom writes: its reply is left out
+            log.warning("node %s sent a reply that cannot be read (%s: %s); ignored", node, type(err).__name__, err)
+
+    def _take_reply(self, node: int, content: RecordDict) -> None:
         if rec.EVAL in content:
             e = rec.EvalReport.from_record(content[rec.EVAL])
             self._evals.append((e.loss, e.accuracy, e.examples))
@@ -230,7 +238,8 @@ class SecureRounds:
             self.declared[who.member] = who.examples
         if self.ledger is not None and who is not None:
             self.ledger.observe(node, who)
-        for raw in rec.protocol_views(content):  # views into the reply: a masked input is not copied
+        # views into the reply (a masked input is not copied), none longer than a masked input can be
+        for raw in rec.protocol_views(content, self.params.max_message_bytes):
             self._route(node, claimed, raw)
         if rec.FIT in content and claimed is not None:
             fit = rec.FitReport.from_metrics(content[rec.FIT])

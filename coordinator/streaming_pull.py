@@ -24,7 +24,6 @@ import logging
 import time
 import types
 from collections.abc import Callable, Iterable
-from typing import cast
 
 import httpx
 from flwr.app import Message, Metadata
@@ -52,6 +51,7 @@ from flwr.supercore.inflatable.inflatable_utils import (
     pull_objects,
 )
 from flwr.superlink.grid.http_grid import ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TOO_LARGE, HttpGrid
+from google.protobuf.message import DecodeError
 
 from fedloom.malloc import give_back_free_heap
 
@@ -60,7 +60,10 @@ UNAVAILABLE = (  # Flower's wording, so the transport's handling and the operato
     "Reply message objects are unavailable. The sender may not have completed the upload before the "
     "object-push session expired. "
 )
-UNBUILDABLE = (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError)  # what a malformed object raises
+# what objects that do not make a message raise (a protobuf DecodeError is none of the builtins)
+UNBUILDABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, DecodeError)
+SAME_METADATA = ("run_id", "src_node_id", "dst_node_id", "reply_to_message_id", "message_type")
+COLLECT_AFTER = 1 << 20  # chunk bytes pulled before the transport's garbage is collected
 CHUNK_DEPTH = 4  # Message > RecordDict > ArrayRecord > Array > ArrayChunk: chunks are pulled late
 
 
@@ -86,35 +89,56 @@ def pull_messages(grid: HttpGrid, message_ids: Iterable[str]) -> list[Message]:
         pull_object_protobuf=grid._runtime_client.PullObject, node=grid.node, run_id=run_id
     )
 
-    def pull(ids: list[str], late: bool) -> dict[str, bytes]:
-        # an array's chunks one after the other, in this thread: each chunk in flight costs its
-        # HTTP body, the parsed response and the content (3 x 5 MB); the small objects as Flower
-        # pulls them, several at once
-        if late:
-            return {oid: _pull_here(fetch, oid) for oid in ids}
-        return pull_objects(object_ids=ids, pull_object_fn=fetch) if ids else {}
-
     out: list[Message] = []
     for msg_proto, tree in zip(res.messages_list, res.message_object_trees, strict=True):
         msg_id, reply_to = msg_proto.metadata.message_id, msg_proto.metadata.reply_to_message_id
+        deadline = time.monotonic() + PULL_MAX_TIME  # one budget per message, as Flower's pull has
+
+        def pull(ids: list[str], late: bool, deadline: float = deadline) -> dict[str, bytes]:
+            # an array's chunks one after the other, in this thread: each chunk in flight costs its
+            # HTTP body, the parsed response and the content (3 x 5 MB); the small objects as
+            # Flower pulls them, several at once
+            if late:
+                return {oid: _pull_here(fetch, oid, deadline) for oid in ids}
+            return pull_objects(object_ids=ids, pull_object_fn=fetch) if ids else {}
+
         try:
-            message = cast(Message, inflate_streaming(tree, pull))
+            message = inflate_streaming(tree, pull)
+            if not isinstance(message, Message):
+                raise TypeError(f"the root object is a {type(message).__name__}, not a Message")
+            _check_metadata(message, msg_proto.metadata)
         except ObjectPullError as e:
             out.append(_error_reply(grid, run_id, reply_to, ErrorCode.MESSAGE_UNAVAILABLE, UNAVAILABLE + str(e)))
             continue
         except UNBUILDABLE as e:
-            # a member's upload that is not a well-formed message (Flower's own pull raises here and
-            # ends the run): that member's reply is an error, the round goes on without it
-            log.warning("a reply to message %s could not be rebuilt: %s", reply_to, e)
-            reason = f"the reply could not be rebuilt from its objects ({type(e).__name__}: {e})"
-            out.append(_error_reply(grid, run_id, reply_to, ErrorCode.UNKNOWN, reason))
+            # a member's upload that is not a well-formed message of its own (Flower's pull raises
+            # here and ends the run): that member's reply is an error, the round goes on without it
+            why = f"{type(e).__name__}: {str(e)[:200]}"
+            log.warning("a reply to message %s could not be rebuilt (%s)", reply_to, why)
+            out.append(
+                _error_reply(grid, run_id, reply_to, ErrorCode.UNKNOWN, f"the reply could not be rebuilt ({why})")
+            )
+            _confirm(grid, run_id, msg_id)  # its objects may go: it will not be pulled again
             continue
-        grid._runtime_client.ConfirmMessageReceived(
-            ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=msg_id)
-        )
+        _confirm(grid, run_id, msg_id)
         message.metadata.__dict__["_message_id"] = msg_id
         out.append(message)
     return out
+
+
+def _confirm(grid: HttpGrid, run_id: int, msg_id: str) -> None:
+    grid._runtime_client.ConfirmMessageReceived(
+        ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=msg_id)
+    )
+
+
+def _check_metadata(message: Message, vouched: object) -> None:
+    """The rebuilt message's addressing is the member's own upload; the SuperLink's record of the
+    message is what it checked (sender, run, the request answered). A member whose upload names
+    another sender or request would take that node's place in the trip: refused."""
+    for name in SAME_METADATA:
+        if getattr(message.metadata, name) != getattr(vouched, name):
+            raise ValueError(f"the message's {name} is not the one the SuperLink recorded")
 
 
 def inflate_streaming(tree: ObjectTree, pull: Callable[[list[str], bool], dict[str, bytes]]) -> InflatableObject:
@@ -124,28 +148,32 @@ def inflate_streaming(tree: ObjectTree, pull: Callable[[list[str], bool], dict[s
     `pull(ids, late)` returns those objects' contents; `late` marks the chunks."""
     shallow = [node.object_id for node, depth in _nodes(tree) if depth < CHUNK_DEPTH]
     contents = pull(list(dict.fromkeys(shallow)), False)
-    uses: dict[str, int] = {}
-    for node, _ in _nodes(tree):
-        uses[node.object_id] = uses.get(node.object_id, 0) + 1
+    uses = _uses(tree)
     built: dict[str, InflatableObject] = {}  # objects the tree names again further on
+    pulled = 0  # chunk bytes since the transport's garbage was last collected
 
     def build(node: ObjectTree, depth: int) -> InflatableObject:
+        nonlocal pulled
         oid = node.object_id
         uses[oid] -= 1
         if oid in built:
             return built.pop(oid) if uses[oid] == 0 else built[oid]
         if depth + 1 >= CHUNK_DEPTH and node.children:
             late = [c.object_id for c in node.children if c.object_id not in contents and c.object_id not in built]
-            contents.update(pull(list(dict.fromkeys(late)), True))
+            fresh = pull(list(dict.fromkeys(late)), True)
+            pulled += sum(len(c) for c in fresh.values())
+            contents.update(fresh)
         content = contents.pop(oid)
         obj_type, child_ids, _ = get_object_head_values_from_object_content(content)
-        if set(child_ids) != {c.object_id for c in node.children}:
-            raise ObjectPullError(oid, "its children differ from the message's object tree")
-        children = {c.object_id: build(c, depth + 1) for c in node.children}
+        by_id = {c.object_id: c for c in node.children}
+        if set(child_ids) != set(by_id):
+            raise ValueError(f"object {oid[:16]}: its children are not those of the message's object tree")
+        children = {cid: build(by_id[cid], depth + 1) for cid in dict.fromkeys(child_ids)}  # Flower's order
         obj = inflatable_class_registry[obj_type].inflate(content, children=children)
         del content, children
-        if depth + 1 >= CHUNK_DEPTH and node.children:
+        if pulled >= COLLECT_AFTER:
             _drop_transport_garbage()
+            pulled = 0
         if uses[oid] > 0:
             built[oid] = obj
         return obj
@@ -153,11 +181,28 @@ def inflate_streaming(tree: ObjectTree, pull: Callable[[list[str], bool], dict[s
     return build(tree, 0)
 
 
+def _uses(tree: ObjectTree) -> dict[str, int]:
+    """How many times `build` reaches each object: a repeated object's subtree is built once, so
+    its descendants are counted from its first place only (else they would be kept to the end)."""
+    uses: dict[str, int] = {}
+
+    def visit(node: ObjectTree) -> None:
+        seen = node.object_id in uses
+        uses[node.object_id] = uses.get(node.object_id, 0) + 1
+        if not seen:
+            for child in node.children:
+                visit(child)
+
+    visit(tree)
+    return uses
+
+
 def _drop_transport_garbage() -> None:
     """Free what carried an array's chunks now. The HTTP responses they came in sit in reference
     cycles (httpx), which only the cyclic collector frees: traced in the ServerApp, a whole reply's
     response bodies (1 x 4d) waited for its next collection, until the trip's end. Then the
-    heap's free pages go back to the OS (fedloom.malloc). About a millisecond per array."""
+    heap's free pages go back to the OS (fedloom.malloc). About a millisecond, once per MiB of
+    chunks (COLLECT_AFTER), so many small arrays do not each pay it."""
     gc.collect(1)  # the young generations: the responses of this array's chunks are a moment old
     give_back_free_heap()
 
@@ -168,14 +213,15 @@ def _nodes(tree: ObjectTree, depth: int = 0) -> Iterable[tuple[ObjectTree, int]]
     yield tree, depth
 
 
-def _pull_here(fetch: Callable[[str], bytes], oid: str) -> bytes:
-    """One object, retried as Flower's `pull_objects` retries it (backoff up to its caps)."""
-    delay, start = PULL_INITIAL_BACKOFF, time.monotonic()
+def _pull_here(fetch: Callable[[str], bytes], oid: str, deadline: float) -> bytes:
+    """One object, retried as Flower's `pull_objects` retries it (backoff up to its caps), within
+    the message's one deadline: a member that uploads slowly cannot stretch it chunk by chunk."""
+    delay = PULL_INITIAL_BACKOFF
     for _ in range(PULL_MAX_TRIES_PER_OBJECT):
         try:
             return fetch(oid)
         except ObjectUnavailableError:
-            if time.monotonic() - start >= PULL_MAX_TIME:
+            if time.monotonic() + delay >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, PULL_BACKOFF_CAP)

@@ -136,18 +136,25 @@ def read_protocol(content: RecordDict) -> list[bytes]:
     return [b"".join(record[k].numpy().tobytes() for k in keys) for keys in _part_keys(record)]
 
 
-def protocol_views(content: RecordDict) -> list[bytes | memoryview]:
+def protocol_views(content: RecordDict, max_bytes: int | None = None) -> list[bytes | memoryview]:
     """`read_protocol` without copies, for the coordinator: a masked input is 4d bytes, and Flower's
     `Array.numpy()` copies it once and `.tobytes()` again. Each message is a read-only view into the
     record's own buffer (kept alive by the view) once its .npy header says uint8, 1-D and the exact
     length; anything else takes the copying path, which decodes (or refuses) it as before.
 
     A message in parts is copied once, into one buffer of its size, each part taken out of the
-    record (and so freed) as soon as it is in: the reply holds the message once, not twice."""
+    record (and so freed) as soon as it is in: the reply holds the message once, not twice. Parts
+    adding up to over `max_bytes` are refused (ValueError) before anything is allocated: a sender
+    can name one small stored array as every part of a message of any length."""
     if PROTOCOL not in content:
         return []
     record = content[PROTOCOL]
-    return [_uint8_view(record[keys[0]]) if len(keys) == 1 else _joined(record, keys) for keys in _part_keys(record)]
+    out: list[bytes | memoryview] = []
+    for keys in _part_keys(record):
+        if max_bytes is not None and sum(len(record[k].data) for k in keys) > max_bytes:  # data: what is held
+            raise ValueError(f"a protocol message in {len(keys)} parts is longer than {max_bytes} bytes")
+        out.append(_uint8_view(record[keys[0]]) if len(keys) == 1 else _joined(record, keys))
+    return out
 
 
 def _joined(record: ArrayRecord, keys: list[str]) -> memoryview:

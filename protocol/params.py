@@ -74,6 +74,13 @@ class ProtocolParams:
         return self.vector_length + 1
 
     @property
+    def max_message_bytes(self) -> int:
+        """An upper bound on any protocol message's encoding: a masked input's ring elements plus
+        1 MiB for its fields and for the other messages (share bundles stay far below it even for
+        1,000 members). A receiver refuses a longer one before allocating for it."""
+        return self.masked_length * self.dtype.itemsize + (1 << 20)
+
+    @property
     def collusion_bound(self) -> int:
         """c: how many members may collude with the coordinator without any claim failing."""
         if self.colluders >= 0:

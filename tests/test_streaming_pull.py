@@ -146,7 +146,9 @@ def test_what_carried_a_part_is_freed_before_the_next_part_is_pulled(monkeypatch
         if was_enabled:
             gc.enable()
     assert rec.read_protocol(got.content)[1] == raw
-    assert len(alive_at_next_part) > 3 and alive_at_next_part[1:] == [0] * (len(alive_at_next_part) - 1)
+    # the small key bundle's chunk waits for a MiB of chunks (COLLECT_AFTER); from the first big part on,
+    # nothing that carried a part is left when the next is pulled
+    assert len(alive_at_next_part) > 4 and alive_at_next_part[2:] == [0] * (len(alive_at_next_part) - 2)
 
 
 class _Runtime:
@@ -200,4 +202,39 @@ def test_a_malformed_reply_is_that_members_error_and_the_others_come_through(mon
     assert len(got) == 2 and not got[0].has_error() and rec.read_protocol(got[0].content)[1] == raw
     assert got[1].has_error() and "could not be rebuilt" in got[1].error.reason
     assert got[1].metadata.reply_to_message_id == "asked-too"
-    assert runtime.confirmed == [good.object_id]
+    assert runtime.confirmed == [good.object_id, bad.object_id]  # the bad one's objects may go too
+
+
+def test_a_reply_that_names_another_sender_or_request_is_refused(monkeypatch):
+    """The rebuilt message's addressing is the member's own upload; the SuperLink's record is what
+    it checked. A member whose upload names another node (or request) would take its place."""
+    from types import SimpleNamespace
+
+    from flwr.proto.node_pb2 import Node
+
+    honest, _ = _reply(2 * MIB, monkeypatch)
+    honest.metadata.__dict__["_message_id"] = honest.object_id
+    forged, _ = _reply(2 * MIB, monkeypatch, seed=7)
+    forged.metadata.__dict__["_message_id"] = forged.object_id
+    store, tree = _stored(forged)  # what the member uploaded: it says it is node 3
+    runtime = _Runtime([(honest, *_stored(honest))])
+    vouched = Message(forged.content, metadata=forged.metadata)
+    vouched.metadata.__dict__["_src_node_id"] = 9  # what the SuperLink recorded: it came from node 9
+    vouched.metadata.__dict__["_message_id"] = forged.object_id
+    runtime.replies.append((vouched, store, tree))
+    grid = SimpleNamespace(run=SimpleNamespace(run_id=1), node=Node(node_id=1), _runtime_client=runtime)
+    got = streaming_pull.pull_messages(grid, [honest.object_id, forged.object_id])
+    assert not got[0].has_error() and got[0].metadata.src_node_id == 3
+    assert got[1].has_error() and "src_node_id" in got[1].error.reason
+
+
+def test_parts_that_add_up_to_more_than_a_message_can_be_are_refused_before_allocating():
+    """Every part key may name the same small stored array: the join must not allocate their sum."""
+    from flwr.app import ArrayRecord
+
+    part = rec._uint8_array(b"x" * 1000)
+    record = ArrayRecord({"0": part, **{f"0.{i}": part for i in range(1, 50)}})
+    content = RecordDict({rec.PROTOCOL: record})
+    with pytest.raises(ValueError, match="longer than"):
+        rec.protocol_views(content, max_bytes=10_000)
+    assert len(rec.protocol_views(content, max_bytes=60_000)[0]) == 50_000
