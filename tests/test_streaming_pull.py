@@ -238,3 +238,30 @@ def test_parts_that_add_up_to_more_than_a_message_can_be_are_refused_before_allo
     with pytest.raises(ValueError, match="longer than"):
         rec.protocol_views(content, max_bytes=10_000)
     assert len(rec.protocol_views(content, max_bytes=60_000)[0]) == 50_000
+
+
+def test_a_reply_with_records_fedloom_never_writes_is_left_out_not_the_end_of_the_run(caplog):
+    """What the coordinator reads of a reply is the member's: an EVAL record without its fields, a
+    protocol record whose parts add up to more than any message can be. Each reply is logged and
+    left out; the next good one is taken."""
+    from flwr.app import ArrayRecord
+
+    from coordinator.secure import SecureRounds
+    from protocol.local import make_federation
+    from protocol.params import ProtocolParams
+    from simulations.scenario import parse_scenario
+
+    plan = parse_scenario(b'name = "t"\nparticipants = 3\nrounds = 1\n[task]\nname = "digits"\n').plan
+    roster = make_federation(3, ProtocolParams(vector_length=10, max_members=3), seed=1).roster
+    rounds = SecureRounds(grid=None, plan=plan, nodes=[1, 2, 3], roster=roster, vector_length=10)
+    meta = Metadata(1, "r", 2, 1, "asked", "", time.time(), 600, "train")
+    no_fields = RecordDict({rec.EVAL: ConfigRecord({"x": 1})})
+    part = rec._uint8_array(b"x" * 1000)
+    too_long = ArrayRecord({"0": part, **{f"0.{i}": part for i in range(1, 10_000)}})  # 10 MB from 1 kB
+    with caplog.at_level("WARNING", logger="fedloom.coordinator"):
+        for content in (no_fields, RecordDict({rec.PROTOCOL: too_long})):
+            rounds._on_reply(Message(content, metadata=meta))  # logged, not raised
+    assert caplog.text.count("cannot be read") == 2 and "longer than" in caplog.text
+    good = rec.EvalReport(0.5, 0.9, 7).to_record()
+    rounds._on_reply(Message(RecordDict({rec.EVAL: good}), metadata=meta))
+    assert rounds._evals == [(0.5, 0.9, 7)]
