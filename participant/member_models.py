@@ -27,7 +27,7 @@ def keep_models(view: NodeView, trainer: LocalTrainer, base: np.ndarray) -> None
         t = view.plan.training
         training = {"steps": t.steps, "epochs": t.epochs, "optimizer": t.optimizer, "lr": t.lr}
         # the trainer's model is the local one right after training: written from its own tensors
-        keeper.keep_local(None, view.round, lineage, training | {"examples": len(view.data.train)})
+        keeper.keep_trained(view.round, lineage, training | {"examples": len(view.data.train)})
     except OSError as exc:  # the member's disk, not the round: train on, say so loudly
         log.error("member %d could not keep its models in %s: %s", view.member, view.models_dir, exc)
 

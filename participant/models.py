@@ -40,7 +40,7 @@ CARD_VERSION = 1
 
 def vector_hash(vector: np.ndarray) -> str:
     """SHA-256 of the float32 parameter vector: the coordinator's ledger `model_hash`."""
-    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32)).hexdigest()  # no copy
+    return tensors_hash({"vector": vector})
 
 
 def named_tensors(model: torch.nn.Module, vector: np.ndarray) -> dict[str, np.ndarray]:
@@ -174,11 +174,15 @@ class ModelKeeper:
         write_model(self.directory, BASE, self.model, vector, card)
         return lineage
 
-    def keep_local(self, vector: np.ndarray | None, round_: int, lineage: list[dict], training: dict[str, Any]) -> None:
-        """This member's model after training in round `round_`, started from the last base in
-        `lineage`: `vector`, or (None) the keeper's model as it is, written from its own tensors."""
-        card = self._card(round=int(round_), lineage=lineage, derived_from=lineage[-1]["sha256"], training=training)
-        if vector is None:
-            write_tensors(self.directory, LOCAL, tasks.model_arrays(self.model), card)
-        else:
-            write_model(self.directory, LOCAL, self.model, vector, card)
+    def keep_local(self, vector: np.ndarray, round_: int, lineage: list[dict], training: dict[str, Any]) -> None:
+        """This member's model after training in round `round_`, started from the last base in `lineage`."""
+        write_model(self.directory, LOCAL, self.model, vector, self._local_card(round_, lineage, training))
+
+    def keep_trained(self, round_: int, lineage: list[dict], training: dict[str, Any]) -> None:
+        """:meth:`keep_local` of the keeper's model as it is right after training, written from its
+        own tensors (`tasks.model_arrays`): no d-long vector is made."""
+        card = self._local_card(round_, lineage, training)
+        write_tensors(self.directory, LOCAL, tasks.model_arrays(self.model), card)
+
+    def _local_card(self, round_: int, lineage: list[dict], training: dict[str, Any]) -> dict[str, Any]:
+        return self._card(round=int(round_), lineage=lineage, derived_from=lineage[-1]["sha256"], training=training)

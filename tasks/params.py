@@ -15,11 +15,15 @@ import numpy as np
 import torch
 
 
-def _entries(model: torch.nn.Module) -> Iterator[torch.Tensor]:
-    """The tensors that make up the vector, in ``state_dict`` order (they alias the model)."""
-    for tensor in model.state_dict().values():
+def _named_entries(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors that make up the vector, by name, in ``state_dict`` order (they alias the model)."""
+    for name, tensor in model.state_dict().items():
         if tensor.is_floating_point():
-            yield tensor
+            yield name, tensor
+
+
+def _entries(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    return (tensor for _, tensor in _named_entries(model))
 
 
 def num_parameters(model: torch.nn.Module) -> int:
@@ -39,11 +43,7 @@ def model_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """The vector's entries by ``state_dict`` name, as float32 arrays that share the model's memory
     on the CPU (a copy per tensor elsewhere): writing a model out costs no d-long vector. Their
     concatenation in this order is :func:`model_to_vector`."""
-    out = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            out[name] = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-    return out
+    return {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in _named_entries(model)}
 
 
 def _float32_tensor(vec: np.ndarray) -> torch.Tensor:

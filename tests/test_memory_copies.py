@@ -174,7 +174,7 @@ def test_joining_a_message_in_parts_holds_it_about_once():
 
 
 def test_a_members_local_model_is_written_from_its_own_tensors_as_from_its_vector(tmp_path):
-    """keep_local(None) writes the trainer's model without a d-long vector (model_arrays shares the
+    """keep_trained writes the trainer's model without a d-long vector (model_arrays shares the
     model's memory; the hash is taken tensor by tensor); the tensors, metadata and card are those of the vector."""
     import torch
 
@@ -192,9 +192,10 @@ def test_a_members_local_model_is_written_from_its_own_tensors_as_from_its_vecto
     assert all(np.shares_memory(v, vector) for v in named_tensors(model, vector).values())
     lineage = [{"round": 0, "sha256": "b" * 64, "plan_hash": "p" * 64}]
     by_vector, by_model = tmp_path / "v", tmp_path / "m"
-    for where, vec in ((by_vector, vector), (by_model, None)):
-        where.mkdir()
-        ModelKeeper(where, "charlm", "p" * 64, "spain", model).keep_local(vec, 1, lineage, {"steps": 1})
+    by_vector.mkdir()
+    by_model.mkdir()
+    ModelKeeper(by_vector, "charlm", "p" * 64, "spain", model).keep_local(vector, 1, lineage, {"steps": 1})
+    ModelKeeper(by_model, "charlm", "p" * 64, "spain", model).keep_trained(1, lineage, {"steps": 1})
     from safetensors import safe_open
 
     files = [safe_open(str(where / f"{LOCAL}.safetensors"), "numpy") for where in (by_vector, by_model)]
