@@ -63,7 +63,7 @@ def start_ray(init_args: dict[str, Any]) -> None:
     os.environ["PYTHONPATH"] = pythonpath  # Ray's workers need the driver's import path
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
-            with _ray_keeps_our_sigterm():
+            with _ray_leaves_signals_to_us():
                 ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
             return
         except Exception as exc:  # Ray raises a bare Exception for this one
@@ -79,18 +79,33 @@ log = logging.getLogger("fedloom.simulate")
 
 
 @contextlib.contextmanager
-def _ray_keeps_our_sigterm() -> Iterator[None]:
-    """ray.init installs a SIGTERM handler that exits with code 15 at once: a SIGTERM during Ray's
-    start-up (seconds on a busy machine) then left no outputs. Ray's Python-level installer does
-    nothing inside this block, so the SignalGuard's handler stays in force."""
+def _ray_leaves_signals_to_us() -> Iterator[None]:
+    """Ctrl-C and SIGTERM reach fedloom's SignalGuard alone, which stops the run and shuts Ray down.
+
+    Two things in Ray's start-up undo that. (1) ray.init installs SIGTERM handlers that exit at once
+    (code 15 or 1): a SIGTERM during Ray's start-up (seconds on a busy machine) then left no outputs;
+    Ray's Python-level installer does nothing inside this block. (2) The processes Ray starts (GCS,
+    raylet, agents; the raylet starts the workers) share the foreground process group, so a SIGTERM
+    to the group (`kill -TERM -pgid`, a supervisor stopping the job) killed the raylet too, and Ray's
+    core worker then ended the driver with code 1 and no outputs. Ray blocks SIGINT in them, not
+    SIGTERM; here each starts in its own session instead. They still die with the driver: Ray
+    starts them with kernel fate-sharing (PR_SET_PDEATHSIG), and ray.shutdown() stops them.
+    """
+    import ray._private.services as ray_services
     import ray._private.utils as ray_utils
 
-    original = ray_utils.set_sigterm_handler
+    class _OwnSessionPopen(ray_services.ConsolePopen):  # type: ignore[misc, name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["start_new_session"] = True
+            super().__init__(*args, **kwargs)
+
+    originals = (ray_utils.set_sigterm_handler, ray_services.ConsolePopen)
     ray_utils.set_sigterm_handler = lambda handler: None
+    ray_services.ConsolePopen = _OwnSessionPopen
     try:
         yield
     finally:
-        ray_utils.set_sigterm_handler = original
+        ray_utils.set_sigterm_handler, ray_services.ConsolePopen = originals
 
 
 # Ray waits a fixed 30 s for its raylet to register (ray/_private/node.py, not configurable); on a

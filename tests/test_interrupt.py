@@ -197,3 +197,42 @@ def test_a_sigterm_during_rays_start_reaches_the_guard_not_rays_handler(tmp_path
         subprocess.run(["rm", "-rf", str(ray_dir)], check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "handler saw [15] after start <lambda>" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+RAY_GROUP_SIGTERM_PROBE = """
+import os, signal, sys, time
+from types import SimpleNamespace
+import ray
+from fedloom.localray import keep_ray_on_loopback
+from simulations.runner import ray_backend_config, start_ray, stop_ray
+
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # as SignalGuard does
+keep_ray_on_loopback()
+scenario = SimpleNamespace(simulation=SimpleNamespace(cpus_per_participant=1))
+start_ray(ray_backend_config(scenario, sys.argv[1])["init_args"])
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # again after Ray, as guard.install()
+os.killpg(0, signal.SIGTERM)  # what `kill -TERM -<pgid>` or a supervisor stopping the job sends
+time.sleep(3)  # long enough for the raylet's death to reach the driver
+print("handler saw", got, "ray answers", ray.get(ray.remote(lambda: 42).remote(), timeout=60), flush=True)
+stop_ray()
+"""
+
+
+def test_a_sigterm_to_the_process_group_leaves_ray_running_for_the_guard_to_stop(tmp_path):
+    """SIGTERM to the foreground group reached Ray's raylet too, and Ray's core worker then ended the
+    driver with code 1 before fedloom could write its outputs (the second cause of the flaky SIGTERM
+    case above). Only the driver may get it: it stops the run and shuts Ray down itself."""
+    ray_dir = Path("/tmp") / f"frg-{os.getpid()}"  # Ray's socket paths are length-limited
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", RAY_GROUP_SIGTERM_PROBE, str(ray_dir)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            start_new_session=True,  # killpg(0) in the probe must not reach pytest
+        )
+    finally:
+        subprocess.run(["rm", "-rf", str(ray_dir)], check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "handler saw [15] ray answers 42" in done.stdout, done.stdout + done.stderr[-2000:]
