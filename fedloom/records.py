@@ -26,6 +26,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.constant import SType
 
+from fedloom.array_pickling import pickle_arrays_out_of_band
+
+pickle_arrays_out_of_band()  # Ray (the Simulation Engine) then moves these records' arrays without copying
+
 MODEL = "model"  # ArrayRecord {"vector": float32[d]}
 UPDATE = "update"  # ArrayRecord {"vector": float32[d]} (plaintext mode only)
 CONFIG = "config"  # ConfigRecord: round, plan, plan-hash, flags
@@ -87,21 +91,21 @@ def read_vector(content: RecordDict, key: str) -> np.ndarray:
 
 # 4 MiB: with its .npy header a part fits one Flower chunk (5 MiB), so rebuilding it on arrival
 # copies 4 MiB twice, not 16 (0.8 x 4d at d = 10^7 with 16 MiB parts). In a simulation the reply
-# crosses Ray, not HTTP, and there fewer, larger parts cost less (measured at d = 10^8: 16 MiB
-# parts 6.05 x 4d above idle for the coordinator process, 6.34 for a member; 4 MiB 7.02 and 7.34).
+# crosses Ray out of band (fedloom.array_pickling) and the coordinator reads it in place, so there a
+# message travels whole: parts would only add the join's copy (measured at d = 10^8 with the
+# reply out of band: 16 MiB parts 4.52 x 4d above idle for the coordinator process, whole 3.01).
 PART_BYTES = 4 << 20
-SIMULATION_PART_BYTES = 16 << 20
 
 
-def protocol_record(encoded: list[bytes], part_bytes: int | None = None) -> ArrayRecord:
+def protocol_record(encoded: list[bytes], whole: bool = False) -> ArrayRecord:
     """Protocol messages in their own byte encoding, as uint8 arrays (Flower chunks each for the wire).
 
-    A message over `part_bytes` (default PART_BYTES; a masked input: 4d bytes) is cut into arrays
-    of that size: Flower rebuilds each received array with two passing copies of it (the joined
-    chunks, then `bytes` of them), so a receiver that takes one big array in holds about three
-    times the message at once; in parts it holds the message and two copies of one part. Smaller
-    messages keep the layout of earlier versions (one array each, keys "0", "1", ...)."""
-    size = part_bytes or PART_BYTES
+    A message over PART_BYTES (a masked input: 4d bytes) is cut into arrays of that size, unless
+    `whole` (simulation) keeps every message in one array. Flower's deployment pull rebuilds each received array
+    with passing copies of it, so a receiver that takes one big array in holds about three times
+    the message at once; in parts it holds the message and copies of one part. Smaller messages
+    keep the layout of earlier versions (one array each, keys "0", "1", ...)."""
+    size = max([1, *(len(raw) for raw in encoded)]) if whole else PART_BYTES
     arrays: dict[str, Array] = {}
     for i, raw in enumerate(encoded):
         view = memoryview(raw)
@@ -178,13 +182,16 @@ def _uint8_view(array: Array) -> bytes | memoryview:
     return memoryview(view) if view is not None else array.numpy().tobytes()
 
 
+NPY_HEADER_MAX = 64 * 1024  # a longer .npy header (never written here) takes the copying path
+
+
 def _npy_view(array: Array, want: np.dtype) -> np.ndarray | None:
     """A read-only 1-D view of an Array's .npy bytes when its header says exactly `want`, 1-D, C order
     and the length the bytes hold; None otherwise (the caller then takes Flower's copying path)."""
-    data = array.data
-    if array.stype != SType.NUMPY or not isinstance(data, bytes):
+    data = array.data  # bytes, or a read-only view of Ray's object store (fedloom.array_pickling)
+    if array.stype != SType.NUMPY or not isinstance(data, bytes | memoryview):
         return None
-    f = io.BytesIO(data)
+    f = io.BytesIO(memoryview(data)[:NPY_HEADER_MAX])  # BytesIO copies a view: only the header's bytes
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     with contextlib.suppress(ValueError):
         version = np.lib.format.read_magic(f)

@@ -23,12 +23,14 @@ from typing import cast
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from fedloom import records as rec
 from fedloom import triplog
 from fedloom.kits import MemberKit
 from fedloom.malloc import return_big_buffers
 from fedloom.policy import PolicyRefusal
+from fedloom.raystore import release_store_pages
 from fedloom.session import protocol_params
 from protocol.errors import ProtocolError, Rule
 
@@ -42,7 +44,17 @@ from .sim_taps import deal_garbage, record_for_verification
 from .trainer import LocalTrainer
 
 log = logging.getLogger("fedloom.participant")
-app = ClientApp()
+
+
+def _store_pages_go_first(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """In a simulation's Ray actor: the object-store pages of the last reply this actor wrote (and of
+    the messages it read) leave its resident set before the next message is handled (fedloom.raystore;
+    nothing happens outside Ray)."""
+    release_store_pages()
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[_store_pages_go_first])
 return_big_buffers()  # in every process that loads the ClientApp: its d-long buffers go back to the OS when dropped
 
 
@@ -111,9 +123,8 @@ def train(msg: Message, context: Context) -> Message:
         out[rec.UPDATE] = rec.vector_record(update)
     else:
         replies, masked = _answer_protocol(msg, context, view, train_once, fit, rec.model_digest(vector))
-        out[rec.PROTOCOL] = rec.protocol_record(
-            replies, rec.SIMULATION_PART_BYTES if view.simulation else rec.PART_BYTES
-        )
+        # whole in a simulation: Ray carries it out of band and the coordinator reads it in place
+        out[rec.PROTOCOL] = rec.protocol_record(replies, whole=view.simulation)
         del replies  # the record holds the bytes now (the masked input is 4d of them)
         clipped = masked.clipped if masked is not None else 0
         if not fit and view.plan.contribution.enabled:
