@@ -73,8 +73,10 @@ class RunSettings:
 
 
 def initial_model(plan: Plan) -> np.ndarray:
+    """The federation's round-0 vector, from the plan's seed (`Task.initial_model`: in LoRA mode the
+    adapters alone, without loading the base's weights)."""
     torch.manual_seed(plan.seed)
-    return tasks.model_to_vector(tasks.get_task(plan.task.ref).build_model())
+    return tasks.model_to_vector(tasks.get_task(plan.task.ref).initial_model())
 
 
 @dataclass

@@ -227,6 +227,12 @@ class Task(ABC):
     def build_model(self) -> torch.nn.Module:
         """A fresh model; its initial weights depend only on the torch RNG state."""
 
+    def initial_model(self) -> torch.nn.Module:
+        """The model a federation starts from, built by the coordinator: what travels (its vector) must
+        equal `build_model()`'s for the same torch RNG state, and leave the RNG where `build_model`
+        leaves it; a task may skip what does not travel (a frozen base's weights)."""
+        return self.build_model()
+
     @abstractmethod
     def train(self, model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device) -> TrainResult:
         """Train ``model`` in place on ``data``."""

@@ -47,6 +47,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
+from unittest import mock
 
 import numpy as np
 import torch
@@ -260,9 +261,30 @@ class HFCausalLMTask(Task):
             lm = hb.load_fresh(source)
             lm.requires_grad_(True)
             return LMWrapper(lm)
+        return self._with_adapters(hb.aliasing_copy(hb.shared_frozen(source)))
+
+    def initial_model(self) -> nn.Module:
+        """In LoRA mode the adapters over a weightless skeleton of the base (meta device): what
+        travels, initialised from the torch RNG exactly as `build_model` initialises it, while the
+        base's weights are never read. The coordinator needs only this; a 7B base would otherwise
+        cost it ~28 GB and minutes at start. Full mode: `build_model`."""
+        if self.mode == "full":
+            return self.build_model()
+        from peft.tuners.lora import LoraLayer, LoraModel
+
+        # peft moves each new adapter to its base layer's device, here "meta", which would drop
+        # the values it has just drawn; these two (peft 0.21) are the only places that move them.
+        # tests/test_hflm.py checks the vector against build_model's for the same seed.
+        with (
+            mock.patch.object(LoraLayer, "_move_adapter_to_device_of_base_layer", lambda self, *a, **k: None),
+            mock.patch.object(LoraModel, "_replace_module", _replace_without_moving),
+        ):
+            return self._with_adapters(hb.skeleton(self.source()))
+
+    def _with_adapters(self, lm: nn.Module) -> LMWrapper:
         from peft import LoraConfig, get_peft_model
 
-        lm = hb.aliasing_copy(hb.shared_frozen(source))
+        lm.requires_grad_(False)  # the base is frozen; peft marks the adapters trainable
         config = LoraConfig(
             r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)
         )
@@ -271,11 +293,11 @@ class HFCausalLMTask(Task):
             return LMWrapper(get_peft_model(lm, config))
 
     def vector_length(self) -> int:
-        """The length of the parameter vector without building a second full model (full mode counts
-        a meta-device skeleton; LoRA builds its adapters over the shared base)."""
+        """The length of the parameter vector without loading the base's weights (meta-device
+        skeletons: the base in full mode, the adapters over it in LoRA mode)."""
         if self.mode == "full":
             return hb.count_parameters(self.source())
-        return num_parameters(self.build_model())
+        return num_parameters(self.initial_model())
 
     # ------------------------------------------------------------ export
 
@@ -394,6 +416,12 @@ class HFCausalLMTask(Task):
 
 
 # ---------------------------------------------------------------- metrics
+
+
+def _replace_without_moving(model: Any, parent: nn.Module, child_name: str, new_module: nn.Module, child: Any) -> None:
+    """peft's LoraModel._replace_module without its move of the new adapters to the base's device."""
+    del model, child
+    setattr(parent, child_name, new_module)
 
 
 def _concat(parts: list[TokenDataset]) -> TokenDataset:

@@ -259,16 +259,21 @@ def load_fresh(source: BaseSource) -> Any:
         raise BaseModelError(f"cannot load base {source.label}: {str(exc).splitlines()[0]}") from None
 
 
-def count_parameters(source: BaseSource) -> int:
-    """The base's parameter count (tied tensors once) from its config alone: a skeleton on the meta
-    device, so counting never allocates a second copy of the weights."""
+def skeleton(source: BaseSource) -> Any:
+    """The base's architecture from its config alone, on the meta device: no weight is read or
+    allocated, and the caller's torch RNG is not drawn from."""
     require_llm()
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(**TINY_CONFIG) if source.kind == TINY else AutoConfig.from_pretrained(_weights_dir(source))
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in skeleton.parameters())
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters(source: BaseSource) -> int:
+    """The base's parameter count (tied tensors once) from its config alone (a meta-device
+    skeleton), so counting never allocates a second copy of the weights."""
+    return sum(p.numel() for p in skeleton(source).parameters())
 
 
 _SHARED: dict[str, Any] = {}

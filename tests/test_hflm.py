@@ -100,6 +100,31 @@ def test_lora_models_share_one_frozen_base():
     assert not np.array_equal(tasks.model_to_vector(a), tasks.model_to_vector(c))  # adapters: from the torch RNG
 
 
+def test_the_coordinators_initial_lora_model_never_loads_the_base(monkeypatch):
+    """The coordinator builds round 0 from the plan's seed: in LoRA mode the same adapters as a member's
+    build_model (the centralized baseline starts from build_model too), over a weightless skeleton."""
+    t = task("tiny-llama-lora")
+    torch.manual_seed(5)
+    expected = tasks.model_to_vector(t.build_model())
+    rng_after = torch.random.get_rng_state()
+
+    def no_base(source):
+        raise AssertionError("the base's weights were loaded")
+
+    monkeypatch.setattr(hb, "load_fresh", no_base)
+    hb._SHARED.clear()
+    torch.manual_seed(5)
+    initial = t.initial_model()
+    np.testing.assert_array_equal(tasks.model_to_vector(initial), expected)
+    assert torch.equal(torch.random.get_rng_state(), rng_after)  # what is drawn next is what it was
+    assert all(p.is_meta for p in initial.parameters() if not p.requires_grad)  # the base: no bytes
+    assert t.vector_length() == TINY_LORA_R8
+    from peft.tuners.lora import LoraLayer, LoraModel  # the patches are undone
+
+    assert LoraLayer._move_adapter_to_device_of_base_layer.__module__.startswith("peft")
+    assert LoraModel._replace_module.__module__.startswith("peft")
+
+
 def test_wrapper_load_state_dict_takes_only_the_travelling_tensors():
     model = task("tiny-llama-lora").build_model()
     state = {k: torch.ones_like(v) for k, v in model.state_dict().items()}
