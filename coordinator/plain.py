@@ -141,7 +141,7 @@ def _finite_only(round_: int, replies: list[Message], result: RoundResult) -> li
 
 def _non_finite(reply: Message) -> str | None:
     """Why a plaintext reply cannot enter the mean (None: it can)."""
-    vector = reply.content[rec.UPDATE][rec.VECTOR].numpy()
+    vector = rec.read_vector(reply.content, rec.UPDATE)  # a view: Flower's .numpy() copies d floats
     bad = int(np.size(vector) - np.count_nonzero(np.isfinite(vector)))
     if bad:
         return f"{bad} of {np.size(vector)} update coordinates are NaN or infinite"

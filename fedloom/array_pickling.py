@@ -8,6 +8,12 @@ receiver copies it out of the store into a new bytes object. With the bytes behi
 the store's memory (as it does for numpy arrays): two copies of the vector fewer on each side of
 every message. The view keeps the store's object alive until the Message is dropped.
 
+A received Array's `data` is then a read-only memoryview, not bytes: read it (`np.frombuffer`,
+`fedloom.records`, Flower's `.numpy()`), do not hand it on to `Array(...)` or Flower's protobuf serde,
+which take bytes only; fedloom builds every record it sends from numpy arrays. The view pins the whole
+Ray object it came in (in a simulation a reply and the member's Context travel as one object), so a
+coordinator that holds many replies at once holds them in Ray's store rather than on its heap.
+
 Deployment does not pickle Messages (Flower deflates them into its own wire format), so this changes
 nothing there; below protocol 5, or without a buffer callback, pickling stays in band as before.
 """

@@ -8,9 +8,11 @@ resident memory, round after round, though the store reuses that memory for the 
 
 `madvise(MADV_DONTNEED)` on a shared file mapping only drops this process's page-table entries: the
 contents stay in the store, and a later read of a live object faults its pages back in from the
-same file (man 2 madvise). So it is safe to call at any time, also while views of live objects are
-held; it is called where the process has just finished with a message. Private mappings are never
-touched (there MADV_DONTNEED would zero them).
+same file (man 2 madvise; a written page's dirty state moves to the page cache). So it is safe to call
+at any time, also while views of live objects are held; it is called where the process has just
+finished with a message. Private mappings are never touched (there MADV_DONTNEED would zero them).
+The memory is not freed by this: it is the store's, counted once in the machine's Shmem
+(`fedloom bench memory` reports it beside the RSS).
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 MADV_DONTNEED = 4  # <sys/mman.h> on Linux
-STORE_PREFIX = "/dev/shm/plasma"  # Ray's plasma store file (unlinked once mapped: "(deleted)")
+STORE_PREFIX = "plasma"  # Ray's store file: /dev/shm/plasmaXXXXXX, or /tmp/... where /dev/shm is small (Docker)
 
 
 def store_mappings(maps_text: str) -> list[tuple[int, int]]:
-    """(start, end) of each shared mapping of Ray's object store in a /proc/<pid>/maps text."""
+    """(start, end) of each shared mapping of Ray's object store in a /proc/<pid>/maps text: a shared
+    ("s") mapping of a file whose name starts with "plasma" (unlinked once mapped: "(deleted)")."""
     found = []
     for line in maps_text.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[1].endswith("s") and fields[5].startswith(STORE_PREFIX):
+        if len(fields) == 6 and fields[1].endswith("s") and Path(fields[5]).name.startswith(STORE_PREFIX):
             start, end = (int(x, 16) for x in fields[0].split("-"))
             found.append((start, end))
     return found

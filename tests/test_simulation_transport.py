@@ -87,9 +87,11 @@ def test_only_shared_mappings_of_rays_store_are_released():
             "7f0540000000-7f0541000000 rw-p 00000000 00:1b 188   /dev/shm/plasmaprivate",  # private: never
             "7f05939d7000-7f05939de000 r--s 00000000 fe:00 338   /usr/lib/gconv/gconv-modules.cache",
             "7f05939de000-7f05939df000 rw-p 00000000 00:00 0",
+            "7f0600000000-7f0610000000 rw-s 00000000 08:01 99    /tmp/plasmaQx1 (deleted)",  # /dev/shm too small
+            "7f0610000000-7f0610001000 rw-s 00000000 08:01 98    /tmp/notplasma",
         ]
     )
-    assert store_mappings(maps) == [(0x7F037D1A0000, 0x7F0540000000)]
+    assert store_mappings(maps) == [(0x7F037D1A0000, 0x7F0540000000), (0x7F0600000000, 0x7F0610000000)]
 
 
 def _rss_shmem() -> int:
@@ -103,7 +105,7 @@ def test_releasing_store_pages_drops_them_from_the_rss_and_keeps_their_contents(
     """A stand-in for Ray's store: a shared file mapping under /dev/shm/plasma..., as Ray maps it."""
     if not Path("/dev/shm").is_dir():
         pytest.fail("this test needs /dev/shm (Linux)")
-    path = Path(f"{STORE_PREFIX}-fedloom-test-{os.getpid()}")
+    path = Path(f"/dev/shm/{STORE_PREFIX}-fedloom-test-{os.getpid()}")
     size = 64 * MIB
     with path.open("w+b") as f:
         f.truncate(size)
