@@ -105,11 +105,11 @@ def train(msg: Message, context: Context) -> Message:
     fit: dict = {}
 
     def train_once() -> tuple[np.ndarray, int]:
-        inner = load_inner_state(context, view.plan)
+        inner = load_inner_state(context, view.plan, view.node_dir)
         triplog.note("train_start")
         result = trainer.train(vector, view.round, view.member, inner)
         triplog.note("train_end")
-        save_inner_state(context, view.plan, inner)
+        save_inner_state(context, view.plan, inner, view.node_dir)
         keep_models(view, trainer, vector)
         fit.update(examples=result.num_examples, loss=result.train_loss)
         if view.plan.contribution.enabled:  # score the local model on the plan's public probe set

@@ -71,6 +71,12 @@ class NodeView:
     models_dir: Path | None = None  # where this member keeps its N+1 models (None: nowhere)
 
     @property
+    def node_dir(self) -> Path | None:
+        """Where this member keeps files between rounds on its own node: a deployed member's state
+        dir, a simulated member's kit directory (in the run's throwaway workspace); None: nowhere."""
+        return self.kit_dir if self.simulation else self.state_dir
+
+    @property
     def member_name(self) -> str:
         return self.kit.member.name if self.kit else f"member-{self.member}"
 
@@ -103,7 +109,9 @@ def view_of(msg: Message, context: Context) -> NodeView:
     kit = _kit(str(kit_dir)) if kit_dir else None
     policy = Policy.load(kit_dir / POLICY_FILE) if kit_dir else Policy(require_secure_aggregation=False)
     device = str(context.run_config.get("device", "auto"))
-    view = NodeView(plan, int(cfg[rec.ROUND]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device)
+    view = NodeView(
+        plan, int(cfg[rec.ROUND]), kit, policy, pid + 1, simulated(plan.task, pid, n), True, device, kit_dir=kit_dir
+    )
     models = str(cfg.get(rec.SIM_MODELS, ""))  # honoured by simulated nodes only (like SIM_VERIFY)
     view.models_dir = Path(models) / view.member_name if models else None
     return view

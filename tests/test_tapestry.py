@@ -232,6 +232,29 @@ def test_inner_optimizer_state_is_kept_per_plan_in_the_node_context():
     assert load_inner_state(context, replace(plan, training=replace(plan.training, keep_optimizer_state=False))) is None
 
 
+def test_inner_optimizer_state_stays_on_the_members_disk_not_in_the_travelling_context(tmp_path):
+    """Flower carries the node's Context to the ClientApp and back with every message (in a simulation
+    through Ray and the coordinator's process): AdamW's 2 x 4d bytes must not ride along."""
+    plan = parse_scenario(TINY.encode()).plan
+    from participant.inner_state import INNER_STATE_FILE
+    from participant.local_data import simulated
+
+    trainer = LocalTrainer(plan, simulated(plan.task, 0, 3), CPU)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    assert load_inner_state(context, plan, tmp_path) == {}
+    state: dict = {}
+    trainer.train(_vector(0), 1, 1, state)
+    save_inner_state(context, plan, state, tmp_path)
+    assert len(context.state) == 0  # nothing of it travels
+    assert (tmp_path / INNER_STATE_FILE).stat().st_mode & 0o777 == 0o600
+    restored = load_inner_state(context, plan, tmp_path)
+    for key, entry in state["state"].items():
+        assert torch.equal(restored["state"][key]["exp_avg"], entry["exp_avg"])
+    assert load_inner_state(context, replace(plan, rounds=3), tmp_path) == {}  # another plan starts fresh
+    next_run = Context(run_id=2, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    assert load_inner_state(next_run, plan, tmp_path) == {}  # and so does another run of the same plan
+
+
 # ---------------------------------------------------------------- the report
 def _fake_run(out: Path, plan: Plan, names: list[str]) -> None:
     """What a federated run leaves behind: the final model, members' kept bases, metrics rows."""
