@@ -135,6 +135,8 @@ def _exactness(
     The plaintext mean is of what the round aggregated: each update clipped to `params.clip` (as the
     member's quantizer did) and weighted as in the sum: the public contribution weights when a policy
     set them, else the example count capped at `params.max_weight`."""
+    # in place, one member at a time: at 1.35e8 parameters each float64 temporary is 1.08 GB, and the
+    # expression form held four of them besides the sum (the simulation process's peak, 6 GB)
     total, weight = None, 0
     for m in survivors:
         path = ws.verify / f"r{round_}-m{m}.npz"
@@ -142,9 +144,17 @@ def _exactness(
             return None
         with np.load(path) as f:
             w = int(weights[m]) if weights and m in weights else params.fedavg_weight(f["examples"])
-            x = np.clip(f["update"].astype(np.float64), -params.clip, params.clip) * w
-        total = x if total is None else total + x
+            x = f["update"].astype(np.float64)
+        np.clip(x, -params.clip, params.clip, out=x)
+        x *= w
+        if total is None:
+            total = x
+        else:
+            total += x
+        del x
         weight += w
     if total is None or weight == 0:
         return None
-    return float(np.max(np.abs(total / weight - mean_update)))
+    total /= weight
+    total -= mean_update
+    return float(np.max(np.abs(total, out=total)))
