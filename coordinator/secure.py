@@ -32,7 +32,6 @@ from flwr.serverapp import Grid
 
 from fedloom import records as rec
 from fedloom.plan import Plan
-from fedloom.raystore import release_store_pages
 from fedloom.session import protocol_params, session_context
 from protocol.coordinator import CoordinatorRound
 from protocol.errors import ProtocolError
@@ -221,14 +220,10 @@ class SecureRounds:
 
     def _on_reply(self, reply: Message) -> None:
         node = reply.metadata.src_node_id
-        # simulation: store pages this process wrote or read (the models sent, earlier replies) are
-        # not ours to keep, before this reply's and after them (fedloom.raystore; no-op in deployment)
-        release_store_pages()
         try:
             self._take_reply(node, reply.content)
         except UNREADABLE as err:  # a member's records that are not what fedloom writes: its reply is left out
             log.warning("node %s sent a reply that cannot be read (%s: %s); ignored", node, type(err).__name__, err)
-        release_store_pages()
 
     def _take_reply(self, node: int, content: RecordDict) -> None:
         if rec.EVAL in content:

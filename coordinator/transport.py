@@ -18,6 +18,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedloom import triplog
+from fedloom.raystore import release_store_pages
 
 from .stop import STOP
 
@@ -182,7 +183,11 @@ def _pull_and_fold(grid: Grid, waiting: dict[str, int], fold: Callable[[Message]
         got = list(grid.pull_messages(ids))
         count += len(got)
         while got:
+            # in a simulation, Ray's store pages this process wrote or read (the messages sent, the
+            # replies folded in) are not ours to keep: dropped before each reply and after the last
+            release_store_pages()
             fold(got.pop(0))  # the list lets go of each reply once it is folded in
+        release_store_pages()
     return count
 
 

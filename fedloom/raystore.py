@@ -55,9 +55,9 @@ def release_store_pages() -> int:
     """Drop this process's resident pages of Ray's object store; the bytes of mapping advised.
 
     0 outside a Ray process (no store mapped) or off Linux. Reading /proc/self/maps and the advice
-    take about a millisecond."""
+    take about a millisecond; a process that never imported Ray (a deployment) skips both."""
     madvise = _madvise()
-    if madvise is None:
+    if madvise is None or "ray" not in sys.modules:  # only Ray's client maps the store
         return 0
     try:
         spans = store_mappings(Path("/proc/self/maps").read_text())

@@ -150,6 +150,12 @@ class LMWrapper(nn.Module):
         return nn.modules.module._IncompatibleKeys(missing, unexpected)
 
 
+def _replace_without_moving(model: Any, parent: nn.Module, child_name: str, new_module: nn.Module, child: Any) -> None:
+    """peft's LoraModel._replace_module without its move of the new adapters to the base's device."""
+    del model, child
+    setattr(parent, child_name, new_module)
+
+
 class HFCausalLMTask(Task):
     """A causal LM from a base model (see the module docstring); subclasses fix the mode and default base."""
 
@@ -416,12 +422,6 @@ class HFCausalLMTask(Task):
 
 
 # ---------------------------------------------------------------- metrics
-
-
-def _replace_without_moving(model: Any, parent: nn.Module, child_name: str, new_module: nn.Module, child: Any) -> None:
-    """peft's LoraModel._replace_module without its move of the new adapters to the base's device."""
-    del model, child
-    setattr(parent, child_name, new_module)
 
 
 def _concat(parts: list[TokenDataset]) -> TokenDataset:

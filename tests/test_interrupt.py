@@ -181,13 +181,13 @@ stop_ray()
 """
 
 
-def test_a_sigterm_during_rays_start_reaches_the_guard_not_rays_handler(tmp_path):
-    """Ray's start-up installs SIGTERM handlers that exit at once (code 1: a CI run of the test above
-    once hit that window); fedloom keeps its own in force while Ray starts."""
-    ray_dir = Path("/tmp") / f"frt-{os.getpid()}"  # Ray's socket paths are length-limited
+def _run_ray_probe(code: str, prefix: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter in its own session (a signal it sends its group must not reach
+    pytest), with a private Ray temp dir as argv[1]."""
+    ray_dir = Path("/tmp") / f"{prefix}-{os.getpid()}"  # Ray's socket paths are length-limited
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", RAY_START_PROBE, str(ray_dir)],
+        return subprocess.run(
+            [sys.executable, "-c", code, str(ray_dir)],
             capture_output=True,
             text=True,
             timeout=240,
@@ -195,6 +195,12 @@ def test_a_sigterm_during_rays_start_reaches_the_guard_not_rays_handler(tmp_path
         )
     finally:
         subprocess.run(["rm", "-rf", str(ray_dir)], check=False)
+
+
+def test_a_sigterm_during_rays_start_reaches_the_guard_not_rays_handler(tmp_path):
+    """Ray's start-up installs SIGTERM handlers that exit at once (code 1: a CI run of the test above
+    once hit that window); fedloom keeps its own in force while Ray starts."""
+    done = _run_ray_probe(RAY_START_PROBE, "frt")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "handler saw [15] after start <lambda>" in done.stdout, done.stdout + done.stderr[-2000:]
 
@@ -223,16 +229,6 @@ def test_a_sigterm_to_the_process_group_leaves_ray_running_for_the_guard_to_stop
     """SIGTERM to the foreground group reached Ray's raylet too, and Ray's core worker then ended the
     driver with code 1 before fedloom could write its outputs (the second cause of the flaky SIGTERM
     case above). Only the driver may get it: it stops the run and shuts Ray down itself."""
-    ray_dir = Path("/tmp") / f"frg-{os.getpid()}"  # Ray's socket paths are length-limited
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", RAY_GROUP_SIGTERM_PROBE, str(ray_dir)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            start_new_session=True,  # killpg(0) in the probe must not reach pytest
-        )
-    finally:
-        subprocess.run(["rm", "-rf", str(ray_dir)], check=False)
+    done = _run_ray_probe(RAY_GROUP_SIGTERM_PROBE, "frg")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "handler saw [15] ray answers 42" in done.stdout, done.stdout + done.stderr[-2000:]

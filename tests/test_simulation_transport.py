@@ -102,7 +102,10 @@ def _rss_shmem() -> int:
 
 
 def test_releasing_store_pages_drops_them_from_the_rss_and_keeps_their_contents():
-    """A stand-in for Ray's store: a shared file mapping under /dev/shm/plasma..., as Ray maps it."""
+    """A stand-in for Ray's store: a shared file mapping under /dev/shm/plasma..., as Ray maps it, in a
+    process that has loaded Ray (as every process of a simulation has; others skip the work)."""
+    import ray  # noqa: F401
+
     if not Path("/dev/shm").is_dir():
         pytest.fail("this test needs /dev/shm (Linux)")
     path = Path(f"/dev/shm/{STORE_PREFIX}-fedloom-test-{os.getpid()}")
