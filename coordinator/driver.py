@@ -70,6 +70,9 @@ class RunSettings:
     state_dir: Path | None = None  # deployment: checkpoints (resume) live here
     ledger: Any = None  # deployment: a fedloom.ledger.LedgerWriter recording every round
     cleanup: Any = None  # called when the run ends (e.g. to delete a throwaway federation's keys)
+    # round 0's vector where the caller built it already (deployment: to pin its hash in a new ledger);
+    # the run takes it over (`_starting_point`), so it is built once and not held here past round 1
+    initial: np.ndarray | None = None
 
 
 def initial_model(plan: Plan) -> np.ndarray:
@@ -145,12 +148,11 @@ def run_federation(grid: Grid, settings: RunSettings) -> RunSummary | RunRefused
 
 def _run_rounds(grid: Grid, settings: RunSettings, progress: _Progress) -> RunSummary:
     plan, out = settings.plan, settings.out_dir
-    ckpt, signed = _resume_point(settings)
+    ckpt, signed, model = _starting_point(settings)
     first, epoch = (ckpt.round + 1, ckpt.epoch + 1) if ckpt else (1, 0)
     progress.first = first
     _begin(settings, ckpt, signed, first, epoch)
     minimum = plan.secure.min_cohort if plan.secure.enabled else 1
-    model = ckpt.model if ckpt else initial_model(plan)
     progress.model = model
     nodes = wait_for_nodes(grid, plan.participants, settings.node_wait, minimum=minimum)
     progress.connected = len(nodes)
@@ -312,18 +314,25 @@ def _pending_row(out: Path, r: int) -> dict[str, Any]:
     return {"round": r, "wall_seconds": 0.0}
 
 
-def _resume_point(settings: RunSettings) -> tuple[checkpoint.Checkpoint | None, dict[int, str | None]]:
-    """The checkpoint to resume from (None: a fresh start) and the ledger's signed models.
+def _starting_point(settings: RunSettings) -> tuple[checkpoint.Checkpoint | None, dict[int, str | None], np.ndarray]:
+    """The checkpoint to resume from (None: a fresh start), the ledger's signed models, and the model the
+    first round starts from: the checkpoint's, or the initial model, built at most once per start.
 
     With a ledger (deployment) the checkpoint must be the model the signed ledger records for its round, and a
     fresh start must be the initial model the genesis pins: `checkpoint.attest`."""
-    state, ledger = settings.state_dir, settings.ledger
+    plan, state, ledger = settings.plan, settings.state_dir, settings.ledger
+    initial, settings.initial = settings.initial, None
     if state is None:
-        return None, {}
-    if ledger is None:
-        return checkpoint.load(state, settings.plan.hash), {}
-    initial = None if (state / checkpoint.POINTER).exists() else initial_model(settings.plan)
-    return checkpoint.load_attested(state, settings.plan.hash, ledger.path, ledger.public_key, initial)
+        ckpt, signed = None, {}
+    elif ledger is None:
+        ckpt, signed = checkpoint.load(state, plan.hash), {}
+    else:
+        if initial is None and not (state / checkpoint.POINTER).exists():
+            initial = initial_model(plan)
+        ckpt, signed = checkpoint.load_attested(state, plan.hash, ledger.path, ledger.public_key, initial)
+    if ckpt is not None:
+        return ckpt, signed, ckpt.model
+    return None, signed, initial if initial is not None else initial_model(plan)
 
 
 def _ledger_entry(plan: Plan, res: RoundResult, model: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:

@@ -29,8 +29,10 @@ def deployment_settings(run_config: dict) -> RunSettings:
     state = Path(str(run_config.get("state-dir", "") or Path(str(run_config["kit"])) / "state")).resolve()
     state.mkdir(parents=True, exist_ok=True)
     genesis = {"federation": kit.plan.federation, "plan_hash": kit.plan.hash, "roster_hash": kit.roster.digest().hex()}
+    initial = None
     if not (state / "ledger.jsonl").exists():  # a new ledger pins round 1's model: members check it against this
-        genesis["initial_model_hash"] = model_hash(initial_model(kit.plan))
+        initial = initial_model(kit.plan)
+        genesis["initial_model_hash"] = model_hash(initial)
     ledger = LedgerWriter.open(state / "ledger.jsonl", kit.ledger_key, genesis)
     return RunSettings(
         plan=kit.plan,
@@ -40,6 +42,7 @@ def deployment_settings(run_config: dict) -> RunSettings:
         roster=kit.roster,
         state_dir=state,
         ledger=ledger,
+        initial=initial,  # the run starts from it: built once
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from flwr.app import Message, Metadata, RecordDict
 
+from console.bench.memory import _field
 from fedloom import records as rec
 from fedloom.array_pickling import pickle_arrays_out_of_band
 from fedloom.raystore import STORE_PREFIX, release_store_pages, store_mappings
@@ -95,10 +96,7 @@ def test_only_shared_mappings_of_rays_store_are_released():
 
 
 def _rss_shmem() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssShmem:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no RssShmem")
+    return _field(os.getpid(), "RssShmem")
 
 
 def test_releasing_store_pages_drops_them_from_the_rss_and_keeps_their_contents():
